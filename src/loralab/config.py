@@ -1,0 +1,237 @@
+"""Typed run configuration: dataclasses, YAML loading, `section.key=value` overrides, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import LoralabError
+
+SCOPE_WORDS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
+HEAD_MODES = ("full", "out_proj", "lora")
+SCHEDULERS = ("linear", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+    """A dataclass field carrying its one-line documentation."""
+    return field(default=default, default_factory=factory, metadata={"doc": text})
+
+
+@dataclass
+class ModelConfig:
+    name: str = doc("Hugging Face hub id or local model folder", "roberta-base")
+    head: str = doc("classification head: full (all trainable), out_proj (only the output projection), lora", "full")
+
+
+@dataclass
+class LoraConfig:
+    scope: list[str] = doc(
+        "modules to adapt: query, key, value, attention_output, ffn_in, ffn_out, or raw module names",
+        factory=lambda: ["value"],
+    )
+    r: int = doc("LoRA rank", 22)
+    alpha: float = doc("LoRA alpha (scaling = alpha / r)", 44.0)
+    dropout: float = doc("dropout on the LoRA input", 0.1)
+    layers: Optional[list[int]] = doc("encoder layers to adapt (null: all)", None)
+    rank_pattern: dict[int, int] = doc("per-layer rank overriding r, e.g. {10: 32, 11: 32}", factory=dict)
+    budget: int = doc("maximum trainable parameters, head included", 1_000_000)
+
+
+@dataclass
+class DataConfig:
+    train: str = doc("training data: hub dataset id, or a local .csv/.jsonl/.json/.parquet file", "fancyzhx/ag_news")
+    text_column: str = doc("column holding the text", "text")
+    label_column: str = doc("column holding the integer label", "label")
+    label_names: list[str] = doc("class names, in label order", factory=lambda: list(AG_NEWS_LABELS))
+    val_size: int = doc("rows held out of the training data for validation", 640)
+    split_seed: int = doc("seed of the train/validation split", 42)
+    max_length: int = doc("tokens kept per text (longer texts are truncated)", 512)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = doc("optimizer steps", 1200)
+    batch_size: int = doc("training rows per step (per process, before gradient accumulation)", 16)
+    eval_batch_size: int = doc("rows per evaluation batch", 64)
+    lr: float = doc("AdamW peak learning rate", 5e-5)
+    warmup_steps: int = doc("linear warmup steps before the schedule", 100)
+    scheduler: str = doc("learning-rate schedule after warmup: linear, cosine or constant", "linear")
+    grad_accum: int = doc("micro-batches accumulated per optimizer step", 1)
+    max_grad_norm: float = doc("gradient clipping norm (0: off)", 1.0)
+    weight_decay: float = doc("AdamW weight decay", 0.0)
+    precision: str = doc("fp32, or bf16/fp16 autocast", "fp32")
+    seed: int = doc("seed for initialisation, dropout and data order", 42)
+    eval_every: int = doc("evaluate, checkpoint and log validation metrics every this many steps", 100)
+    log_every: int = doc("log training loss every this many steps", 20)
+    early_stopping_patience: int = doc("stop after this many evaluations without a new best accuracy (0: off)", 0)
+
+
+@dataclass
+class OutputConfig:
+    dir: str = doc("folder holding run directories", "runs")
+    name: str = doc("run directory name (default: the config file's stem)", "")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check `value` against the annotated type `kind`, converting only where YAML is ambiguous."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        return None if value is None else _coerce(value, options[0], key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise LoralabError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(kind)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise LoralabError(f"{key}: expected a mapping, got {value!r}")
+        key_kind, value_kind = typing.get_args(kind)
+        return {_coerce(k, key_kind, key): _coerce(v, value_kind, f"{key}.{k}") for k, v in value.items()}
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            return int(value)
+    elif kind is float:
+        # YAML 1.1 reads `5e-5` (no dot) as a string.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise LoralabError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for name in values:
+        if name not in known:
+            where = f"{prefix}.{name}" if prefix else name
+            raise LoralabError(f"unknown config key '{where}' (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, raw in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(raw, dict):
+                raise LoralabError(f"{key}: expected a mapping, got {raw!r}")
+            kwargs[name] = _build(kind, raw, key)
+        else:
+            kwargs[name] = _coerce(raw, kind, key)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    def require(ok: bool, message: str) -> None:
+        if not ok:
+            raise LoralabError(message)
+
+    require(cfg.model.head in HEAD_MODES, f"model.head: '{cfg.model.head}' is not one of {', '.join(HEAD_MODES)}")
+    require(bool(cfg.lora.scope), "lora.scope: name at least one module")
+    require(cfg.lora.r >= 1, f"lora.r: must be >= 1, got {cfg.lora.r}")
+    require(cfg.lora.alpha > 0, f"lora.alpha: must be > 0, got {cfg.lora.alpha}")
+    require(0 <= cfg.lora.dropout < 1, f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    require(all(r >= 1 for r in cfg.lora.rank_pattern.values()), "lora.rank_pattern: ranks must be >= 1")
+    require(cfg.lora.budget >= 1, f"lora.budget: must be >= 1, got {cfg.lora.budget}")
+    require(len(cfg.data.label_names) >= 2, "data.label_names: need at least two classes")
+    require(cfg.data.val_size >= 1, f"data.val_size: must be >= 1, got {cfg.data.val_size}")
+    require(cfg.data.max_length >= 2, f"data.max_length: must be >= 2, got {cfg.data.max_length}")
+    t = cfg.train
+    for name in ("steps", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "log_every"):
+        require(getattr(t, name) >= 1, f"train.{name}: must be >= 1, got {getattr(t, name)}")
+    require(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
+    require(t.warmup_steps >= 0, f"train.warmup_steps: must be >= 0, got {t.warmup_steps}")
+    require(t.scheduler in SCHEDULERS, f"train.scheduler: '{t.scheduler}' is not one of {', '.join(SCHEDULERS)}")
+    require(t.precision in PRECISIONS, f"train.precision: '{t.precision}' is not one of {', '.join(PRECISIONS)}")
+    require(t.max_grad_norm >= 0 and t.weight_decay >= 0, "train.max_grad_norm and train.weight_decay must be >= 0")
+    require(t.early_stopping_patience >= 0, "train.early_stopping_patience: must be >= 0")
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise LoralabError(f"override '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value`, the value read as YAML (so lists and numbers work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or "." not in key:
+        raise LoralabError(f"override '{text}': expected section.key=value")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise LoralabError(f"override '{text}': bad value ({err.__class__.__name__})") from err
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise LoralabError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LoralabError(f"bad YAML in {path}{where}: {getattr(err, 'problem', err)}") from err
+    if not isinstance(tree, dict):
+        raise LoralabError(f"bad config {path}: the top level must be a mapping of sections")
+    return tree
+
+
+def from_dict(tree: dict, overrides: list[str] = ()) -> Config:
+    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    cfg = _build(Config, tree, "")
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML file, then the overrides; the run name defaults to the file's stem."""
+    tree = read_yaml(path) if path else {}
+    cfg = from_dict(tree, overrides)
+    if not cfg.output.name:
+        cfg.output.name = Path(path).stem if path else "run"
+    return cfg
+
+
+def save(cfg: Config, path: Path) -> None:
+    from .store import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

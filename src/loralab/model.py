@@ -1,0 +1,60 @@
+"""Building the model: a Hugging Face encoder with a classification head, wrapped with PEFT LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .budget import Breakdown
+from .config import Config
+from .errors import LoralabError
+from .scope import AdapterPlan
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise LoralabError(f"cannot load the tokenizer of '{name}': {str(err).splitlines()[0]}") from err
+
+
+def peft_config(cfg: Config, plan: AdapterPlan):
+    from peft import LoraConfig
+
+    # Explicit module names (not suffixes) so scope, layers and the head LoRA never match by accident.
+    # No task_type: PEFT's SEQ_CLS would force the whole 'classifier' trainable whatever the head mode.
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=sorted(plan.lora_ranks),
+        rank_pattern={name: r for name, r in plan.lora_ranks.items() if r != cfg.lora.r},
+        modules_to_save=list(plan.trained_whole),
+        bias="none",
+    )
+
+
+def trainable_params(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_model(cfg: Config, model_config, plan: AdapterPlan, breakdown: Breakdown):
+    """Load the pretrained weights, add the adapters, and check the trainable count against the plan."""
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    folder = Path(cfg.model.name)
+    if folder.is_dir() and not any((folder / f).exists() for f in WEIGHT_FILES):
+        raise LoralabError(f"model folder {folder} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    try:
+        base = AutoModelForSequenceClassification.from_pretrained(cfg.model.name, config=model_config)
+    except (OSError, ValueError) as err:
+        raise LoralabError(f"cannot load model '{cfg.model.name}': {str(err).splitlines()[0]}") from err
+    model = get_peft_model(base, peft_config(cfg, plan))
+    built = trainable_params(model)
+    if built != breakdown.total:
+        raise LoralabError(f"bug: the built model trains {built:,} parameters but the plan counted {breakdown.total:,}")
+    return model
