@@ -50,7 +50,10 @@ def build_model(cfg: Config, model_config, plan: AdapterPlan, breakdown: Breakdo
     if folder.is_dir() and not any((folder / f).exists() for f in WEIGHT_FILES):
         raise LoralabError(f"model folder {folder} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
     try:
-        base = AutoModelForSequenceClassification.from_pretrained(cfg.model.name, config=model_config)
+        # A folder already fine-tuned for another label count: its head is replaced, not an error.
+        base = AutoModelForSequenceClassification.from_pretrained(
+            cfg.model.name, config=model_config, ignore_mismatched_sizes=True
+        )
     except (OSError, ValueError) as err:
         raise LoralabError(f"cannot load model '{cfg.model.name}': {str(err).splitlines()[0]}") from err
     model = get_peft_model(base, peft_config(cfg, plan))

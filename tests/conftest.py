@@ -1,0 +1,129 @@
+"""Tiny random encoders and a tokenizer trained here, so unit tests need no download."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(1)  # tiny models gain nothing from threads, and lose much when the CPU is shared
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+AG_NEWS_CSV = SHARED / "data" / "ag_news" / "train.csv"
+SEED_STUDY = SHARED / "data" / "seed-study"
+
+CLASS_WORDS = [[f"c{c}w{i}" for i in range(5)] for c in range(4)]
+FILLER = [f"f{i}" for i in range(40)]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def synthetic_rows(n: int, seed: int = 0) -> list[tuple[int, str]]:
+    """A learnable 4-class task: each text carries three keywords of its class among filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 4
+        words = rng.sample(FILLER, rng.randint(2, 8)) + rng.sample(CLASS_WORDS[label], 3)
+        rng.shuffle(words)
+        rows.append((label, " ".join(words)))
+    return rows
+
+
+def write_csv(path: Path, rows, header=("label", "text")) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + FILLER + [w for ws in CLASS_WORDS for w in ws])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def tiny_config(family: str, vocab_size: int, pad_id: int):
+    from transformers import BertConfig, DebertaV2Config, DistilBertConfig, MPNetConfig, RobertaConfig
+
+    # A wide initialisation: at the default 0.02 a random tiny encoder maps every text to nearly the
+    # same [CLS] vector, and nothing can be learned through it.
+    common = dict(vocab_size=vocab_size, pad_token_id=pad_id, max_position_embeddings=72, initializer_range=0.1)
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    if family == "distilbert":
+        return DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common)
+    if family == "deberta-v2":
+        return DebertaV2Config(**shape, **common, pooler_hidden_size=32, max_relative_positions=32)
+    return {"roberta": RobertaConfig, "bert": BertConfig, "mpnet": MPNetConfig}[family](**shape, **common)
+
+
+FAMILIES = ["roberta", "bert", "mpnet", "distilbert", "deberta-v2"]
+
+
+def make_model_dir(path: Path, family: str = "roberta") -> Path:
+    """A local Hugging Face model folder: random tiny weights, config.json and the trained tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(family, len(tokenizer), tokenizer.pad_token_id))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {family: make_model_dir(root / family, family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "train.csv", synthetic_rows(400))
+
+
+@pytest.fixture
+def tiny_overrides(model_dirs, tiny_data, tmp_path) -> list[str]:
+    """Overrides that turn configs/seed.yaml into a seconds-long run on the tiny roberta."""
+    return [
+        f"model.name={model_dirs['roberta']}",
+        f"data.train={tiny_data}",
+        "data.val_size=64",
+        "data.max_length=32",
+        "lora.r=4",
+        "lora.alpha=8",
+        "train.steps=12",
+        "train.batch_size=8",
+        "train.eval_every=4",
+        "train.log_every=2",
+        "train.warmup_steps=2",
+        "train.lr=1e-2",
+        f"output.dir={tmp_path / 'runs'}",
+        "output.name=tiny",
+    ]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_CONFIG = ROOT / "configs" / "seed.yaml"

@@ -1,0 +1,97 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, RobertaConfig
+
+from conftest import FAMILIES, SEED_CONFIG
+from loralab import config
+from loralab.budget import breakdown_for, check_budget, largest_fitting_rank, load_model_config
+from loralab.errors import LoralabError
+from loralab.model import build_model, peft_config, trainable_params
+
+ROBERTA_BASE = RobertaConfig(num_labels=4)
+
+
+@pytest.mark.parametrize(
+    "scope, r, expected",
+    [
+        (["value"], 22, 999_172),
+        (["value"], 11, 796_420),
+        (["value"], 6, 704_260),
+        (["query", "value"], 11, 999_172),
+        (["query", "key", "value"], 7, 980_740),
+        (["query", "value"], 8, 888_580),
+    ],
+)
+def test_roberta_base_counts_match_the_study(scope, r, expected):
+    cfg = config.from_dict({"lora": {"scope": scope, "r": r}})
+    breakdown, _ = breakdown_for(cfg, ROBERTA_BASE)
+    assert breakdown.total == expected
+    assert dict(breakdown.rows)["head (full: classifier.dense + classifier.out_proj)"] == 593_668
+
+
+def test_full_size_roberta_base_built_with_peft_trains_999172():
+    cfg = config.from_dict({})
+    breakdown, plan = breakdown_for(cfg, ROBERTA_BASE)
+    from peft import get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForSequenceClassification.from_config(ROBERTA_BASE), peft_config(cfg, plan))
+    assert trainable_params(model) == breakdown.total == 999_172
+
+
+def test_largest_fitting_rank_is_exact():
+    cfg = config.from_dict({"lora": {"r": 30}})
+    rank = largest_fitting_rank(cfg, ROBERTA_BASE)
+    assert rank == 22
+    over = config.from_dict({"lora": {"r": rank + 1}})
+    assert breakdown_for(over, ROBERTA_BASE)[0].total > 1_000_000
+
+
+def test_over_budget_is_refused_with_the_largest_rank():
+    cfg = config.from_dict({"lora": {"r": 23}})
+    breakdown, _ = breakdown_for(cfg, ROBERTA_BASE)
+    with pytest.raises(LoralabError, match=r"over budget: 1,017,604 .* largest lora.r that fits is 22"):
+        check_budget(cfg, breakdown, ROBERTA_BASE)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("head", ["full", "out_proj", "lora"])
+@pytest.mark.parametrize("scope", [["value"], ["query", "key", "value", "attention_output", "ffn_in", "ffn_out"]])
+def test_count_equals_built_model(model_dirs, family, head, scope):
+    cfg = config.from_dict({"model": {"name": str(model_dirs[family]), "head": head}, "lora": {"scope": scope, "r": 3}})
+    model_config = load_model_config(cfg)
+    if family == "distilbert" and head != "full":
+        with pytest.raises(LoralabError, match="not available for distilbert"):
+            breakdown_for(cfg, model_config)
+        return
+    breakdown, plan = breakdown_for(cfg, model_config)
+    model = build_model(cfg, model_config, plan, breakdown)
+    assert trainable_params(model) == breakdown.total
+
+
+def test_rank_pattern_and_layers_count(model_dirs):
+    cfg = config.from_dict(
+        {"model": {"name": str(model_dirs["roberta"])}, "lora": {"scope": ["query", "value"], "r": 2, "layers": [1], "rank_pattern": {1: 5}}}
+    )
+    model_config = load_model_config(cfg)
+    breakdown, plan = breakdown_for(cfg, model_config)
+    assert sorted(plan.lora_ranks.values()) == [5, 5]
+    head = 32 * 32 + 32 + 32 * 4 + 4
+    assert breakdown.total == 2 * 5 * (32 + 32) + head
+    assert trainable_params(build_model(cfg, model_config, plan, breakdown)) == breakdown.total
+
+
+def test_budget_command_needs_only_config_json(tmp_path, model_dirs):
+    folder = tmp_path / "just-config"
+    folder.mkdir()
+    ROBERTA_BASE.save_pretrained(folder)
+    assert [p.name for p in folder.iterdir()] == ["config.json"]
+    out = subprocess.run(
+        [sys.executable, "-m", "loralab.cli", "budget", str(SEED_CONFIG), f"model.name={folder}"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "999,172" in out.stdout and "headroom" in out.stdout and "828" in out.stdout

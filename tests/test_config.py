@@ -1,0 +1,67 @@
+import pytest
+import yaml
+
+from conftest import SEED_CONFIG
+from loralab import config
+from loralab.errors import LoralabError
+
+
+def test_seed_config_is_the_study_run():
+    cfg = config.load(SEED_CONFIG)
+    assert (cfg.model.name, cfg.model.head) == ("roberta-base", "full")
+    assert (cfg.lora.scope, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (["value"], 22, 44.0, 0.1)
+    assert (cfg.train.lr, cfg.train.warmup_steps, cfg.train.steps, cfg.train.batch_size) == (5e-5, 100, 1200, 16)
+    assert (cfg.train.eval_every, cfg.train.eval_batch_size) == (100, 64)
+    assert (cfg.data.train, cfg.data.val_size, cfg.data.split_seed) == ("fancyzhx/ag_news", 640, 42)
+    assert cfg.output.name == "seed"
+
+
+def test_overrides_are_typed():
+    cfg = config.load(SEED_CONFIG, ["lora.r=8", "train.lr=2e-4", "lora.layers=[10, 11]", "lora.rank_pattern={11: 16}"])
+    assert cfg.lora.r == 8 and cfg.train.lr == 2e-4
+    assert cfg.lora.layers == [10, 11] and cfg.lora.rank_pattern == {11: 16}
+
+
+def test_yaml_float_without_dot_is_read_as_float(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 5e-5\n")
+    assert config.load(path).train.lr == 5e-5
+    assert config.load(path).output.name == "c"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lora.rank=8", "unknown config key 'lora.rank'"),
+        ("optim.lr=1", "unknown config key 'optim'"),
+        ("lora.r=eight", "lora.r: expected int"),
+        ("lora.r=2.5", "lora.r: expected int"),
+        ("lora.scope=value", "lora.scope: expected a list"),
+        ("train.precision=fp8", "train.precision: 'fp8' is not one of"),
+        ("model.head=mlp", "model.head: 'mlp' is not one of"),
+        ("lora.dropout=1.5", "lora.dropout"),
+        ("lr=1", "expected section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(LoralabError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        config.load(SEED_CONFIG, [override])
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("lora:\n  r: [1, 2\n")
+    with pytest.raises(LoralabError, match="bad YAML .* line"):
+        config.load(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(LoralabError, match="config file not found"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = config.load(SEED_CONFIG, ["lora.rank_pattern={3: 5}", "lora.layers=[3]"])
+    config.save(cfg, tmp_path / "config.yaml")
+    again = config.from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert again == cfg

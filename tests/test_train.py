@@ -1,0 +1,140 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import SEED_CONFIG, write_csv
+from loralab import config, train as train_module
+from loralab.cli import main
+from loralab.errors import LoralabError
+from loralab.store import RunDir
+
+
+def run_dir(overrides) -> RunDir:
+    values = dict(o.split("=", 1) for o in overrides)
+    return RunDir(Path(values["output.dir"]) / values["output.name"])
+
+
+def test_loss_falls_and_accuracy_beats_chance(tiny_overrides):
+    overrides = tiny_overrides + ["lora.scope=[query,value,ffn_in]", "lora.r=8", "train.steps=100", "train.eval_every=50", "train.batch_size=16"]
+    summary = train_module.train(config.load(SEED_CONFIG, overrides))
+    run = run_dir(overrides)
+    train_losses = [row["loss"] for row in run.read_metrics() if row["split"] == "train"]
+    assert train_losses[-1] < 0.6 * train_losses[0]
+    assert summary["peak_val_accuracy"] > 0.6  # chance is 0.25 on four balanced classes
+    assert summary["trainable"]["total"] == summary["trainable"]["budget"] - summary["trainable"]["headroom"]
+
+
+def test_run_directory_contents(tiny_overrides):
+    summary = train_module.train(config.load(SEED_CONFIG, tiny_overrides))
+    run = run_dir(tiny_overrides)
+    assert config.from_dict(config.read_yaml(run.config)) == config.load(SEED_CONFIG, tiny_overrides)
+    rows = run.read_metrics()
+    assert [r["step"] for r in rows if r["split"] == "val"] == [4, 8, 12]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6, 8, 10, 12]
+    for row in rows:
+        assert {"step", "split", "loss", "elapsed_s"} <= set(row)
+        assert {"accuracy", "f1"} <= set(row) if row["split"] == "val" else "lr" in row
+    saved = json.loads(run.summary.read_text())
+    assert saved["peak_val_accuracy"] == max(r["accuracy"] for r in rows if r["split"] == "val")
+    assert saved["peak_step"] == summary["peak_step"] and saved["final"]["step"] == 12
+    assert {"wall_time_s", "train_samples_per_s", "versions", "git_commit", "trainable"} <= set(saved)
+    predictions = json.loads((run.best / "val_predictions.json").read_text())
+    assert predictions["step"] == saved["peak_step"] and len(predictions["predictions"]) == 64
+    for folder in (run.best, run.last):
+        assert (folder / "adapter_model.safetensors").exists() and (folder / "adapter_config.json").exists()
+
+
+def test_saved_adapter_loads_again_and_reproduces_the_best_accuracy(tiny_overrides):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from loralab.budget import load_model_config
+    from loralab.evaluate import evaluate
+    from loralab.train import prepare
+
+    cfg = config.load(SEED_CONFIG, tiny_overrides)
+    summary = train_module.train(cfg)
+    prep = prepare(cfg, log=lambda *_: None)
+    base = AutoModelForSequenceClassification.from_pretrained(cfg.model.name, config=load_model_config(cfg), ignore_mismatched_sizes=True)
+    model = PeftModel.from_pretrained(base, run_dir(tiny_overrides).best)
+    result = evaluate(model, prep.tokenizer, prep.val_set, 64, 4, torch.device("cpu"))
+    assert result.accuracy == summary["peak_val_accuracy"]
+
+
+def test_resume_after_kill_ends_like_an_uninterrupted_run(tiny_overrides, monkeypatch):
+    whole = train_module.train(config.load(SEED_CONFIG, tiny_overrides))
+    whole_rows = run_dir(tiny_overrides).read_metrics()
+
+    overrides = [o if not o.startswith("output.name=") else "output.name=killed" for o in tiny_overrides]
+    real_save = train_module.save_checkpoint
+
+    def save_then_die(run, model, optimizer, scheduler, state):
+        real_save(run, model, optimizer, scheduler, state)
+        if state["step"] == 8:
+            raise KeyboardInterrupt  # killed right after the step-8 checkpoint
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(config.load(SEED_CONFIG, overrides))
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    assert not run_dir(overrides).summary.exists()
+    with pytest.raises(LoralabError, match="exists: pass --resume"):
+        train_module.train(config.load(SEED_CONFIG, overrides))
+    resumed = train_module.train(config.load(SEED_CONFIG, overrides), resume=True)
+
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("elapsed_s", "samples_per_s")} for r in rows]  # noqa: E731
+    assert strip(run_dir(overrides).read_metrics()) == strip(whole_rows)
+    assert resumed["final"] == whole["final"]
+    assert resumed["peak_val_accuracy"] == whole["peak_val_accuracy"]
+
+
+def test_early_stopping(tiny_overrides):
+    overrides = tiny_overrides + ["train.lr=1e-9", "train.early_stopping_patience=1", "train.steps=40"]
+    summary = train_module.train(config.load(SEED_CONFIG, overrides))
+    assert summary["stopped_early"] and summary["steps_done"] < 40
+
+
+def bad_inputs(tmp_path, model_dirs):
+    empty_model = tmp_path / "no-weights"
+    empty_model.mkdir()
+    shutil.copy(model_dirs["roberta"] / "config.json", empty_model / "config.json")
+    return {
+        "missing file": (["data.train=" + str(tmp_path / "nope.csv")], "data file not found"),
+        "malformed csv": (["data.train=" + str(write_bad(tmp_path / "m.csv", 'label,text\n0,"open\n'))], "cannot parse"),
+        "no text column": (["data.train=" + str(write_bad(tmp_path / "c.csv", "label,body\n0,x\n"))], "no 'text' column"),
+        "label outside": (["data.train=" + str(write_bad(tmp_path / "l.csv", "label,text\n9,x\n"))], "label 9"),
+        "empty text": (["data.train=" + str(write_bad(tmp_path / "e.csv", 'label,text\n0,""\n'))], "empty 'text'"),
+        "no weights": ([f"model.name={empty_model}"], "has no weights"),
+        "unknown scope": (["lora.scope=[valu]"], "unknown scope name 'valu'"),
+        "over budget": (["lora.budget=1000"], "over budget"),
+        "unknown key": (["train.step=3"], "unknown config key 'train.step'"),
+    }
+
+
+def write_bad(path: Path, content: str) -> Path:
+    path.write_text(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing file", "malformed csv", "no text column", "label outside", "empty text", "no weights", "unknown scope", "over budget", "unknown key"],
+)
+def test_bad_input_one_line_nonzero_exit_no_run_dir(case, tiny_overrides, tmp_path, model_dirs, capsys):
+    extra, message = bad_inputs(tmp_path, model_dirs)[case]
+    code = main(["train", "--config", str(SEED_CONFIG), *tiny_overrides, *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    first = [line for line in err.splitlines() if line.startswith("loralab: error:")]
+    assert len(first) == 1 and message in first[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_yaml_from_the_command_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: [unclosed\n")
+    assert main(["train", "--config", str(path)]) == 2
+    assert "bad YAML" in capsys.readouterr().err
