@@ -68,19 +68,45 @@ def _load_table(source: str, cfg: DataConfig, split: str):
 def load_labelled(source: str, cfg: DataConfig, split: str = "train") -> LabelledTexts:
     """Rows of text and integer label, checked: both columns present, labels in range, no empty text."""
     table = _load_table(source, cfg, split)
-    for column in (cfg.text_column, cfg.label_column):
-        if column not in table.column_names:
-            raise LoralabError(f"{source}: no '{column}' column (columns: {', '.join(table.column_names)})")
-    texts, labels = table[cfg.text_column], table[cfg.label_column]
+    texts = _column_texts(table, cfg.text_column, source)
+    if cfg.label_column not in table.column_names:
+        raise LoralabError(f"{source}: no '{cfg.label_column}' column (columns: {', '.join(table.column_names)})")
+    labels = table[cfg.label_column]
     n_labels = len(cfg.label_names)
-    for row, (text, label) in enumerate(zip(texts, labels)):
-        if not isinstance(text, str) or not text.strip():
-            raise LoralabError(f"{source}: row {row} has an empty '{cfg.text_column}'")
+    for row, label in enumerate(labels):
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n_labels:
             raise LoralabError(f"{source}: row {row} has label {label!r}, outside 0..{n_labels - 1}")
+    return LabelledTexts(texts, list(labels))
+
+
+def _column_texts(table, column: str, source: str) -> list[str]:
+    if column not in table.column_names:
+        raise LoralabError(f"{source}: no '{column}' column (columns: {', '.join(table.column_names)})")
+    texts = table[column]
     if not texts:
         raise LoralabError(f"{source}: no rows")
-    return LabelledTexts(list(texts), list(labels))
+    for row, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise LoralabError(f"{source}: row {row} has an empty '{column}'")
+    return list(texts)
+
+
+def load_texts(source: str, text_column: str, allow_pickle: bool = False) -> list[str]:
+    """Unlabelled texts to classify: a data file, or a pickled `datasets.Dataset` if the user allows it."""
+    if Path(source).suffix.lower() in (".pkl", ".pickle"):
+        if not allow_pickle:
+            raise LoralabError(f"{source} is a pickle; unpickling runs code from the file: pass --allow-pickle if you trust it")
+        if not Path(source).is_file():
+            raise LoralabError(f"data file not found: {source}")
+        import pickle
+
+        with open(source, "rb") as handle:
+            table = pickle.load(handle)
+        if not hasattr(table, "column_names"):
+            raise LoralabError(f"{source}: the pickle holds a {type(table).__name__}, not a datasets.Dataset")
+    else:
+        table = _load_table(source, DataConfig(text_column=text_column), "test")
+    return _column_texts(table, text_column, source)
 
 
 def split_validation(rows: LabelledTexts, val_size: int, seed: int) -> tuple[LabelledTexts, LabelledTexts]:

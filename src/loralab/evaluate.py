@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .data import Encoded, collate, eval_batches
+from .data import Encoded, eval_batches
 
 
 @dataclass
@@ -22,36 +23,68 @@ class Evaluation:
         return {"loss": self.loss, "accuracy": self.accuracy, "f1": self.f1}
 
 
-def macro_f1(labels: list[int], predictions: list[int], n_classes: int) -> float:
-    """Mean over classes of F1; a class with no true and no predicted rows scores 0, as scikit-learn does."""
-    scores = []
+def confusion_matrix(labels: list[int], predictions: list[int], n_classes: int) -> list[list[int]]:
+    """matrix[true][predicted] = rows."""
+    matrix = [[0] * n_classes for _ in range(n_classes)]
+    for y, p in zip(labels, predictions):
+        matrix[y][p] += 1
+    return matrix
+
+
+def per_class(labels: list[int], predictions: list[int], n_classes: int) -> list[dict]:
+    """Precision, recall, F1 and support of each class; 0 where undefined, as scikit-learn does."""
+    matrix = confusion_matrix(labels, predictions, n_classes)
+    rows = []
     for c in range(n_classes):
-        tp = sum(1 for y, p in zip(labels, predictions) if y == c and p == c)
-        predicted = sum(1 for p in predictions if p == c)
-        actual = sum(1 for y in labels if y == c)
-        scores.append(2 * tp / (predicted + actual) if predicted + actual else 0.0)
-    return sum(scores) / n_classes
+        tp = matrix[c][c]
+        predicted = sum(matrix[y][c] for y in range(n_classes))
+        actual = sum(matrix[c])
+        rows.append(
+            {
+                "precision": tp / predicted if predicted else 0.0,
+                "recall": tp / actual if actual else 0.0,
+                "f1": 2 * tp / (predicted + actual) if predicted + actual else 0.0,
+                "support": actual,
+            }
+        )
+    return rows
+
+
+def macro_f1(labels: list[int], predictions: list[int], n_classes: int) -> float:
+    return sum(row["f1"] for row in per_class(labels, predictions, n_classes)) / n_classes
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: honest near 0 and 1 and for a few hundred rows."""
+    if total == 0:
+        return (0.0, 1.0)
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (centre - half, centre + half)
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, data: Encoded, batch_size: int, n_classes: int, device, autocast=nullcontext) -> Evaluation:
+def predict_logits(model, tokenizer, input_ids: list[list[int]], batch_size: int, device, autocast=nullcontext) -> torch.Tensor:
+    """Logits of every row, in the rows' order; batches are length-sorted so padding stays small."""
     was_training = model.training
     model.eval()
-    predictions = [0] * len(data)
-    loss_sum = 0.0
-    for indices in eval_batches(data.lengths, batch_size):
-        batch = collate(tokenizer, data, indices).to(device)
-        labels = batch.pop("labels")
+    logits = torch.empty(len(input_ids), model.config.num_labels)
+    for indices in eval_batches([len(ids) for ids in input_ids], batch_size):
+        batch = tokenizer.pad({"input_ids": [input_ids[i] for i in indices]}, return_tensors="pt").to(device)
         with autocast():
-            logits = model(**batch).logits.float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        for i, p in zip(indices, logits.argmax(-1).tolist()):
-            predictions[i] = p
+            logits[indices] = model(**batch).logits.float().cpu()
     model.train(was_training)
-    correct = sum(p == y for p, y in zip(predictions, data.labels))
+    return logits
+
+
+def evaluate(model, tokenizer, data: Encoded, batch_size: int, n_classes: int, device, autocast=nullcontext) -> Evaluation:
+    logits = predict_logits(model, tokenizer, data.input_ids, batch_size, device, autocast)
+    labels = torch.tensor(data.labels)
+    predictions = logits.argmax(-1)
     return Evaluation(
-        loss=loss_sum / len(data),
-        accuracy=correct / len(data),
-        f1=macro_f1(data.labels, predictions, n_classes),
-        predictions=predictions,
+        loss=F.cross_entropy(logits, labels).item(),
+        accuracy=(predictions == labels).sum().item() / len(labels),
+        f1=macro_f1(data.labels, predictions.tolist(), n_classes),
+        predictions=predictions.tolist(),
     )

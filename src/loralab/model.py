@@ -61,3 +61,40 @@ def build_model(cfg: Config, model_config, plan: AdapterPlan, breakdown: Breakdo
     if built != breakdown.total:
         raise LoralabError(f"bug: the built model trains {built:,} parameters but the plan counted {breakdown.total:,}")
     return model
+
+
+def trained_run(run_path: str | Path, which: str = "best"):
+    """A run's config and the folder of its `which` adapter, both checked to exist."""
+    from . import config as config_io
+    from .store import RunDir
+
+    run = RunDir(Path(run_path))
+    if not run.config.is_file():
+        raise LoralabError(f"{run.path} is not a run directory (no config.yaml)")
+    adapter = run.path / which
+    if not (adapter / "adapter_config.json").is_file():
+        raise LoralabError(f"run {run.path} has no adapter in {which}/ (did it finish an evaluation?)")
+    return config_io.from_dict(config_io.read_yaml(run.config)), adapter
+
+
+def load_trained(run_path: str | Path, which: str = "best", merged: bool = False):
+    """A run's config, tokenizer and model with its saved adapter; merged into plain weights if asked."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from .budget import load_model_config
+
+    cfg, adapter = trained_run(run_path, which)
+    try:
+        base = AutoModelForSequenceClassification.from_pretrained(
+            cfg.model.name, config=load_model_config(cfg), ignore_mismatched_sizes=True
+        )
+    except (OSError, ValueError) as err:
+        raise LoralabError(f"cannot load the run's base model '{cfg.model.name}': {str(err).splitlines()[0]}") from err
+    model = PeftModel.from_pretrained(base, adapter)
+    if merged:
+        try:
+            model = model.merge_and_unload()
+        except Exception as err:  # PEFT raises several types for layers it cannot merge
+            raise LoralabError(f"cannot merge the adapter of {run_path} into {cfg.model.name}: {err}") from err
+    return cfg, load_tokenizer(cfg.model.name), model.eval()
