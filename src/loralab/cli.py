@@ -1,4 +1,4 @@
-"""The `loralab` command: train, budget, eval, predict, export."""
+"""The `loralab` command: train, budget, eval, predict, export, runs, import-hf, plot, report."""
 
 from __future__ import annotations
 
@@ -72,6 +72,52 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    import json
+
+    from .results import COLUMNS, find_runs, format_table, sort_rows, to_csv
+
+    rows = sort_rows([r.row() for r in find_runs(args.paths)], args.sort)
+    if args.csv:
+        print(to_csv(rows), end="")
+    elif args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows) if rows else f"no finished runs under {', '.join(args.paths or ['runs'])}")
+    return 0
+
+
+def cmd_import_hf(args) -> int:
+    from .hf_import import import_hf
+
+    written = import_hf(args.paths, args.out, args.val_rows, args.model_config)
+    print(f"imported {len(written)} runs into {args.out}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_runs
+    from .results import find_runs
+
+    records = find_runs(args.paths)
+    if not records:
+        raise LoralabError(f"no finished runs under {', '.join(args.paths or ['runs'])}")
+    plotted = plot_runs(records, args.out)
+    print(f"wrote {len(plotted)} accuracy figures and their loss curves (PNG and SVG) to {args.out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    from .results import find_runs
+
+    records = find_runs(args.paths)
+    if not records:
+        raise LoralabError(f"no finished runs under {', '.join(args.paths or ['runs'])}")
+    print(f"wrote {write_report(records, args.out, args.title)}")
+    return 0
+
+
 def _inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", help="run directory (runs/NAME)")
     parser.add_argument("--which", choices=["best", "last"], default="best", help="which saved adapter")
@@ -114,6 +160,31 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--which", choices=["best", "last"], default="best")
     export.add_argument("--adapter-only", action="store_true", help="the adapter and head files with a model card")
     export.set_defaults(run=cmd_export)
+
+    runs = commands.add_parser("runs", help="table of finished runs (peak accuracy with its 95%% interval)")
+    runs.add_argument("paths", nargs="*", metavar="DIR", help="run directories or folders of them (default: runs)")
+    runs.add_argument("--sort", default="-peak_accuracy", help="column to sort by; '-' for descending")
+    runs.add_argument("--csv", action="store_true")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(run=cmd_runs)
+
+    importer = commands.add_parser("import-hf", help="import Hugging Face trainer_state.json + adapter_config.json results")
+    importer.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to search")
+    importer.add_argument("--out", default="runs/imported", help="where the run directories go")
+    importer.add_argument("--val-rows", type=int, default=640, help="validation rows the accuracies were measured on")
+    importer.add_argument("--model-config", help="folder or hub id of the base model's config (for trainable counts)")
+    importer.set_defaults(run=cmd_import_hf)
+
+    plot = commands.add_parser("plot", help="the study's figures (PNG and SVG) from runs")
+    plot.add_argument("paths", nargs="*", metavar="RUNS")
+    plot.add_argument("--out", default="figures")
+    plot.set_defaults(run=cmd_plot)
+
+    report = commands.add_parser("report", help="one self-contained HTML report of runs")
+    report.add_argument("paths", nargs="*", metavar="RUNS")
+    report.add_argument("--out", default="report.html")
+    report.add_argument("--title", default="loralab report")
+    report.set_defaults(run=cmd_report)
     return parser
 
 

@@ -49,12 +49,10 @@ def evaluation_report(labels: list[int], predictions: list[int], label_names: li
     }
 
 
-def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path, title: str) -> None:
-    import matplotlib
+def plot_confusion(matrix: list[list[int]], label_names: list[str], stem: Path, title: str) -> None:
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 * len(label_names) + 2, 1.2 * len(label_names) + 1.5))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(label_names)), label_names, rotation=30, ha="right")
@@ -67,10 +65,7 @@ def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path, 
         for j, value in enumerate(row):
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, stem, formats=("png",))
 
 
 def evaluate_run(run_path: str, data: str | None, split: str, which: str, batch_size: int, precision: str) -> dict:
@@ -92,7 +87,7 @@ def evaluate_run(run_path: str, data: str | None, split: str, which: str, batch_
     write_json_atomic(folder / "metrics.json", report)
     write_json_atomic(folder / "predictions.json", {"labels": rows.labels, "predictions": predictions})
     title = f"{Path(run_path).name} ({which}) on {tag}: accuracy {report['accuracy']:.4f}"
-    plot_confusion(report["confusion_matrix"], cfg.data.label_names, folder / "confusion.png", title)
+    plot_confusion(report["confusion_matrix"], cfg.data.label_names, folder / "confusion", title)
     report["saved_in"] = str(folder)
     return report
 

@@ -1,0 +1,167 @@
+"""The study's figures from an index of runs: scope bar chart, accuracy curves per swept axis, loss curves.
+
+Every accuracy carries its 95% Wilson interval over the validation rows: on 640 rows that is about
++-2.2 points, wider than most differences the seed study drew conclusions from.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from .evaluate import wilson_interval
+from .results import RunRecord
+
+FORMATS = ("png", "svg")
+
+# Figure file stem and title of each axis the study swept; other axes get a generic curve figure.
+AXIS_FIGURES = {
+    "lora.scope": ("fig1_scope", "Peak validation accuracy by adapter scope"),
+    "lora.dropout": ("fig2_dropout", "Validation accuracy by LoRA dropout"),
+    "lora.alpha": ("fig3_alpha", "Validation accuracy by LoRA alpha"),
+    "lora.r": ("fig4_r", "Validation accuracy by LoRA rank"),
+    "train.lr": ("fig5_lr", "Validation accuracy by learning rate"),
+}
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, stem: Path, formats=FORMATS) -> list[Path]:
+    """Write each format to a temporary name, then rename: no half-written figure is ever visible."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        tmp = stem.with_name(f".{stem.name}.tmp.{fmt}")
+        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+        tmp.replace(path)
+        written.append(path)
+    pyplot().close(fig)
+    return written
+
+
+def axis_label(record: RunRecord, axis: str, value) -> str:
+    if axis == "lora.r":
+        trainable = (record.summary.get("trainable") or {}).get("total")
+        return f"r={value}" + (f" ({trainable:,} params)" if trainable else "")
+    if axis == "lora.alpha":
+        return f"alpha={value:g} (r*{value / record.config['lora']['r']:g})"
+    if axis == "lora.scope":
+        return ",".join(value)
+    short = axis.split(".")[-1]
+    return f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}"
+
+
+def run_label(record: RunRecord) -> str:
+    if not record.axes:
+        return record.name
+    return ", ".join(axis_label(record, axis, value) for axis, value in record.axes.items())
+
+
+def groups_of(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        groups[record.group or "runs"].append(record)
+    return dict(groups)
+
+
+def group_axis(records: list[RunRecord]) -> str | None:
+    """The axis a group varies along: the first axis its runs declare (seeds excepted)."""
+    for record in records:
+        for axis in record.axes:
+            if axis != "train.seed":
+                return axis
+    return None
+
+
+def plot_scope_bars(records: list[RunRecord], stem: Path, title: str) -> dict[str, float]:
+    plt = pyplot()
+    records = sorted(records, key=lambda r: -r.summary["peak_val_accuracy"])
+    labels = [run_label(r) for r in records]
+    peaks = [r.summary["peak_val_accuracy"] for r in records]
+    intervals = [wilson_interval(round(p * r.val_rows), r.val_rows) for p, r in zip(peaks, records)]
+    fig, (ax, table_ax) = plt.subplots(2, 1, figsize=(9, 7.5), gridspec_kw={"height_ratios": [3, 2]})
+    ax.bar(range(len(records)), peaks, color="#4C72B0",
+           yerr=[[p - lo for p, (lo, _) in zip(peaks, intervals)], [hi - p for p, (_, hi) in zip(peaks, intervals)]],
+           capsize=4)  # fmt: skip
+    for i, peak in enumerate(peaks):
+        ax.text(i, peak + 0.002, f"{peak:.4f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(records)), labels, rotation=20, ha="right")
+    ax.set_ylabel("peak validation accuracy (95% Wilson interval)")
+    ax.set_ylim(min(lo for lo, _ in intervals) - 0.02, min(1.0, max(hi for _, hi in intervals) + 0.02))
+    ax.set_title(title)
+    rows = []
+    for record in records:
+        step = record.summary["peak_step"]
+        loss = next((m["loss"] for m in record.metrics if m["split"] == "val" and m["step"] == step), None)
+        lora = record.config["lora"]
+        rows.append([run_label(record), str(step), f"{loss:.4f}" if loss is not None else "-", str(lora["r"]), f"{lora['alpha']:g}"])
+    table_ax.axis("off")
+    table_ax.table(cellText=rows, colLabels=["scope", "peak step", "eval loss", "r", "alpha"], loc="center")
+    save_figure(fig, stem)
+    return dict(zip(labels, peaks))
+
+
+def plot_accuracy_curves(records: list[RunRecord], stem: Path, title: str) -> dict[str, float]:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    plotted = {}
+    for record in sorted(records, key=lambda r: [v if isinstance(v, (int, float)) else str(v) for v in r.axes.values()] or [r.name]):
+        steps, accuracy = record.curve("val", "accuracy")
+        n = record.val_rows
+        bands = [wilson_interval(round(a * n), n) for a in accuracy]
+        label = run_label(record)
+        (line,) = ax.plot(steps, accuracy, marker="o", markersize=3, label=label)
+        ax.fill_between(steps, [lo for lo, _ in bands], [hi for _, hi in bands], color=line.get_color(), alpha=0.12)
+        plotted[label] = max(accuracy)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation accuracy (band: 95% Wilson interval)")
+    ax.set_title(title)
+    after_first_eval = [a for r in records for a in r.curve("val", "accuracy")[1][1:]]
+    if after_first_eval:  # the first evaluation is often near chance and would flatten the rest
+        ax.set_ylim(max(0.0, min(after_first_eval) - 0.05), min(1.0, max(after_first_eval) + 0.03))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, stem)
+    return plotted
+
+
+def plot_losses(records: list[RunRecord], stem: Path, title: str) -> None:
+    plt = pyplot()
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for record in records:
+        label = run_label(record)
+        train_ax.plot(*record.curve("train", "loss"), label=label)
+        val_ax.plot(*record.curve("val", "loss"), marker="o", markersize=3, label=label)
+    for ax, name in ((train_ax, "training loss"), (val_ax, "validation loss")):
+        ax.set_xlabel("step")
+        ax.set_title(f"{title}: {name}")
+        ax.grid(alpha=0.3)
+    val_ax.legend(fontsize=8)
+    save_figure(fig, stem)
+
+
+def plot_runs(records: list[RunRecord], out_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Draw every figure the runs support into out_dir; returns {figure: {line or bar: peak accuracy}}."""
+    out = Path(out_dir)
+    plotted: dict[str, dict[str, float]] = {}
+    groups = groups_of(records)
+    axis_groups = defaultdict(list)
+    for group, members in groups.items():
+        axis_groups[group_axis(members)].append(group)
+    for group, members in groups.items():
+        axis = group_axis(members)
+        stem, title = AXIS_FIGURES.get(axis, (f"acc_{group}", f"Validation accuracy: {group}"))
+        if len(axis_groups[axis]) > 1 and axis in AXIS_FIGURES:
+            stem = f"{stem}_{group}"  # two groups swept the same axis: one figure each
+        draw = plot_scope_bars if axis == "lora.scope" else plot_accuracy_curves
+        plotted[stem] = draw(members, out / stem, f"{title} ({group})")
+        plot_losses(members, out / f"loss_{group}", group)
+    return plotted

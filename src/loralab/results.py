@@ -1,0 +1,139 @@
+"""The index of runs, derived from run directories (config.yaml, metrics.jsonl, summary.json, origin.json)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config as config_io
+from .config import SCOPE_WORDS
+from .errors import LoralabError
+from .evaluate import wilson_interval
+from .store import RunDir
+
+ORIGIN = "origin.json"  # {"group": ..., "axes": {"lora.r": 22, ...}, "sweep"/"imported_from": ...}
+
+
+@dataclass
+class RunRecord:
+    run: RunDir
+    config: dict
+    summary: dict
+    metrics: list[dict]
+    origin: dict
+
+    @property
+    def name(self) -> str:
+        return self.summary.get("name") or self.run.path.name
+
+    @property
+    def group(self) -> str:
+        return self.origin.get("group", "")
+
+    @property
+    def axes(self) -> dict:
+        return self.origin.get("axes", {})
+
+    @property
+    def val_rows(self) -> int:
+        return self.summary["val_rows"]
+
+    def curve(self, split: str, key: str) -> tuple[list[int], list[float]]:
+        rows = [r for r in self.metrics if r["split"] == split and r.get(key) is not None]
+        return [r["step"] for r in rows], [r[key] for r in rows]
+
+    def row(self) -> dict:
+        lora, train = self.config["lora"], self.config["train"]
+        peak = self.summary["peak_val_accuracy"]
+        low, high = wilson_interval(round(peak * self.val_rows), self.val_rows)
+        final = self.summary.get("final") or {}
+        trainable = (self.summary.get("trainable") or {}).get("total")
+        return {
+            "name": self.name,
+            "group": self.group,
+            "scope": ",".join(lora["scope"]),
+            "head": self.config["model"]["head"],
+            "r": lora["r"],
+            "alpha": lora["alpha"],
+            "dropout": lora["dropout"],
+            "lr": train["lr"],
+            "steps": self.summary.get("steps_done", train["steps"]),
+            "trainable": trainable,
+            "peak_accuracy": peak,
+            "ci_low": low,
+            "ci_high": high,
+            "peak_step": self.summary["peak_step"],
+            "final_accuracy": final.get("accuracy"),
+            "wall_s": self.summary.get("wall_time_s"),
+            "path": str(self.run.path),
+        }
+
+
+def read_run(path: Path) -> RunRecord:
+    run = RunDir(Path(path))
+    origin = json.loads((run.path / ORIGIN).read_text()) if (run.path / ORIGIN).exists() else {}
+    return RunRecord(run, config_io.read_yaml(run.config), json.loads(run.summary.read_text()), run.read_metrics(), origin)
+
+
+def find_runs(paths: list[str]) -> list[RunRecord]:
+    """Finished runs (those with a summary.json) at or below each path, in path order."""
+    records = []
+    for path in map(Path, paths or ["runs"]):
+        if not path.exists():
+            raise LoralabError(f"no such run directory: {path}")
+        found = [path / "summary.json"] if (path / "summary.json").exists() else sorted(path.rglob("summary.json"))
+        records += [read_run(summary.parent) for summary in found if (summary.parent / "config.yaml").exists()]
+    return records
+
+
+def canonical_scope(modules: list[str]) -> list[str]:
+    """Scope words in the vocabulary's order (query before key before value ...), others after."""
+    return sorted(modules, key=lambda m: (SCOPE_WORDS.index(m) if m in SCOPE_WORDS else len(SCOPE_WORDS), m))
+
+
+COLUMNS = ["name", "group", "scope", "head", "r", "alpha", "dropout", "lr", "steps", "trainable",
+           "peak_accuracy", "ci_low", "ci_high", "peak_step", "final_accuracy", "wall_s"]  # fmt: skip
+
+
+def sort_rows(rows: list[dict], key: str) -> list[dict]:
+    descending = key.startswith("-")
+    key = key.lstrip("-")
+    if rows and key not in rows[0]:
+        raise LoralabError(f"--sort: unknown column '{key}' (columns: {', '.join(COLUMNS)})")
+    present = [r for r in rows if r[key] is not None]
+    return sorted(present, key=lambda r: r[key], reverse=descending) + [r for r in rows if r[key] is None]
+
+
+def format_table(rows: list[dict]) -> str:
+    def cell(column: str, value) -> str:
+        if value is None:
+            return "-"
+        if column in ("peak_accuracy", "final_accuracy"):
+            return f"{value:.4f}"
+        if column == "ci_low":
+            return f"[{value:.4f}"
+        if column == "ci_high":
+            return f"{value:.4f}]"
+        if column == "trainable":
+            return f"{value:,}"
+        if column == "wall_s":
+            return f"{value / 60:.1f}m"
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(value)
+
+    headers = {"peak_accuracy": "peak", "ci_low": "95% CI", "ci_high": "", "final_accuracy": "final", "wall_s": "wall"}
+    table = [[headers.get(c, c) for c in COLUMNS]] + [[cell(c, r[c]) for c in COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in table)
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS + ["path"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
