@@ -118,6 +118,34 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import read_sweep, run_sweep, work
+
+    if args.worker:
+        work(read_sweep(args.file, args.runs), args.storage, args.runs, args.heartbeat)
+        return 0
+    status = run_sweep(args.file, args.storage, args.workers, args.runs, args.heartbeat)
+    return 0 if status["unfinished"] == 0 else 1
+
+
+def cmd_search(args) -> int:
+    from .sweep import run_search
+
+    run_search(args.file, args.trials, args.storage, args.workers, args.runs, args.heartbeat, worker=args.worker)
+    return 0
+
+
+def _optuna_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="sweep or search YAML file")
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RUNS/NAME/optuna.db); "
+                        "postgresql://... lets workers on many machines share one study")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1, help="trials run in parallel on this machine")
+    parser.add_argument("--runs", default="runs", help="folder of run directories")
+    parser.add_argument("--heartbeat", type=int, default=30, help="seconds between worker heartbeats; a trial "
+                        "silent for twice this is taken as dead and run again")  # fmt: skip
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+
 def _inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", help="run directory (runs/NAME)")
     parser.add_argument("--which", choices=["best", "last"], default="best", help="which saved adapter")
@@ -161,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--adapter-only", action="store_true", help="the adapter and head files with a model card")
     export.set_defaults(run=cmd_export)
 
+    sweep = commands.add_parser("sweep", help="run a sweep file's trials (skips finished ones, resumes interrupted)")
+    _optuna_arguments(sweep)
+    sweep.set_defaults(run=cmd_sweep)
+
+    search = commands.add_parser("search", help="budget-constrained TPE search with pruning over a declared space")
+    _optuna_arguments(search)
+    search.add_argument("--trials", type=int, required=True, help="trials to complete or prune, all workers together")
+    search.set_defaults(run=cmd_search)
+
     runs = commands.add_parser("runs", help="table of finished runs (peak accuracy with its 95%% interval)")
     runs.add_argument("paths", nargs="*", metavar="DIR", help="run directories or folders of them (default: runs)")
     runs.add_argument("--sort", default="-peak_accuracy", help="column to sort by; '-' for descending")
@@ -197,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     except LoralabError as err:
         print(f"loralab: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `loralab runs | head`
+        return 0
     except KeyboardInterrupt:
         print("loralab: interrupted (resume with --resume)", file=sys.stderr)
         return 130

@@ -213,19 +213,29 @@ def read_yaml(path: str | Path) -> dict:
     return tree
 
 
-def from_dict(tree: dict, overrides: list[str] = ()) -> Config:
+def from_dict(tree: dict, overrides: list[str] = (), values: dict[str, Any] | None = None) -> Config:
+    """Build and validate; `overrides` are `section.key=value` strings, `values` the same already parsed."""
     tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
+    for dotted, value in (values or {}).items():
+        _set_dotted(tree, dotted, value)
     cfg = _build(Config, tree, "")
     _validate(cfg)
     return cfg
 
 
-def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def is_key(dotted: str) -> bool:
+    """Whether `section.key` names a config field."""
+    section, _, key = dotted.partition(".")
+    kinds = typing.get_type_hints(Config)
+    return section in kinds and key in {f.name for f in dataclasses.fields(kinds[section])}
+
+
+def load(path: str | Path | None, overrides: list[str] = (), values: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file, then the overrides; the run name defaults to the file's stem."""
     tree = read_yaml(path) if path else {}
-    cfg = from_dict(tree, overrides)
+    cfg = from_dict(tree, overrides, values)
     if not cfg.output.name:
         cfg.output.name = Path(path).stem if path else "run"
     return cfg

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from .budget import breakdown_for, load_model_config
 from .config import Config
 from .errors import LoralabError
 from .results import ORIGIN, canonical_scope
-from .store import RunDir, replace_dir, write_json_atomic
+from .store import RunDir, replace_dir, safe_dirname, write_json_atomic
 
 # The seed study kept one folder per question; each folder's runs differ along one axis.
 STUDY_FOLDER_AXES = {
@@ -53,11 +52,6 @@ def find_pairs(paths: list[str]) -> list[tuple[Path, Path]]:
 def run_name(state: Path) -> str:
     stem = state.parent.name if state.name == "trainer_state.json" else state.name[: -len("_trainer.json")]
     return stem
-
-
-def safe_dirname(name: str) -> str:
-    """Commas, '*' and spaces are legal in the study's names but awkward in paths."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
 
 
 def _read_json(path: Path) -> dict:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def safe_dirname(name: str) -> str:
+    """A folder name from a run's label: commas, '*', '=' and spaces are legal but awkward in paths."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -148,8 +149,12 @@ def val_accuracy(state: dict) -> str:
     return f"{state['last_eval']['accuracy']:.4f}" if state["last_eval"] else "-"
 
 
-def train(cfg: Config, resume: bool = False) -> dict:
-    """Run one configuration to the end (or to early stopping) and return its summary."""
+def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], None] | None = None) -> dict:
+    """Run one configuration to the end (or to early stopping) and return its summary.
+
+    `on_eval(step, accuracy)` is called after each evaluation's checkpoint; a search uses it to
+    prune a trial by raising.
+    """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -249,6 +254,8 @@ def train(cfg: Config, resume: bool = False) -> dict:
                 run.append_metrics({"step": step, "split": "val", **result.metrics(), "elapsed_s": state["elapsed_s"]})
                 save_checkpoint(run, accelerator.unwrap_model(model), optimizer, scheduler, state)
             progress.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{samples_per_s:.1f}", val_acc=val_accuracy(state))
+            if on_eval is not None:
+                on_eval(step, result.accuracy)
         progress.update(1)
     progress.close()
 

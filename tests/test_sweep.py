@@ -1,0 +1,187 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import SEED_CONFIG
+from loralab.errors import LoralabError
+from loralab.results import find_runs
+from loralab.sweep import read_sweep, run_search, run_sweep
+
+POSTGRES_URL = os.environ.get("LORALAB_TEST_POSTGRES", "postgresql://loralab:loralab@127.0.0.1:5432/loralab")
+
+
+def tiny_sweep(tmp_path, model_dirs, tiny_data, groups, steps=6, name="tiny", **extra) -> Path:
+    spec = {
+        "base": str(SEED_CONFIG),
+        "name": name,
+        "overrides": [
+            f"model.name={model_dirs['roberta']}", f"data.train={tiny_data}", "data.val_size=64",
+            "data.max_length=32", f"train.steps={steps}", "train.eval_every=3", "train.batch_size=8",
+            "train.warmup_steps=1", "train.lr=1e-2", "lora.r=4",
+        ],  # fmt: skip
+        "groups": groups,
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+FOUR = {"r": {"grid": {"lora.r": [2, 4]}, "set": {"lora.alpha": "r*2"}}, "dropout": {"grid": {"lora.dropout": [0.0, 0.2]}}}
+
+
+def test_axes_expand_to_trials(tmp_path, model_dirs, tiny_data):
+    groups = {
+        "grid": {"grid": {"lora.r": [2, 4], "lora.dropout": [0.0, 0.1]}},
+        "zipped": {"zip": {"lora.scope": [["query"], ["query", "value"]], "lora.r": [8, 4]}, "set": {"lora.alpha": "r*0.5"}},
+        "named": {"variants": {"long": {"train.steps": 12}, "fast": {"train.lr": 0.1}}},
+    }
+    sweep = read_sweep(tiny_sweep(tmp_path, model_dirs, tiny_data, groups, seeds=[1, 2]), str(tmp_path / "runs"))
+    by_group = {}
+    for trial in sweep.trials:
+        by_group.setdefault(trial.group, []).append(trial)
+    assert len(by_group["grid"]) == 2 * 2 * 2 and len(by_group["zipped"]) == 2 * 2 and len(by_group["named"]) == 2 * 2
+    zipped = by_group["zipped"][0]
+    assert zipped.values["lora.scope"] == ["query"] and zipped.values["lora.r"] == 8 and zipped.values["lora.alpha"] == 4.0
+    assert zipped.axes == {"lora.scope": ["query"], "lora.r": 8, "train.seed": 1}
+    assert {t.label for t in by_group["named"]} == {"long_seed_1", "long_seed_2", "fast_seed_1", "fast_seed_2"}
+
+
+@pytest.mark.parametrize(
+    "groups, message",
+    [
+        ({"g": {"grid": {"lora.rank": [1, 2]}}}, "unknown axis 'lora.rank'"),
+        ({"g": {"grid": {"lora.r": []}}}, "axis 'lora.r' must be a non-empty list"),
+        ({"g": {"grid": {"lora.r": ["big", 2]}}}, "trial g/r_big: lora.r: expected int"),
+        ({"g": {"grid": {"lora.alpha": ["2*r"]}}}, "lora.alpha '2\\*r' is not a number or r\\*<number>"),
+        ({"g": {"zip": {"lora.r": [1, 2], "lora.dropout": [0.1]}}}, "zip lists have different lengths"),
+        ({"g": {"sweep": {"lora.r": [1]}}}, "unknown entry 'sweep'"),
+    ],
+)
+def test_bad_sweep_files_fail_before_anything_runs(tmp_path, model_dirs, tiny_data, groups, message):
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, groups)
+    with pytest.raises(LoralabError, match=message):
+        run_sweep(str(path), None, 1, str(tmp_path / "runs"), log=lambda *_: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_over_budget_trials_are_rejected_with_their_reason(tmp_path, model_dirs, tiny_data):
+    groups = {"r": {"grid": {"lora.r": [2, 100_000]}}}
+    lines = []
+    status = run_sweep(str(tiny_sweep(tmp_path, model_dirs, tiny_data, groups)), None, 1, str(tmp_path / "runs"), log=lines.append)
+    assert status == {"finished": 1, "unfinished": 0, "rejected": 1}
+    assert any(line.startswith("rejected r/r_100000: 12,801,188 trainable > budget 1,000,000") for line in lines)
+
+
+def optuna_trials(storage: str, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def postgres_or_skip() -> str:
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_URL.replace("postgresql://", "postgresql://", 1), connect_timeout=3).close()
+    except Exception as err:  # noqa: BLE001 - any failure means no server to test against
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_URL} ({type(err).__name__}); .ci/run starts one")
+    return POSTGRES_URL
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_workers_run_every_trial_exactly_once(tmp_path, model_dirs, tiny_data, backend):
+    name = f"two-workers-{backend}-{os.getpid()}-{time.time_ns()}"
+    runs = tmp_path / "runs"
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else postgres_or_skip()
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, FOUR, name=name)
+    status = run_sweep(str(path), storage, 2, str(runs), log=lambda *_: None)
+    assert status == {"finished": 4, "unfinished": 0, "rejected": 0}
+    trials = optuna_trials(storage, name)
+    ran = [t for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs["key"] for t in ran) == sorted(["r/r_2", "r/r_4", "dropout/dropout_0", "dropout/dropout_0.2"])
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)  # any extra trial yielded, none failed
+    assert len({t.user_attrs["worker"] for t in ran}) == 2  # both workers took trials
+    assert len(find_runs([str(runs)])) == 4
+
+
+def test_interrupted_sweep_resumes_the_killed_trial_from_its_checkpoint(tmp_path, model_dirs, tiny_data):
+    runs = tmp_path / "runs"
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, FOUR, steps=300, name="killed")
+    command = [sys.executable, "-m", "loralab.cli", "sweep", str(path), "--runs", str(runs), "--heartbeat", "1"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(runs.glob("killed/*/*/checkpoint/state.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    (checkpoint,) = list(runs.glob("killed/*/*/checkpoint/state.pt"))
+    killed_run = checkpoint.parent.parent
+    assert not (killed_run / "summary.json").exists()
+
+    time.sleep(2.5)  # past the heartbeat's grace period: the killed trial is recognised as dead
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed {killed_run} at step" in again.stdout
+    assert "4 finished, 0 unfinished" in again.stdout
+    assert (killed_run / "summary.json").exists()
+
+
+def test_search_never_trains_over_budget_and_prunes_on_evaluations(tmp_path, model_dirs, tiny_data):
+    spec = yaml.safe_load(tiny_sweep(tmp_path, model_dirs, tiny_data, {"x": {"grid": {"lora.r": [1]}}}).read_text())
+    del spec["groups"]
+    spec["name"] = "search"
+    spec["space"] = {"lora.r": {"low": 1, "high": 400_000, "log": True}, "train.lr": {"low": 1e-3, "high": 3e-2, "log": True},
+                     "lora.scope": {"choices": [["value"], ["query", "value"]]}}  # fmt: skip
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    status = run_search(str(path), 8, None, 1, str(tmp_path / "runs"), log=lambda *_: None)
+    assert status["complete"] + status["pruned"] >= 8
+    trials = optuna_trials(f"sqlite:///{tmp_path / 'runs' / 'search' / 'optuna.db'}", "search")
+    for trial in trials:
+        over = trial.user_attrs.get("trainable", 0) > 1_000_000
+        assert over == ("rejected" in trial.user_attrs)
+        if over:  # refused before training: no run directory was made
+            assert trial.state.name == "PRUNED"
+            assert not (tmp_path / "runs" / "search" / "search" / f"trial-{trial.number:04d}").exists()
+    records = find_runs([str(tmp_path / "runs")])
+    assert records and all(r.summary["trainable"]["total"] <= 1_000_000 for r in records)
+
+
+def _pop_trials(url: str, queue) -> None:
+    import optuna
+
+    from loralab.sweep import open_study, Sweep
+
+    study = open_study(Sweep(Path("race.yaml"), "race", Path("."), []), url, heartbeat_s=30)
+    seen = []
+    while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        study.optimize(lambda t: (seen.append(t.user_attrs.get("k")), time.sleep(0.005), 1.0)[2], n_trials=1, catch=(Exception,))
+    queue.put(seen)
+
+
+def test_sqlite_queue_gives_each_trial_to_one_worker(tmp_path):
+    """Plain SQLite lets two processes pop the same queued trial; the sweep's storage must not."""
+    import multiprocessing
+
+    from loralab.sweep import Sweep, open_study
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    study = open_study(Sweep(Path("race.yaml"), "race", Path("."), []), url, heartbeat_s=30)
+    for i in range(40):
+        study.enqueue_trial({}, user_attrs={"k": i})
+    queue = multiprocessing.Queue()
+    workers = [multiprocessing.Process(target=_pop_trials, args=(url, queue)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    popped = [k for _ in workers for k in queue.get(timeout=120) if k is not None]
+    for w in workers:
+        w.join()
+    assert sorted(popped) == list(range(40))
