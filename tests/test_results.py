@@ -1,0 +1,108 @@
+import json
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+
+from conftest import ROOT, SEED_STUDY
+from loralab.cli import main
+from loralab.errors import LoralabError
+from loralab.hf_import import import_hf
+from loralab.plots import plot_runs
+from loralab.report import mcnemar_exact
+from loralab.results import find_runs
+
+needs_study = pytest.mark.skipif(not SEED_STUDY.exists(), reason="../shared/data/seed-study is not beside the repo")
+ROBERTA_BASE_CONFIG = str(ROOT / "configs" / "models" / "roberta-base")
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    if not SEED_STUDY.exists():
+        pytest.skip("../shared/data/seed-study is not beside the repo")
+    out = tmp_path_factory.mktemp("imported")
+    import_hf([str(SEED_STUDY)], str(out), model_config=ROBERTA_BASE_CONFIG)
+    return {r.name: r for r in find_runs([str(out)])}
+
+
+@needs_study
+def test_import_yields_the_study_runs(imported):
+    assert len(imported) == 20
+    assert sum(1 for r in imported.values() if r.config["lora"]["r"] == 22 and r.config["lora"]["alpha"] == 44
+               and r.config["lora"]["dropout"] == 0.1 and r.config["train"]["lr"] == 5e-5 and r.config["train"]["steps"] == 1200) == 4  # fmt: skip
+    best = imported["dropout/val,.1"]
+    assert (best.summary["peak_val_accuracy"], best.summary["peak_step"]) == (0.9140625, 1100)
+    qk = imported["modules/query,key"]
+    assert (qk.summary["peak_val_accuracy"], qk.summary["peak_step"]) == (0.9015625, 1000)
+    assert qk.config["lora"]["scope"] == ["query", "key"] and qk.axes == {"lora.scope": ["query", "key"]}
+    assert imported["r/val,.1,r*2,6"].summary["trainable"]["total"] == 704_260
+    assert imported["modules/query,key,val"].summary["trainable"]["total"] == 980_740
+    assert imported["additional/val, .1,r*2,22,3e-5,2400"].config["train"]["steps"] == 2400
+
+
+@needs_study
+def test_five_figures_plot_the_index_peaks(imported, tmp_path):
+    plotted = plot_runs(list(imported.values()), tmp_path)
+    for stem in ("fig1_scope", "fig2_dropout", "fig3_alpha", "fig4_r", "fig5_lr"):
+        png, svg = tmp_path / f"{stem}.png", tmp_path / f"{stem}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert ElementTree.parse(svg).getroot().tag.endswith("svg")
+    assert plotted["fig2_dropout"] == {
+        f"dropout={d:g}": imported[f"dropout/val,{n}"].summary["peak_val_accuracy"] for d, n in ((0.05, ".05"), (0.1, ".1"), (0.15, ".15"))
+    }
+    assert plotted["fig1_scope"]["query,key"] == imported["modules/query,key"].summary["peak_val_accuracy"]
+    assert plotted["fig4_r"]["r=6 (704,260 params)"] == imported["r/val,.1,r*2,6"].summary["peak_val_accuracy"]
+    assert set(plotted["fig3_alpha"]) == {"alpha=11 (r*0.5)", "alpha=22 (r*1)", "alpha=44 (r*2)"}
+    assert set(plotted["fig5_lr"]) == {"lr=2e-05", "lr=3e-05", "lr=5e-05"}
+    assert (tmp_path / "loss_dropout.png").exists()
+
+
+@needs_study
+def test_runs_table_csv_and_json(imported, capsys):
+    folder = str(next(iter(imported.values())).run.path.parent.parent)
+    assert main(["runs", folder, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 20 and rows[0]["peak_accuracy"] == 0.9140625
+    assert round(rows[0]["ci_low"], 4) == 0.8898 and round(rows[0]["ci_high"], 4) == 0.9334
+    assert main(["runs", folder, "--csv", "--sort", "peak_step"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("name,group,scope") and len(lines) == 21
+    assert main(["runs", folder, "--sort", "nope"]) == 2
+
+
+@needs_study
+def test_report_is_self_contained(imported, tmp_path):
+    folder = str(next(iter(imported.values())).run.path.parent.parent)
+    out = tmp_path / "report.html"
+    assert main(["report", folder, "--out", str(out)]) == 0
+    page = out.read_text()
+    assert page.count("<svg") >= 5 and "src=\"http" not in page and "dropout/val,.1" in page
+    assert "no per-row predictions" in page
+
+
+def test_import_errors(tmp_path):
+    (tmp_path / "x_trainer.json").write_text("{}")
+    with pytest.raises(LoralabError, match="no adapter config beside it"):
+        import_hf([str(tmp_path)], str(tmp_path / "out"))
+    (tmp_path / "x_adapter.json").write_text("{}")
+    with pytest.raises(LoralabError, match="no log_history"):
+        import_hf([str(tmp_path)], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_mcnemar_exact():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 5) == 1.0
+    assert mcnemar_exact(10, 0) == pytest.approx(2 / 1024)
+    assert mcnemar_exact(7, 2) == pytest.approx(2 * (1 + 9 + 36) / 512)
+
+
+def test_report_tests_our_runs_on_the_same_rows(tmp_path, model_dirs, tiny_data):
+    """Runs trained here save per-row predictions at their peak, so the report can pair them."""
+    from test_inference import train_tiny
+
+    from loralab.report import significance
+
+    for lr in ("2e-2", "1e-9"):
+        train_tiny(model_dirs["roberta"], tiny_data, tmp_path, f"lr{lr}", f"train.lr={lr}")
+    first = significance(find_runs([str(tmp_path)]))[0]
+    assert first["p_value"] is not None and 0 <= first["p_value"] <= 1 and first["note"] == ""
