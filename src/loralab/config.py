@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -222,6 +223,9 @@ def from_dict(tree: dict, overrides: list[str] = (), values: dict[str, Any] | No
         _set_dotted(tree, dotted, value)
     cfg = _build(Config, tree, "")
     _validate(cfg)
+    # Paths may start with ~ (as in shell); hub ids never do.
+    cfg.model.name = os.path.expanduser(cfg.model.name)
+    cfg.data.train = os.path.expanduser(cfg.data.train)
     return cfg
 
 

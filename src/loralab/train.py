@@ -207,7 +207,7 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
 
     samples_per_step = t.batch_size * t.grad_accum * world
     started = time.perf_counter() - state["elapsed_s"]
-    window_loss, window_steps = 0.0, 0
+    window_loss, window_steps, shown_loss = 0.0, 0, None
     stopped_early = False
     progress = tqdm(total=t.steps, initial=state["step"], disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     model.train()
@@ -235,8 +235,7 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
             row |= {"samples_per_s": samples_per_s, "elapsed_s": time.perf_counter() - started}
             if accelerator.is_main_process:
                 run.append_metrics(row)
-            progress.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{samples_per_s:.1f}", val_acc=val_accuracy(state))
-            window_loss, window_steps = 0.0, 0
+            shown_loss, window_loss, window_steps = row["loss"], 0.0, 0
 
         if step % t.eval_every == 0 or step == t.steps:
             result = evaluate(model, tokenizer, val_set, t.eval_batch_size, n_classes, accelerator.device, accelerator.autocast)
@@ -253,9 +252,9 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
             if accelerator.is_main_process:
                 run.append_metrics({"step": step, "split": "val", **result.metrics(), "elapsed_s": state["elapsed_s"]})
                 save_checkpoint(run, accelerator.unwrap_model(model), optimizer, scheduler, state)
-            progress.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{samples_per_s:.1f}", val_acc=val_accuracy(state))
             if on_eval is not None:
                 on_eval(step, result.accuracy)
+        progress.set_postfix(loss=shown_loss and f"{shown_loss:.4f}", samples_s=f"{samples_per_s:.1f}", val_acc=val_accuracy(state))
         progress.update(1)
     progress.close()
 
