@@ -7,11 +7,12 @@ from transformers import AutoModelForSequenceClassification, RobertaConfig
 
 from conftest import FAMILIES, SEED_CONFIG
 from loralab import config
-from loralab.budget import breakdown_for, check_budget, largest_fitting_rank, load_model_config
+from loralab.budget import ModelShapes, breakdown_for, check_budget, largest_fitting_rank, load_model_config
 from loralab.errors import LoralabError
 from loralab.model import build_model, peft_config, trainable_params
 
-ROBERTA_BASE = RobertaConfig(num_labels=4)
+ROBERTA_BASE_CONFIG = RobertaConfig(num_labels=4)
+ROBERTA_BASE = ModelShapes.of(ROBERTA_BASE_CONFIG)
 
 
 @pytest.mark.parametrize(
@@ -38,7 +39,7 @@ def test_full_size_roberta_base_built_with_peft_trains_999172():
     from peft import get_peft_model
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForSequenceClassification.from_config(ROBERTA_BASE), peft_config(cfg, plan))
+    model = get_peft_model(AutoModelForSequenceClassification.from_config(ROBERTA_BASE_CONFIG), peft_config(cfg, plan))
     assert trainable_params(model) == breakdown.total == 999_172
 
 
@@ -65,9 +66,9 @@ def test_count_equals_built_model(model_dirs, family, head, scope):
     model_config = load_model_config(cfg)
     if family == "distilbert" and head != "full":
         with pytest.raises(LoralabError, match="not available for distilbert"):
-            breakdown_for(cfg, model_config)
+            breakdown_for(cfg, ModelShapes.of(model_config))
         return
-    breakdown, plan = breakdown_for(cfg, model_config)
+    breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
     model = build_model(cfg, model_config, plan, breakdown)
     assert trainable_params(model) == breakdown.total
 
@@ -77,7 +78,7 @@ def test_rank_pattern_and_layers_count(model_dirs):
         {"model": {"name": str(model_dirs["roberta"])}, "lora": {"scope": ["query", "value"], "r": 2, "layers": [1], "rank_pattern": {1: 5}}}
     )
     model_config = load_model_config(cfg)
-    breakdown, plan = breakdown_for(cfg, model_config)
+    breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
     assert sorted(plan.lora_ranks.values()) == [5, 5]
     head = 32 * 32 + 32 + 32 * 4 + 4
     assert breakdown.total == 2 * 5 * (32 + 32) + head
@@ -87,7 +88,7 @@ def test_rank_pattern_and_layers_count(model_dirs):
 def test_budget_command_needs_only_config_json(tmp_path, model_dirs):
     folder = tmp_path / "just-config"
     folder.mkdir()
-    ROBERTA_BASE.save_pretrained(folder)
+    ROBERTA_BASE_CONFIG.save_pretrained(folder)
     assert [p.name for p in folder.iterdir()] == ["config.json"]
     out = subprocess.run(
         [sys.executable, "-m", "loralab.cli", "budget", str(SEED_CONFIG), f"model.name={folder}"],
@@ -95,3 +96,31 @@ def test_budget_command_needs_only_config_json(tmp_path, model_dirs):
     )
     assert out.returncode == 0, out.stderr
     assert "999,172" in out.stdout and "headroom" in out.stdout and "828" in out.stdout
+
+
+VARIANTS = [
+    {"lora": {"use_rslora": True}},
+    {"lora": {"use_dora": True}},
+    {"lora": {"bias": "lora_only"}},
+    {"lora": {"init": "gaussian"}},
+    {"lora": {"init": "pissa"}},
+    {"lora": {"init": "olora"}},
+    {"lora": {"plus_ratio": 16.0}},
+    {"lora": {"use_dora": True, "bias": "lora_only"}, "model": {"head": "lora"}},
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for s in v.values() for k, x in s.items()))
+def test_variant_counts_equal_built_model(model_dirs, variant):
+    tree = {"model": {"name": str(model_dirs["roberta"]), **variant.get("model", {})},
+            "lora": {"scope": ["query", "value", "ffn_in"], "r": 3, **variant["lora"]}}  # fmt: skip
+    cfg = config.from_dict(tree)
+    model_config = load_model_config(cfg)
+    breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
+    assert trainable_params(build_model(cfg, model_config, plan, breakdown)) == breakdown.total
+
+
+def test_dora_and_bias_add_one_parameter_per_output():
+    plain = breakdown_for(config.from_dict({}), ROBERTA_BASE)[0].total
+    assert breakdown_for(config.from_dict({"lora": {"use_dora": True}}), ROBERTA_BASE)[0].total == plain + 12 * 768
+    assert breakdown_for(config.from_dict({"lora": {"bias": "lora_only"}}), ROBERTA_BASE)[0].total == plain + 12 * 768

@@ -138,3 +138,28 @@ def test_bad_yaml_from_the_command_line(tmp_path, capsys):
     path.write_text("train: [unclosed\n")
     assert main(["train", "--config", str(path)]) == 2
     assert "bad YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [["lora.use_rslora=true"], ["lora.use_dora=true", "train.lr=3e-2"], ["lora.plus_ratio=16"], ["lora.init=pissa"],
+     ["lora.bias=lora_only"], ["train.label_smoothing=0.1"], ["train.class_weights=[1, 2, 1, 1]"]],  # fmt: skip
+    ids=lambda v: v[0],
+)
+def test_variants_train(tiny_overrides, variant):
+    overrides = tiny_overrides + ["lora.scope=[query,value,ffn_in]", "lora.r=8", "train.steps=100", "train.eval_every=100"] + variant
+    train_module.train(config.load(SEED_CONFIG, overrides))
+    losses = [row["loss"] for row in run_dir(overrides).read_metrics() if row["split"] == "train"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_lora_plus_gives_b_matrices_a_larger_learning_rate(model_dirs):
+    from loralab.budget import ModelShapes, breakdown_for, load_model_config
+    from loralab.model import build_model, optimizer_groups
+
+    cfg = config.from_dict({"model": {"name": str(model_dirs["roberta"])}, "lora": {"plus_ratio": 16.0}, "train": {"lr": 1e-4}})
+    model_config = load_model_config(cfg)
+    breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
+    groups = optimizer_groups(build_model(cfg, model_config, plan, breakdown), cfg)
+    assert groups[1]["lr"] == pytest.approx(1.6e-3) and "lr" not in groups[0]
+    assert sum(p.numel() for g in groups for p in g["params"]) == breakdown.total

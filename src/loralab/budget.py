@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,7 +16,24 @@ from .scope import AdapterPlan, plan_adapters
 class ModuleShape:
     in_features: int | None  # None for modules that are not Linear
     out_features: int | None
+    has_bias: bool
     params: int  # all parameters of the module, its children included
+
+
+@dataclass
+class ModelShapes:
+    """A model's Hugging Face config and the shape of every module, read once for many counts."""
+
+    config: object
+    modules: dict[str, ModuleShape]
+
+    @classmethod
+    def of(cls, model_config) -> "ModelShapes":
+        return cls(model_config, module_shapes(model_config))
+
+    @property
+    def model_type(self) -> str:
+        return self.config.model_type
 
 
 def load_model_config(cfg: Config):
@@ -51,6 +68,7 @@ def module_shapes(model_config) -> dict[str, ModuleShape]:
         shapes[name] = ModuleShape(
             module.in_features if linear else None,
             module.out_features if linear else None,
+            linear and module.bias is not None,
             sum(p.numel() for p in module.parameters()),
         )
     return shapes
@@ -80,12 +98,18 @@ class Breakdown:
         return "\n".join(lines)
 
 
-def lora_params(shape: ModuleShape, rank: int) -> int:
-    """A (r x in) plus B (out x r); PEFT adds no bias with bias='none'."""
-    return rank * (shape.in_features + shape.out_features)
+def lora_params(shape: ModuleShape, rank: int, cfg: Config) -> int:
+    """A (r x in) and B (out x r); DoRA adds a magnitude per output; lora_only bias trains the layer's bias."""
+    params = rank * (shape.in_features + shape.out_features)
+    if cfg.lora.use_dora:
+        params += shape.out_features
+    if cfg.lora.bias == "lora_only" and shape.has_bias:
+        params += shape.out_features
+    return params
 
 
-def count(plan: AdapterPlan, shapes: dict[str, ModuleShape], head_mode: str, budget: int) -> Breakdown:
+def count(plan: AdapterPlan, model: ModelShapes, cfg: Config) -> Breakdown:
+    shapes = model.modules
     by_kind: dict[str, list[str]] = {}
     for name, kind in plan.lora_kind.items():
         by_kind.setdefault(kind, []).append(name)
@@ -95,37 +119,38 @@ def count(plan: AdapterPlan, shapes: dict[str, ModuleShape], head_mode: str, bud
             continue
         ranks = sorted({plan.lora_ranks[n] for n in names})
         rank_text = "r" + "/".join(str(r) for r in ranks)
-        rows.append((f"lora {kind} ({len(names)} x {rank_text})", sum(lora_params(shapes[n], plan.lora_ranks[n]) for n in names)))
+        params = sum(lora_params(shapes[n], plan.lora_ranks[n], cfg) for n in names)
+        rows.append((f"lora {kind} ({len(names)} x {rank_text})", params))
+    head_lora = by_kind.get("head", [])
     head = sum(shapes[name].params for name in plan.trained_whole)
-    head += sum(lora_params(shapes[n], plan.lora_ranks[n]) for n in by_kind.get("head", []))
-    rows.append((f"head ({head_mode}: {' + '.join(plan.trained_whole + [f'lora {n}' for n in by_kind.get('head', [])])})", head))
-    return Breakdown(rows, sum(n for _, n in rows), budget)
+    head += sum(lora_params(shapes[n], plan.lora_ranks[n], cfg) for n in head_lora)
+    parts = plan.trained_whole + [f"lora {n}" for n in head_lora]
+    rows.append((f"head ({cfg.model.head}: {' + '.join(parts)})", head))
+    return Breakdown(rows, sum(n for _, n in rows), cfg.lora.budget)
 
 
-def breakdown_for(cfg: Config, model_config=None) -> tuple[Breakdown, AdapterPlan]:
-    model_config = model_config or load_model_config(cfg)
-    shapes = module_shapes(model_config)
-    plan = plan_adapters(cfg, model_config.model_type, list(shapes))
-    return count(plan, shapes, cfg.model.head, cfg.lora.budget), plan
+def breakdown_for(cfg: Config, model: ModelShapes | None = None) -> tuple[Breakdown, AdapterPlan]:
+    model = model or ModelShapes.of(load_model_config(cfg))
+    plan = plan_adapters(cfg, model.model_type, list(model.modules))
+    return count(plan, model, cfg), plan
 
 
-def largest_fitting_rank(cfg: Config, model_config) -> int:
+def with_rank(cfg: Config, rank: int) -> Config:
+    return replace(cfg, lora=replace(cfg.lora, r=rank))
+
+
+def largest_fitting_rank(cfg: Config, model: ModelShapes) -> int:
     """The largest uniform lora.r within the budget (the count is linear in r: a + b*r)."""
-    from dataclasses import replace
-
-    def total_at(rank: int) -> int:
-        probe = replace(cfg, lora=replace(cfg.lora, r=rank))
-        return breakdown_for(probe, model_config)[0].total
-
-    fixed, per_rank = total_at(0), total_at(1) - total_at(0)
+    fixed = breakdown_for(with_rank(cfg, 0), model)[0].total
+    per_rank = breakdown_for(with_rank(cfg, 1), model)[0].total - fixed
     if per_rank == 0:
         return 0
     return max(0, (cfg.lora.budget - fixed) // per_rank)
 
 
-def check_budget(cfg: Config, breakdown: Breakdown, model_config) -> None:
+def check_budget(cfg: Config, breakdown: Breakdown, model: ModelShapes) -> None:
     if breakdown.total > cfg.lora.budget:
-        rank = largest_fitting_rank(cfg, model_config)
+        rank = largest_fitting_rank(cfg, model)
         hint = f"the largest lora.r that fits is {rank}" if rank >= 1 else "no rank fits: shrink the scope or the head"
         raise LoralabError(
             f"over budget: {breakdown.total:,} trainable parameters > lora.budget {cfg.lora.budget:,} ({hint})\n"

@@ -28,13 +28,13 @@ def cmd_train(args) -> int:
 
 def cmd_budget(args) -> int:
     from . import config
-    from .budget import breakdown_for, largest_fitting_rank, load_model_config
+    from .budget import ModelShapes, breakdown_for, largest_fitting_rank, load_model_config
 
     cfg = config.load(args.config, args.overrides)
-    model_config = load_model_config(cfg)
-    breakdown, _ = breakdown_for(cfg, model_config)
+    model = ModelShapes.of(load_model_config(cfg))
+    breakdown, _ = breakdown_for(cfg, model)
     print(breakdown.format())
-    print(f"largest uniform lora.r within the budget: {largest_fitting_rank(cfg, model_config)}")
+    print(f"largest uniform lora.r within the budget: {largest_fitting_rank(cfg, model)}")
     return 0 if breakdown.headroom >= 0 else 1
 
 

@@ -18,6 +18,8 @@ SCOPE_WORDS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
 HEAD_MODES = ("full", "out_proj", "lora")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+LORA_INITS = ("default", "gaussian", "pissa", "olora")
+LORA_BIAS = ("none", "lora_only")
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 
 
@@ -43,6 +45,11 @@ class LoraConfig:
     dropout: float = doc("dropout on the LoRA input", 0.1)
     layers: Optional[list[int]] = doc("encoder layers to adapt (null: all)", None)
     rank_pattern: dict[int, int] = doc("per-layer rank overriding r, e.g. {10: 32, 11: 32}", factory=dict)
+    use_rslora: bool = doc("rank-stabilised scaling alpha/sqrt(r) instead of alpha/r", False)
+    use_dora: bool = doc("DoRA: adds a trainable magnitude per output feature of each adapted layer", False)
+    plus_ratio: float = doc("LoRA+: the B matrices train at lr x this ratio (0: off, plain LoRA)", 0.0)
+    init: str = doc("initialisation of A and B: default, gaussian, pissa or olora", "default")
+    bias: str = doc("biases that train: none, or lora_only (the adapted layers' biases)", "none")
     budget: int = doc("maximum trainable parameters, head included", 1_000_000)
 
 
@@ -73,6 +80,8 @@ class TrainConfig:
     eval_every: int = doc("evaluate, checkpoint and log validation metrics every this many steps", 100)
     log_every: int = doc("log training loss every this many steps", 20)
     early_stopping_patience: int = doc("stop after this many evaluations without a new best accuracy (0: off)", 0)
+    label_smoothing: float = doc("cross-entropy label smoothing", 0.0)
+    class_weights: Optional[list[float]] = doc("cross-entropy weight of each class (null: equal)", None)
 
 
 @dataclass
@@ -164,6 +173,9 @@ def _validate(cfg: Config) -> None:
     require(0 <= cfg.lora.dropout < 1, f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
     require(all(r >= 1 for r in cfg.lora.rank_pattern.values()), "lora.rank_pattern: ranks must be >= 1")
     require(cfg.lora.budget >= 1, f"lora.budget: must be >= 1, got {cfg.lora.budget}")
+    require(cfg.lora.plus_ratio >= 0, f"lora.plus_ratio: must be >= 0, got {cfg.lora.plus_ratio}")
+    require(cfg.lora.init in LORA_INITS, f"lora.init: '{cfg.lora.init}' is not one of {', '.join(LORA_INITS)}")
+    require(cfg.lora.bias in LORA_BIAS, f"lora.bias: '{cfg.lora.bias}' is not one of {', '.join(LORA_BIAS)}")
     require(len(cfg.data.label_names) >= 2, "data.label_names: need at least two classes")
     require(cfg.data.val_size >= 1, f"data.val_size: must be >= 1, got {cfg.data.val_size}")
     require(cfg.data.max_length >= 2, f"data.max_length: must be >= 2, got {cfg.data.max_length}")
@@ -176,6 +188,12 @@ def _validate(cfg: Config) -> None:
     require(t.precision in PRECISIONS, f"train.precision: '{t.precision}' is not one of {', '.join(PRECISIONS)}")
     require(t.max_grad_norm >= 0 and t.weight_decay >= 0, "train.max_grad_norm and train.weight_decay must be >= 0")
     require(t.early_stopping_patience >= 0, "train.early_stopping_patience: must be >= 0")
+    require(0 <= t.label_smoothing < 1, f"train.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
+    n_labels = len(cfg.data.label_names)
+    require(
+        t.class_weights is None or (len(t.class_weights) == n_labels and all(w > 0 for w in t.class_weights)),
+        f"train.class_weights: need {n_labels} positive weights, one per label",
+    )
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

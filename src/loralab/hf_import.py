@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import config as config_io
-from .budget import breakdown_for, load_model_config
+from .budget import ModelShapes, breakdown_for, load_model_config
 from .config import Config
 from .errors import LoralabError
 from .results import ORIGIN, canonical_scope
@@ -130,7 +130,7 @@ def trainable_for(cfg: Config, source: str | None, cache: dict) -> dict | None:
     source = source or cfg.model.name
     if source not in cache:
         try:
-            cache[source] = load_model_config(replace(cfg, model=replace(cfg.model, name=source)))
+            cache[source] = ModelShapes.of(load_model_config(replace(cfg, model=replace(cfg.model, name=source))))
         except LoralabError:
             cache[source] = None
     if cache[source] is None:

@@ -33,8 +33,21 @@ def peft_config(cfg: Config, plan: AdapterPlan):
         target_modules=sorted(plan.lora_ranks),
         rank_pattern={name: r for name, r in plan.lora_ranks.items() if r != cfg.lora.r},
         modules_to_save=list(plan.trained_whole),
-        bias="none",
+        bias=cfg.lora.bias,
+        use_rslora=cfg.lora.use_rslora,
+        use_dora=cfg.lora.use_dora,
+        init_lora_weights=True if cfg.lora.init == "default" else cfg.lora.init,
     )
+
+
+def optimizer_groups(model, cfg: Config) -> list[dict]:
+    """AdamW parameter groups; with LoRA+ the B matrices get their own, larger learning rate."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if cfg.lora.plus_ratio <= 0:
+        return [{"params": [p for _, p in trainable]}]
+    b_matrices = [p for name, p in trainable if ".lora_B." in name]
+    others = [p for name, p in trainable if ".lora_B." not in name]
+    return [{"params": others}, {"params": b_matrices, "lr": cfg.train.lr * cfg.lora.plus_ratio}]
 
 
 def trainable_params(model) -> int:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_io
-from .budget import breakdown_for, load_model_config
+from .budget import ModelShapes, breakdown_for, load_model_config
 from .config import Config
 from .errors import LoralabError
 from .results import ORIGIN
@@ -196,14 +196,14 @@ def trial_config(sweep: Sweep, trial: Trial, runs_dir: str) -> Config:
 
 def check_budgets(sweep: Sweep, runs_dir: str) -> tuple[list[Trial], list[tuple[Trial, str]]]:
     """Split trials into those within the budget and those refused, with the reason."""
-    model_configs: dict[str, Any] = {}
+    models: dict[str, ModelShapes] = {}
     feasible, rejected = [], []
     for trial in sweep.trials:
         cfg = trial_config(sweep, trial, runs_dir)
-        if cfg.model.name not in model_configs:
-            model_configs[cfg.model.name] = load_model_config(cfg)
+        if cfg.model.name not in models:
+            models[cfg.model.name] = ModelShapes.of(load_model_config(cfg))
         try:
-            breakdown, _ = breakdown_for(cfg, model_configs[cfg.model.name])
+            breakdown, _ = breakdown_for(cfg, models[cfg.model.name])
         except LoralabError as err:
             rejected.append((trial, str(err)))
             continue
@@ -428,14 +428,14 @@ def run_search(path: str, n_trials: int, storage: str | None, workers: int, runs
         study.sampler = optuna.samplers.TPESampler(seed=None if worker else 0)
         study.pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
         base_cfg = config_io.load(sweep.base, sweep.overrides)
-        model_config = load_model_config(base_cfg)
+        model = ModelShapes.of(load_model_config(base_cfg))
 
         def objective(trial: optuna.Trial) -> float:
             base_r = base_cfg.lora.r
             values = resolve_alpha(suggest(trial, sweep.space), base_r, f"{path}: trial {trial.number}")
             run = Trial("search", f"trial-{trial.number:04d}", values, values)
             trial.set_user_attr("key", run.key)
-            breakdown, _ = breakdown_for(trial_config(sweep, run, runs_dir), model_config)
+            breakdown, _ = breakdown_for(trial_config(sweep, run, runs_dir), model)
             trial.set_user_attr("trainable", breakdown.total)
             if breakdown.headroom < 0:
                 trial.set_user_attr("rejected", f"{breakdown.total:,} trainable > budget {breakdown.budget:,}")

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from . import config as config_io
-from .budget import Breakdown, breakdown_for, check_budget, load_model_config
+from .budget import Breakdown, ModelShapes, breakdown_for, check_budget, load_model_config
 from .config import Config
 from .data import Encoded, collate, encode, load_labelled, split_validation, training_batches
 from .errors import LoralabError
 from .evaluate import evaluate
-from .model import build_model, load_tokenizer
+from .model import build_model, load_tokenizer, optimizer_groups
 from .store import RunDir, replace_dir, write_json_atomic
 
 
@@ -40,17 +40,17 @@ class Prepared:
 
 def prepare(cfg: Config, log=print) -> Prepared:
     """Check budget, data and model; any bad input fails here, before anything is written."""
-    model_config = load_model_config(cfg)
-    breakdown, plan = breakdown_for(cfg, model_config)
+    shapes = ModelShapes.of(load_model_config(cfg))
+    breakdown, plan = breakdown_for(cfg, shapes)
     log(breakdown.format())
-    check_budget(cfg, breakdown, model_config)
+    check_budget(cfg, breakdown, shapes)
     tokenizer = load_tokenizer(cfg.model.name)
     rows = load_labelled(cfg.data.train, cfg.data)
     train_rows, val_rows = split_validation(rows, cfg.data.val_size, cfg.data.split_seed)
     train_set = encode(tokenizer, train_rows, cfg.data.max_length)
     val_set = encode(tokenizer, val_rows, cfg.data.max_length)
     torch.manual_seed(cfg.train.seed)  # the head's random initialisation
-    model = build_model(cfg, model_config, plan, breakdown)
+    model = build_model(cfg, shapes.config, plan, breakdown)
     return Prepared(cfg, breakdown, tokenizer, model, train_set, val_set)
 
 
@@ -173,7 +173,7 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
 
     model, tokenizer, train_set, val_set = prep.model, prep.tokenizer, prep.train_set, prep.val_set
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_scheduler(
         t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
         optimizer,
@@ -182,6 +182,7 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     n_classes = len(cfg.data.label_names)
+    class_weights = torch.tensor(t.class_weights, device=accelerator.device) if t.class_weights else None
 
     state = {"step": 0, "best_accuracy": -1.0, "best_step": 0, "evals_since_best": 0, "last_eval": None}
     state |= {"train_time_s": 0.0, "elapsed_s": 0.0}
@@ -217,7 +218,8 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
             batch = micro_batch(state["step"] * t.grad_accum + micro)
             labels = batch.pop("labels")
             with accelerator.accumulate(model), accelerator.autocast():
-                loss = F.cross_entropy(model(**batch).logits.float(), labels)
+                logits = model(**batch).logits.float()
+                loss = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=t.label_smoothing)
                 accelerator.backward(loss)
             window_loss += loss.item() / t.grad_accum
         if t.max_grad_norm > 0:
