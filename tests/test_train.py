@@ -142,7 +142,7 @@ def test_bad_yaml_from_the_command_line(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "variant",
-    [["lora.use_rslora=true"], ["lora.use_dora=true", "train.lr=3e-2"], ["lora.plus_ratio=16"], ["lora.init=pissa"],
+    [["lora.use_rslora=true"], ["lora.use_dora=true", "train.lr=3e-2"], ["lora.plus_ratio=16", "train.lr=1e-3"], ["lora.init=pissa"],
      ["lora.bias=lora_only"], ["train.label_smoothing=0.1"], ["train.class_weights=[1, 2, 1, 1]"]],  # fmt: skip
     ids=lambda v: v[0],
 )
