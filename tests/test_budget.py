@@ -124,3 +124,31 @@ def test_dora_and_bias_add_one_parameter_per_output():
     plain = breakdown_for(config.from_dict({}), ROBERTA_BASE)[0].total
     assert breakdown_for(config.from_dict({"lora": {"use_dora": True}}), ROBERTA_BASE)[0].total == plain + 12 * 768
     assert breakdown_for(config.from_dict({"lora": {"bias": "lora_only"}}), ROBERTA_BASE)[0].total == plain + 12 * 768
+
+
+def test_plan_table_equals_built_models(model_dirs):
+    from loralab.budget import plan_table
+
+    cfg = config.from_dict({"model": {"name": str(model_dirs["roberta"])}, "lora": {"budget": 6000}})
+    model_config = load_model_config(cfg)
+    rows = plan_table(cfg, ModelShapes.of(model_config))
+    assert len(rows) == 63 * 3
+    for row in rows:
+        probe = config.from_dict({"model": {"name": str(model_dirs["roberta"]), "head": row["head"]},
+                                  "lora": {"scope": row["scope"].split(","), "r": max(row["r"], 1), "budget": 6000}})  # fmt: skip
+        breakdown, plan = breakdown_for(probe, ModelShapes.of(model_config))
+        built = trainable_params(build_model(probe, model_config, plan, breakdown))
+        if row["r"] == 0:
+            assert built > 6000
+            continue
+        assert built == row["total"] <= 6000
+        bigger = config.from_dict({"model": probe.model.__dict__, "lora": probe.lora.__dict__ | {"r": row["r"] + 1}})
+        assert breakdown_for(bigger, ModelShapes.of(model_config))[0].total > 6000
+
+
+def test_plan_upper_layers_only():
+    from loralab.budget import plan_table
+
+    rows = plan_table(config.from_dict({}), ROBERTA_BASE, layers=[8, 9, 10, 11])
+    value_full = next(r for r in rows if r["scope"] == "value" and r["head"] == "full")
+    assert value_full["r"] == 66 and value_full["total"] == 4 * 66 * 1536 + 593_668

@@ -28,10 +28,19 @@ def cmd_train(args) -> int:
 
 def cmd_budget(args) -> int:
     from . import config
-    from .budget import ModelShapes, breakdown_for, largest_fitting_rank, load_model_config
+    from .budget import ModelShapes, breakdown_for, format_plan, largest_fitting_rank, load_model_config, plan_table
 
-    cfg = config.load(args.config, args.overrides)
+    values = {"model.name": args.model} if args.model else {}
+    if args.budget:
+        values["lora.budget"] = args.budget
+    if args.labels:
+        values["data.label_names"] = [f"class{i}" for i in range(args.labels)]
+    cfg = config.load(args.config, args.overrides, values)
     model = ModelShapes.of(load_model_config(cfg))
+    if args.plan:
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        print(format_plan(plan_table(cfg, model, layers), cfg.lora.budget))
+        return 0
     breakdown, _ = breakdown_for(cfg, model)
     print(breakdown.format())
     print(f"largest uniform lora.r within the budget: {largest_fitting_rank(cfg, model)}")
@@ -163,7 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=cmd_train)
 
     budget = commands.add_parser("budget", help="print the trainable-parameter breakdown (reads config.json only)")
-    _config_arguments(budget, positional=True)
+    budget.add_argument("config", nargs="?", help="YAML config file (default: the built-in defaults)")
+    budget.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    budget.add_argument("--plan", action="store_true", help="table of the largest rank per scope and head mode")
+    budget.add_argument("--model", help="hub id or folder (overrides model.name)")
+    budget.add_argument("--budget", type=int, help="trainable-parameter budget (overrides lora.budget)")
+    budget.add_argument("--labels", type=int, help="number of classes")
+    budget.add_argument("--layers", help="with --plan: adapt only these layers, e.g. 8,9,10,11")
     budget.set_defaults(run=cmd_budget)
 
     evaluate = commands.add_parser("eval", help="accuracy with its 95%% interval, per-class metrics, confusion matrix")
