@@ -185,3 +185,31 @@ def test_sqlite_queue_gives_each_trial_to_one_worker(tmp_path):
     for w in workers:
         w.join()
     assert sorted(popped) == list(range(40))
+
+
+def test_budget_derived_search_space_never_proposes_an_infeasible_trial(tmp_path, model_dirs, tiny_data):
+    spec = yaml.safe_load(tiny_sweep(tmp_path, model_dirs, tiny_data, {"x": {"grid": {"lora.r": [1]}}}).read_text())
+    del spec["groups"]
+    spec["name"] = "maxfit"
+    spec["overrides"] += ["lora.budget=5000"]
+    spec["space"] = {"lora.r": "max_fit", "model.head": {"choices": ["full", "out_proj", "lora"]},
+                     "lora.scope": {"choices": [["value"], ["query", "value"], ["ffn_in", "ffn_out"]]},
+                     "lora.alpha": {"choices": ["r*1", "r*2"]}}  # fmt: skip
+    path = tmp_path / "maxfit.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run_search(str(path), 6, None, 1, str(tmp_path / "runs"), log=lambda *_: None)
+    trials = optuna_trials(f"sqlite:///{tmp_path / 'runs' / 'maxfit' / 'optuna.db'}", "maxfit")
+    assert len(trials) >= 6
+    for trial in trials:
+        assert "rejected" not in trial.user_attrs and trial.user_attrs["trainable"] <= 5000
+        assert trial.user_attrs["lora.r"] >= 1
+    for record in find_runs([str(tmp_path / "runs")]):  # the largest rank: one more would not fit
+        lora = record.config["lora"]
+        assert record.summary["trainable"]["headroom"] >= 0
+        assert lora["alpha"] in (lora["r"], 2 * lora["r"])
+
+    spec["overrides"] += ["lora.budget=1500"]  # the full head (1,188) plus ffn adapters at r=1 (384) exceed this
+    spec["name"] = "impossible"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(LoralabError, match="does not fit the budget at any rank"):
+        run_search(str(path), 1, None, 1, str(tmp_path / "runs"), log=lambda *_: None)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_io
-from .budget import ModelShapes, breakdown_for, load_model_config
+from .budget import ModelShapes, breakdown_for, largest_fitting_rank, load_model_config
 from .config import Config
 from .errors import LoralabError
 from .results import ORIGIN
@@ -384,12 +384,19 @@ def spawn_workers(command: list[str], storage: str, workers: int, runs_dir: str,
 # --- search -----------------------------------------------------------------------------------
 
 
+MAX_FIT = "max_fit"  # `lora.r: max_fit`: the largest rank the budget allows for the sampled scope and head
+
+
 def parse_space(space: Any, path: Path) -> dict[str, dict]:
-    """`key: {low, high[, log]}` (int if both bounds are) or `key: {choices: [...]}`."""
+    """`key: {low, high[, log]}` (int if both bounds are), `key: {choices: [...]}`, or `lora.r: max_fit`."""
     if not isinstance(space, dict) or not space:
         raise LoralabError(f"{path}: 'space' must map config keys to ranges or choices")
     for key, spec in space.items():
         _check_axis(key, f"{path}: space")
+        if spec == MAX_FIT:
+            if key != "lora.r":
+                raise LoralabError(f"{path}: space '{key}': max_fit applies to lora.r only")
+            continue
         if not isinstance(spec, dict) or not ({"low", "high"} <= set(spec) or "choices" in spec):
             raise LoralabError(f"{path}: space '{key}' needs low and high, or choices")
         if "choices" in spec and (not isinstance(spec["choices"], list) or not spec["choices"]):
@@ -397,9 +404,22 @@ def parse_space(space: Any, path: Path) -> dict[str, dict]:
     return space
 
 
+def check_max_fit_space(sweep: Sweep, base_cfg: Config, model: ModelShapes) -> None:
+    """With `lora.r: max_fit`, every sampled scope/head/layers combination must fit at rank 1 or more,
+    so the search never proposes an infeasible trial."""
+    structural = [k for k in ("lora.scope", "model.head", "lora.layers") if "choices" in sweep.space.get(k, {})]
+    for combination in itertools.product(*(sweep.space[k]["choices"] for k in structural)):
+        values = dict(zip(structural, combination))
+        probe = Trial("search", "probe", resolve_alpha(values, base_cfg.lora.r, str(sweep.path)), {})
+        if largest_fitting_rank(trial_config(sweep, probe, "runs"), model) < 1:
+            raise LoralabError(f"{sweep.path}: space: {json.dumps(values)} does not fit the budget at any rank; remove it")
+
+
 def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
     values = {}
     for key, spec in space.items():
+        if spec == MAX_FIT:
+            continue
         if "choices" in spec:
             # Optuna's categorical values must be scalars: lists (scopes) travel as JSON text.
             choice = trial.suggest_categorical(key, [json.dumps(c) for c in spec["choices"]])
@@ -430,9 +450,16 @@ def run_search(path: str, n_trials: int, storage: str | None, workers: int, runs
         base_cfg = config_io.load(sweep.base, sweep.overrides)
         model = ModelShapes.of(load_model_config(base_cfg))
 
+        if sweep.space.get("lora.r") == MAX_FIT:
+            check_max_fit_space(sweep, base_cfg, model)
+
         def objective(trial: optuna.Trial) -> float:
-            base_r = base_cfg.lora.r
-            values = resolve_alpha(suggest(trial, sweep.space), base_r, f"{path}: trial {trial.number}")
+            values = suggest(trial, sweep.space)
+            if sweep.space.get("lora.r") == MAX_FIT:
+                probe = Trial("search", "probe", resolve_alpha(values, base_cfg.lora.r, str(path)), {})
+                values["lora.r"] = largest_fitting_rank(trial_config(sweep, probe, runs_dir), model)
+                trial.set_user_attr("lora.r", values["lora.r"])
+            values = resolve_alpha(values, values.get("lora.r", base_cfg.lora.r), f"{path}: trial {trial.number}")
             run = Trial("search", f"trial-{trial.number:04d}", values, values)
             trial.set_user_attr("key", run.key)
             breakdown, _ = breakdown_for(trial_config(sweep, run, runs_dir), model)
