@@ -84,7 +84,7 @@ def cmd_export(args) -> int:
 def cmd_runs(args) -> int:
     import json
 
-    from .results import COLUMNS, find_runs, format_table, sort_rows, to_csv
+    from .results import find_runs, format_table, sort_rows, to_csv
 
     rows = sort_rows([r.row() for r in find_runs(args.paths)], args.sort)
     if args.csv:
@@ -104,26 +104,27 @@ def cmd_import_hf(args) -> int:
     return 0
 
 
-def cmd_plot(args) -> int:
-    from .plots import plot_runs
+def _finished_runs(paths: list[str]):
     from .results import find_runs
 
-    records = find_runs(args.paths)
+    records = find_runs(paths)
     if not records:
-        raise LoralabError(f"no finished runs under {', '.join(args.paths or ['runs'])}")
-    plotted = plot_runs(records, args.out)
+        raise LoralabError(f"no finished runs under {', '.join(paths or ['runs'])}")
+    return records
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_runs
+
+    plotted = plot_runs(_finished_runs(args.paths), args.out)
     print(f"wrote {len(plotted)} accuracy figures and their loss curves (PNG and SVG) to {args.out}")
     return 0
 
 
 def cmd_report(args) -> int:
     from .report import write_report
-    from .results import find_runs
 
-    records = find_runs(args.paths)
-    if not records:
-        raise LoralabError(f"no finished runs under {', '.join(args.paths or ['runs'])}")
-    print(f"wrote {write_report(records, args.out, args.title)}")
+    print(f"wrote {write_report(_finished_runs(args.paths), args.out, args.title)}")
     return 0
 
 
