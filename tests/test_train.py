@@ -143,7 +143,9 @@ def test_bad_yaml_from_the_command_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     "variant",
     [["lora.use_rslora=true"], ["lora.use_dora=true", "train.lr=3e-2"], ["lora.plus_ratio=16", "train.lr=1e-3"], ["lora.init=pissa"],
-     ["lora.bias=lora_only"], ["train.label_smoothing=0.1"], ["train.class_weights=[1, 2, 1, 1]"]],  # fmt: skip
+     ["lora.bias=lora_only"], ["train.label_smoothing=0.1"], ["train.class_weights=[1, 2, 1, 1]"],
+     ["train.grad_accum=2", "train.batch_size=8"], ["train.precision=bf16"], ["train.scheduler=cosine"],
+     ["train.weight_decay=0.01"]],  # fmt: skip
     ids=lambda v: v[0],
 )
 def test_variants_train(tiny_overrides, variant):

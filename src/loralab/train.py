@@ -156,10 +156,14 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     prune a trial by raising.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     t = cfg.train
+    # Accelerate keeps one precision per process; a sweep trains several configurations in one
+    # process, so each run starts from a fresh state (the distributed part, PartialState, is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
     try:
         accelerator = Accelerator(
             mixed_precision={"fp32": "no"}.get(t.precision, t.precision), gradient_accumulation_steps=t.grad_accum
