@@ -360,7 +360,9 @@ def run_sweep(path: str, storage: str | None, workers: int, runs_dir: str, heart
     storage = storage or default_storage(sweep, runs_dir)
     study = open_study(sweep, storage, heartbeat_s)
     queued = enqueue_missing(study, feasible)
-    log(f"sweep {sweep.name}: {len(feasible)} trials within the budget, {queued} to run, {len(rejected)} rejected")
+    to_run = sweep_status(study, feasible)["unfinished"]
+    log(f"sweep {sweep.name}: {len(feasible)} trials within the budget, {to_run} to run "
+        f"({queued} newly queued), {len(rejected)} rejected")  # fmt: skip
     if workers <= 1:
         work(sweep, storage, runs_dir, heartbeat_s)
     else:
