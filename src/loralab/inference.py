@@ -101,7 +101,7 @@ def predict_file(
     allow_pickle: bool = False,
     label_names: bool = False,
     probs: bool = False,
-    batch_size: int = 64,
+    batch_size: int = 16,
     precision: str = "fp32",
 ) -> int:
     """Write `ID,Label` (and probabilities if asked) for every input row, in input order."""
