@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SEED_CONFIG, write_csv
+from conftest import SEED_CONFIG
 from loralab import config, train as train_module
 from loralab.cli import main
 from loralab.errors import LoralabError

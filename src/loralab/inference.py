@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .data import encode, load_labelled, load_texts, split_validation
+from .data import load_labelled, load_texts, split_validation
 from .errors import LoralabError
 from .evaluate import confusion_matrix, macro_f1, per_class, predict_logits, wilson_interval
 from .model import load_tokenizer, load_trained, trained_run
