@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from conftest import SEED_CONFIG, synthetic_rows, write_csv
+from conftest import FAMILIES, SEED_CONFIG, synthetic_rows, write_csv
 from loralab import config
 from loralab.cli import main
-from loralab.evaluate import wilson_interval
+from loralab.evaluate import first_token_after_last_attention, wilson_interval
 from loralab.inference import evaluation_report
 from loralab.model import load_trained
 from loralab.train import train
@@ -169,3 +169,25 @@ def test_evaluation_report_by_hand():
 def test_wilson_interval_of_the_study_peak():
     low, high = wilson_interval(585, 640)  # 91.41% on 640 rows
     assert (round(low, 4), round(high, 4)) == (0.8898, 0.9334)  # about +-2.2 points, as the study never showed
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_first_token_trim_keeps_logits(family, model_dirs):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs[family])
+    model = AutoModelForSequenceClassification.from_pretrained(model_dirs[family]).eval()
+    batch = tokenizer([t for _, t in synthetic_rows(8, seed=5)], padding=True, return_tensors="pt")
+    block_output_tokens = []
+    last_block = next(m for name, m in model.named_modules() if name.endswith("layer.1"))
+    last_block.register_forward_hook(
+        lambda module, args, output: block_output_tokens.append((output[0] if isinstance(output, tuple) else output).shape[1])
+    )
+    with torch.no_grad():
+        whole = model(**batch).logits
+        with first_token_after_last_attention(model) as trimmed:
+            trimmed_logits = model(**batch).logits
+    assert (whole - trimmed_logits).abs().max().item() <= 1e-5
+    # DistilBERT adds the attention residual outside its attention module: it must run whole.
+    assert trimmed == (family != "distilbert")
+    assert block_output_tokens == [batch["input_ids"].shape[1], 1 if trimmed else batch["input_ids"].shape[1]]

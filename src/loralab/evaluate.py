@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+import re
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -64,16 +65,45 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     return (centre - half, centre + half)
 
 
+# BERT-style blocks (the families whose layers are `encoder.layer.N`) add the attention residual
+# inside `attention`, so what it returns is the whole input of the block's feed-forward.
+BLOCK_ATTENTION = re.compile(r"encoder\.layer\.(\d+)\.attention$")
+
+
+@contextmanager
+def first_token_after_last_attention(model):
+    """Run the last block's feed-forward for the first token only; yields whether it applies.
+
+    Every classification head here reads only the first token of the last layer, and the
+    feed-forward is two thirds of a block's work: like `logits_to_keep` in Hugging Face language
+    models, the rest of the sequence is dropped where nothing reads it. Other layouts run whole.
+    """
+    blocks = {int(found.group(1)): module for name, module in model.named_modules() if (found := BLOCK_ATTENTION.search(name))}
+
+    def keep_first_token(module, args, output):
+        if isinstance(output, tuple):
+            return (output[0][:, :1], *output[1:])
+        return output[:, :1]
+
+    handle = blocks[max(blocks)].register_forward_hook(keep_first_token) if blocks else None
+    try:
+        yield handle is not None
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 @torch.no_grad()
 def predict_logits(model, tokenizer, input_ids: list[list[int]], batch_size: int, device, autocast=nullcontext) -> torch.Tensor:
     """Logits of every row, in the rows' order; batches are length-sorted so padding stays small."""
     was_training = model.training
     model.eval()
     logits = torch.empty(len(input_ids), model.config.num_labels)
-    for indices in eval_batches([len(ids) for ids in input_ids], batch_size):
-        batch = tokenizer.pad({"input_ids": [input_ids[i] for i in indices]}, return_tensors="pt").to(device)
-        with autocast():
-            logits[indices] = model(**batch).logits.float().cpu()
+    with first_token_after_last_attention(model):
+        for indices in eval_batches([len(ids) for ids in input_ids], batch_size):
+            batch = tokenizer.pad({"input_ids": [input_ids[i] for i in indices]}, return_tensors="pt").to(device)
+            with autocast():
+                logits[indices] = model(**batch).logits.float().cpu()
     model.train(was_training)
     return logits
 
