@@ -281,6 +281,7 @@ def enqueue_missing(study, trials: list[Trial]) -> int:
     from optuna.trial import TrialState
 
     fail_stale_trials(study)
+    fail_dead_local_trials(study)
     live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
     states = trial_states(study)
     queued = 0
@@ -289,6 +290,30 @@ def enqueue_missing(study, trials: list[Trial]) -> int:
             study.enqueue_trial({}, user_attrs={"key": trial.key})
             queued += 1
     return queued
+
+
+def fail_dead_local_trials(study) -> None:
+    """Fail running trials whose worker was a process of this machine that no longer exists.
+
+    Heartbeats find dead workers anywhere, but only after their grace period; a sweep restarted
+    right after Ctrl-C or a crash would otherwise skip the trial it had just lost.
+    """
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _process_exists(int(pid)):
+            study.tell(trial.number, state=TrialState.FAIL)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 def run_trial(sweep: Sweep, trial: Trial, runs_dir: str, on_eval=None) -> dict:
