@@ -77,6 +77,7 @@ def test_report_is_self_contained(imported, tmp_path):
     page = out.read_text()
     assert page.count("<svg") >= 5 and "src=\"http" not in page and "dropout/val,.1" in page
     assert "no per-row predictions" in page
+    assert "Across seeds" in page and "mean 0.9141 of 1" in page  # the best run's four copies count once
 
 
 def test_import_errors(tmp_path):
@@ -106,3 +107,24 @@ def test_report_tests_our_runs_on_the_same_rows(tmp_path, model_dirs, tiny_data)
         train_tiny(model_dirs["roberta"], tiny_data, tmp_path, f"lr{lr}", f"train.lr={lr}")
     first = significance(find_runs([str(tmp_path)]))[0]
     assert first["p_value"] is not None and 0 <= first["p_value"] <= 1 and first["note"] == ""
+
+
+def test_seed_groups_mean_spread_and_interval(tmp_path):
+    from loralab import config as config_io
+    from loralab.results import RunRecord, seed_groups
+    from loralab.store import RunDir
+
+    def record(name, seed, peak, **train):
+        tree = config_io.from_dict({"train": {"seed": seed, **train}}).to_dict()
+        return RunRecord(RunDir(tmp_path / name), tree, {"peak_val_accuracy": peak, "peak_step": 100, "val_rows": 640}, [], {})
+
+    groups = seed_groups([
+        record("a42", 42, 0.90), record("a43", 43, 0.91), record("a44", 44, 0.92, eval_batch_size=4),
+        record("a42-copy", 42, 0.95),  # the same seed filed twice: one experiment, not a fourth draw
+        record("b42", 42, 0.80, lr=1e-3),
+    ])  # fmt: skip
+    a, b = groups
+    assert a["seeds"] == [42, 43, 44] and a["peaks"] == [0.90, 0.91, 0.92]
+    assert a["mean"] == pytest.approx(0.91) and a["sd"] == pytest.approx(0.01)
+    assert a["ci_high"] - a["mean"] == pytest.approx(4.303 * 0.01 / 3**0.5)
+    assert b["peaks"] == [0.80] and b["sd"] is None and b["ci_low"] is None

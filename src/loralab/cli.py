@@ -84,10 +84,13 @@ def cmd_export(args) -> int:
 def cmd_runs(args) -> int:
     import json
 
-    from .results import find_runs, format_table, sort_rows, to_csv
+    from .results import find_runs, format_seed_groups, format_table, seed_groups, sort_rows, to_csv
 
-    rows = sort_rows([r.row() for r in find_runs(args.paths)], args.sort)
-    if args.csv:
+    records = find_runs(args.paths)
+    rows = sort_rows([r.row() for r in records], args.sort)
+    if args.by_seed:
+        print(format_seed_groups(seed_groups(records)) if records else f"no finished runs under {', '.join(args.paths or ['runs'])}")
+    elif args.csv:
         print(to_csv(rows), end="")
     elif args.json:
         print(json.dumps(rows, indent=2))
@@ -220,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--sort", default="-peak_accuracy", help="column to sort by; '-' for descending")
     runs.add_argument("--csv", action="store_true")
     runs.add_argument("--json", action="store_true")
+    runs.add_argument("--by-seed", action="store_true", help="one line per configuration: mean peak over its seeds, spread, 95%% interval")
     runs.set_defaults(run=cmd_runs)
 
     importer = commands.add_parser("import-hf", help="import Hugging Face trainer_state.json + adapter_config.json results")

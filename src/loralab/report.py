@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from .plots import plot_runs
-from .results import RunRecord, format_table, sort_rows
+from .results import RunRecord, format_seed_groups, format_table, seed_groups, sort_rows
 from .store import write_text_atomic
 
 
@@ -93,6 +93,10 @@ the validation rows ({best['ci_high'] - best['ci_low']:.4f} wide for the best ru
 <p>Exact McNemar test on the rows where exactly one of the two runs is right (paired on the same
 validation rows, predictions at each run's peak). p &lt; 0.05 marks a difference unlikely to be noise.</p>
 {_table(["best", "other", "difference (points)", "p-value", "significant", "note"], test_rows)}
+<h2>Across seeds</h2>
+<p>Runs that differ only in their seed, as one configuration: the mean of their peaks and a 95%
+t-interval over seeds (each seed is scored on the same validation rows).</p>
+<pre>{html.escape(format_seed_groups(seed_groups(records)))}</pre>
 <h2>Configurations</h2>
 <pre>{html.escape(format_table(rows))}</pre>
 <h2>Figures</h2>

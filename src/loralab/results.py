@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,3 +138,59 @@ def to_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+# Settings that change neither what is trained nor how: runs differing only in these and the seed repeat one configuration.
+NOT_THE_CONFIGURATION = {"train": ("seed", "eval_batch_size", "log_every"), "output": ("dir", "name")}
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (normal beyond).
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+
+
+def configuration_key(record: RunRecord) -> str:
+    trimmed = {section: dict(values) for section, values in record.config.items()}
+    for section, keys in NOT_THE_CONFIGURATION.items():
+        for key in keys:
+            trimmed.get(section, {}).pop(key, None)
+    return json.dumps(trimmed, sort_keys=True)
+
+
+def seed_groups(records: list[RunRecord]) -> list[dict]:
+    """Runs of one configuration under different seeds: mean peak, its spread and a 95% t-interval.
+
+    The interval is over seeds (training randomness); every seed is scored on the same validation
+    rows, so their own sampling error (the Wilson interval of each run) comes on top.
+    """
+    groups: dict[str, dict[int, RunRecord]] = {}
+    for record in records:
+        # The same configuration and seed twice is one experiment copied (the study filed its best run
+        # under four folders), not two draws.
+        groups.setdefault(configuration_key(record), {}).setdefault(record.config["train"]["seed"], record)
+    summaries = []
+    for by_seed in groups.values():
+        members = list(by_seed.values())
+        peaks = [m.summary["peak_val_accuracy"] for m in members]
+        mean = statistics.fmean(peaks)
+        sd = statistics.stdev(peaks) if len(peaks) > 1 else None
+        half = None if sd is None else T_975[min(len(peaks) - 1, len(T_975)) - 1] * sd / len(peaks) ** 0.5
+        first = members[0].row()
+        summaries.append({
+            "configuration": " ".join(f"{k}={first[k]}" for k in ("scope", "head", "r", "alpha", "dropout", "lr", "steps")),
+            "names": [m.name for m in members],
+            "seeds": [m.config["train"]["seed"] for m in members],
+            "peaks": peaks,
+            "mean": mean,
+            "sd": sd,
+            "ci_low": None if half is None else mean - half,
+            "ci_high": None if half is None else mean + half,
+        })  # fmt: skip
+    return sorted(summaries, key=lambda g: -g["mean"])
+
+
+def format_seed_groups(groups: list[dict]) -> str:
+    lines = []
+    for g in groups:
+        spread = "" if g["sd"] is None else f"  sd {g['sd']:.4f}  95% CI over seeds [{g['ci_low']:.4f}, {g['ci_high']:.4f}]"
+        peaks = ", ".join(f"{s}: {p:.4f}" for s, p in zip(g["seeds"], g["peaks"]))
+        lines.append(f"{g['configuration']}\n  mean {g['mean']:.4f} of {len(g['peaks'])} (seed: peak {peaks}){spread}")
+    return "\n".join(lines)
