@@ -65,3 +65,23 @@ def test_saved_config_round_trips(tmp_path):
     config.save(cfg, tmp_path / "config.yaml")
     again = config.from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
     assert again == cfg
+
+
+@pytest.mark.parametrize("name", ["seed.yaml", "best.yaml", "best-offline.yaml"])
+def test_shipped_configs_fit_roberta_base_exactly_as_the_study(name):
+    from transformers import RobertaConfig
+
+    from loralab.budget import ModelShapes, breakdown_for
+
+    cfg = config.load(SEED_CONFIG.parent / name)
+    breakdown, _ = breakdown_for(cfg, ModelShapes.of(RobertaConfig(num_labels=len(cfg.data.label_names))))
+    assert breakdown.total == 999_172
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.data.val_size, cfg.data.split_seed) == (1200, 16, 640, 42)
+
+
+def test_shipped_sweep_files_expand(tmp_path):
+    from loralab.sweep import read_sweep
+
+    for path in sorted((SEED_CONFIG.parent / "sweeps").glob("*.yaml")):
+        sweep = read_sweep(path, str(tmp_path))
+        assert sweep.trials or "space" in path.read_text(), path
