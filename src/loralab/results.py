@@ -176,7 +176,6 @@ def seed_groups(records: list[RunRecord]) -> list[dict]:
         first = members[0].row()
         summaries.append({
             "configuration": " ".join(f"{k}={first[k]}" for k in ("scope", "head", "r", "alpha", "dropout", "lr", "steps")),
-            "names": [m.name for m in members],
             "seeds": [m.config["train"]["seed"] for m in members],
             "peaks": peaks,
             "mean": mean,
