@@ -30,6 +30,7 @@ def runs(model_dirs, tiny_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for head in ("full", "out_proj", "lora"):
         train_tiny(model_dirs["roberta"], tiny_data, root, head, f"model.head={head}")
+    train_tiny(model_dirs["roberta"], tiny_data, root, "mean", "model.pooling=mean")
     return root
 
 
@@ -44,10 +45,10 @@ def read_predictions(path):
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.parametrize("head", ["full", "out_proj", "lora"])
-def test_merged_and_unmerged_logits_agree(runs, head, model_dirs):
-    cfg, tokenizer, unmerged = load_trained(runs / head)
-    _, _, merged = load_trained(runs / head, merged=True)
+@pytest.mark.parametrize("run", ["full", "out_proj", "lora", "mean"])
+def test_merged_and_unmerged_logits_agree(runs, run, model_dirs):
+    cfg, tokenizer, unmerged = load_trained(runs / run)
+    _, _, merged = load_trained(runs / run, merged=True)
     batch = tokenizer([t for _, t in synthetic_rows(16, seed=3)], padding=True, return_tensors="pt")
     with torch.no_grad():
         a, b = unmerged(**batch).logits, merged(**batch).logits
@@ -143,11 +144,20 @@ def test_export_adapter_only_has_a_model_card(runs, tmp_path):
     assert main(["export", str(runs / "full"), str(out), "--adapter-only"]) == 2  # not over a non-empty folder
 
 
-def test_eval_on_validation_rows_matches_training(runs, capsys):
-    assert main(["eval", str(runs / "full")]) == 0
-    saved = runs / "full" / "eval" / "val-best"
+def test_export_of_a_mean_pooled_run_needs_adapter_only(runs, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert main(["export", str(runs / "mean"), str(out)]) == 2  # a plain head would read the first token
+    assert "--adapter-only" in capsys.readouterr().err and not out.exists()
+    assert main(["export", str(runs / "mean"), str(out), "--adapter-only"]) == 0
+    assert "pooling: mean" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("run", ["full", "mean"])
+def test_eval_on_validation_rows_matches_training(runs, run, capsys):
+    assert main(["eval", str(runs / run)]) == 0
+    saved = runs / run / "eval" / "val-best"
     metrics = json.loads((saved / "metrics.json").read_text())
-    summary = json.loads((runs / "full" / "summary.json").read_text())
+    summary = json.loads((runs / run / "summary.json").read_text())
     assert metrics["accuracy"] == summary["peak_val_accuracy"] and metrics["rows"] == 64
     assert (saved / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(map(sum, metrics["confusion_matrix"])) == 64

@@ -16,6 +16,7 @@ from .errors import LoralabError
 
 SCOPE_WORDS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
 HEAD_MODES = ("full", "out_proj", "lora")
+POOLINGS = ("first", "mean")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
@@ -32,6 +33,7 @@ def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasse
 class ModelConfig:
     name: str = doc("Hugging Face hub id or local model folder", "roberta-base")
     head: str = doc("classification head: full (all trainable), out_proj (only the output projection), lora", "full")
+    pooling: str = doc("what the head reads: first (token, as Hugging Face heads do) or mean (of the real tokens)", "first")
 
 
 @dataclass
@@ -167,6 +169,7 @@ def _validate(cfg: Config) -> None:
             raise LoralabError(message)
 
     require(cfg.model.head in HEAD_MODES, f"model.head: '{cfg.model.head}' is not one of {', '.join(HEAD_MODES)}")
+    require(cfg.model.pooling in POOLINGS, f"model.pooling: '{cfg.model.pooling}' is not one of {', '.join(POOLINGS)}")
     require(bool(cfg.lora.scope), "lora.scope: name at least one module")
     require(cfg.lora.r >= 1, f"lora.r: must be >= 1, got {cfg.lora.r}")
     require(cfg.lora.alpha > 0, f"lora.alpha: must be > 0, got {cfg.lora.alpha}")

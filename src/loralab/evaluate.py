@@ -94,12 +94,15 @@ def first_token_after_last_attention(model):
 
 
 @torch.no_grad()
-def predict_logits(model, tokenizer, input_ids: list[list[int]], batch_size: int, device, autocast=nullcontext) -> torch.Tensor:
+def predict_logits(
+    model, tokenizer, input_ids: list[list[int]], batch_size: int, device, autocast=nullcontext, pooling: str = "first"
+) -> torch.Tensor:
     """Logits of every row, in the rows' order; batches are length-sorted so padding stays small."""
     was_training = model.training
     model.eval()
     logits = torch.empty(len(input_ids), model.config.num_labels)
-    with first_token_after_last_attention(model):
+    # Mean pooling reads every token of the last layer, so nothing can be trimmed.
+    with first_token_after_last_attention(model) if pooling == "first" else nullcontext():
         for indices in eval_batches([len(ids) for ids in input_ids], batch_size):
             batch = tokenizer.pad({"input_ids": [input_ids[i] for i in indices]}, return_tensors="pt").to(device)
             with autocast():
@@ -108,8 +111,10 @@ def predict_logits(model, tokenizer, input_ids: list[list[int]], batch_size: int
     return logits
 
 
-def evaluate(model, tokenizer, data: Encoded, batch_size: int, n_classes: int, device, autocast=nullcontext) -> Evaluation:
-    logits = predict_logits(model, tokenizer, data.input_ids, batch_size, device, autocast)
+def evaluate(
+    model, tokenizer, data: Encoded, batch_size: int, n_classes: int, device, autocast=nullcontext, pooling: str = "first"
+) -> Evaluation:
+    logits = predict_logits(model, tokenizer, data.input_ids, batch_size, device, autocast, pooling)
     labels = torch.tensor(data.labels)
     predictions = logits.argmax(-1)
     return Evaluation(

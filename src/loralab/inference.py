@@ -28,11 +28,12 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def classify(model, tokenizer, texts: list[str], max_length: int, batch_size: int, precision: str) -> torch.Tensor:
-    """Class probabilities of each text, in input order."""
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+def classify(model, tokenizer, texts: list[str], cfg, batch_size: int, precision: str) -> torch.Tensor:
+    """Class probabilities of each text, in input order, truncated and pooled as the run was trained."""
+    ids = tokenizer(texts, truncation=True, max_length=cfg.data.max_length)["input_ids"]
     model.to(device())
-    return predict_logits(model, tokenizer, ids, batch_size, device(), autocast_for(precision)).softmax(-1)
+    logits = predict_logits(model, tokenizer, ids, batch_size, device(), autocast_for(precision), cfg.model.pooling)
+    return logits.softmax(-1)
 
 
 def evaluation_report(labels: list[int], predictions: list[int], label_names: list[str]) -> dict:
@@ -77,7 +78,7 @@ def evaluate_run(run_path: str, data: str | None, split: str, which: str, batch_
     else:
         rows = load_labelled(data, cfg.data, split)
         tag = f"{Path(data).stem if Path(data).exists() else data.replace('/', '_')}-{split}"
-    probs = classify(model, tokenizer, rows.texts, cfg.data.max_length, batch_size, precision)
+    probs = classify(model, tokenizer, rows.texts, cfg, batch_size, precision)
     predictions = probs.argmax(-1).tolist()
     report = {"run": str(run_path), "adapter": which, "data": data or f"{cfg.data.train} (validation rows)"}
     report |= evaluation_report(rows.labels, predictions, cfg.data.label_names)
@@ -107,7 +108,7 @@ def predict_file(
     """Write `ID,Label` (and probabilities if asked) for every input row, in input order."""
     texts = load_texts(input_path, text_column, allow_pickle)
     cfg, tokenizer, model = load_trained(run_path, which, merged=True)
-    probabilities = classify(model, tokenizer, texts, cfg.data.max_length, batch_size, precision)
+    probabilities = classify(model, tokenizer, texts, cfg, batch_size, precision)
     names = cfg.data.label_names
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -129,6 +130,12 @@ def export_run(run_path: str, out_dir: str, which: str = "best", adapter_only: b
         cfg, adapter = trained_run(run_path, which)
         tokenizer = load_tokenizer(cfg.model.name)
     else:
+        cfg, adapter = trained_run(run_path, which)
+        if cfg.model.pooling != "first":
+            raise LoralabError(
+                f"run {run_path} pools the {cfg.model.pooling} of the last layer, which a plain transformers head "
+                "cannot do: export it with --adapter-only"
+            )
         cfg, tokenizer, model = load_trained(run_path, which, merged=True)
 
     def fill(tmp: Path) -> None:
@@ -164,6 +171,8 @@ def model_card(cfg, run: RunDir) -> str:
         "",
         f"- labels: {', '.join(cfg.data.label_names)}",
         f"- LoRA: scope {', '.join(cfg.lora.scope)}, r={cfg.lora.r}, alpha={cfg.lora.alpha:g}, dropout={cfg.lora.dropout:g}; head {cfg.model.head}",
+        f"- pooling: {cfg.model.pooling}"
+        + (" (the head reads the mean of the last layer over real tokens, written into position 0)" if cfg.model.pooling == "mean" else " token"),
         f"- trainable parameters: {trainable.get('total', 'unknown'):,} of a budget of {cfg.lora.budget:,}"
         if trainable
         else f"- budget: {cfg.lora.budget:,}",

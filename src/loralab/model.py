@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .budget import Breakdown
 from .config import Config
 from .errors import LoralabError
@@ -50,13 +52,37 @@ def optimizer_groups(model, cfg: Config) -> list[dict]:
     return [{"params": others}, {"params": b_matrices, "lr": cfg.train.lr * cfg.lora.plus_ratio}]
 
 
-def trainable_params(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def pool_mean_into_first_token(model) -> None:
+    """Make the head of a Hugging Face classifier read the mean of the last layer over real tokens.
+
+    Every head here reads position 0 of the last layer (BERT's through its pooler), so writing the
+    masked mean there is mean pooling, as sentence-transformers models were trained, with the head,
+    its parameter count and the saved weights unchanged. Call it before wrapping with PEFT.
+    """
+    backbone = model.base_model
+    encoder = getattr(backbone, "encoder", None) or getattr(backbone, "transformer", None)
+    if not isinstance(getattr(encoder, "layer", None), torch.nn.ModuleList):
+        raise LoralabError(f"model.pooling: mean is not available for {model.config.model_type} (no encoder layers found)")
+    batch = {}
+
+    def remember_mask(module, args, kwargs):
+        batch["attention_mask"] = kwargs.get("attention_mask")
+
+    # The last layer, not the encoder: DeBERTa reads its output from the hidden-states tuple.
+    def mean_at_first_token(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        mask = batch["attention_mask"]
+        weights = (torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask.float()).unsqueeze(-1)
+        mean = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+        pooled = torch.cat([mean.to(hidden.dtype).unsqueeze(1), hidden[:, 1:]], dim=1)
+        return (pooled, *output[1:]) if isinstance(output, tuple) else pooled
+
+    backbone.register_forward_pre_hook(remember_mask, with_kwargs=True)
+    encoder.layer[-1].register_forward_hook(mean_at_first_token)
 
 
-def build_model(cfg: Config, model_config, plan: AdapterPlan, breakdown: Breakdown):
-    """Load the pretrained weights, add the adapters, and check the trainable count against the plan."""
-    from peft import get_peft_model
+def load_classifier(cfg: Config, model_config):
+    """The pretrained encoder with a classification head for the config's labels, pooled as configured."""
     from transformers import AutoModelForSequenceClassification
 
     folder = Path(cfg.model.name)
@@ -64,12 +90,25 @@ def build_model(cfg: Config, model_config, plan: AdapterPlan, breakdown: Breakdo
         raise LoralabError(f"model folder {folder} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
     try:
         # A folder already fine-tuned for another label count: its head is replaced, not an error.
-        base = AutoModelForSequenceClassification.from_pretrained(
+        model = AutoModelForSequenceClassification.from_pretrained(
             cfg.model.name, config=model_config, ignore_mismatched_sizes=True
         )
     except (OSError, ValueError) as err:
         raise LoralabError(f"cannot load model '{cfg.model.name}': {str(err).splitlines()[0]}") from err
-    model = get_peft_model(base, peft_config(cfg, plan))
+    if cfg.model.pooling == "mean":
+        pool_mean_into_first_token(model)
+    return model
+
+
+def trainable_params(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_model(cfg: Config, model_config, plan: AdapterPlan, breakdown: Breakdown):
+    """Load the pretrained weights, add the adapters, and check the trainable count against the plan."""
+    from peft import get_peft_model
+
+    model = get_peft_model(load_classifier(cfg, model_config), peft_config(cfg, plan))
     built = trainable_params(model)
     if built != breakdown.total:
         raise LoralabError(f"bug: the built model trains {built:,} parameters but the plan counted {breakdown.total:,}")
@@ -93,18 +132,11 @@ def trained_run(run_path: str | Path, which: str = "best"):
 def load_trained(run_path: str | Path, which: str = "best", merged: bool = False):
     """A run's config, tokenizer and model with its saved adapter; merged into plain weights if asked."""
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
 
     from .budget import load_model_config
 
     cfg, adapter = trained_run(run_path, which)
-    try:
-        base = AutoModelForSequenceClassification.from_pretrained(
-            cfg.model.name, config=load_model_config(cfg), ignore_mismatched_sizes=True
-        )
-    except (OSError, ValueError) as err:
-        raise LoralabError(f"cannot load the run's base model '{cfg.model.name}': {str(err).splitlines()[0]}") from err
-    model = PeftModel.from_pretrained(base, adapter)
+    model = PeftModel.from_pretrained(load_classifier(cfg, load_model_config(cfg)), adapter)
     if merged:
         try:
             model = model.merge_and_unload()

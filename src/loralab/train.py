@@ -244,7 +244,9 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
             shown_loss, window_loss, window_steps = row["loss"], 0.0, 0
 
         if step % t.eval_every == 0 or step == t.steps:
-            result = evaluate(model, tokenizer, val_set, t.eval_batch_size, n_classes, accelerator.device, accelerator.autocast)
+            result = evaluate(
+                model, tokenizer, val_set, t.eval_batch_size, n_classes, accelerator.device, accelerator.autocast, cfg.model.pooling
+            )
             state["elapsed_s"] = time.perf_counter() - started
             state["last_eval"] = {"step": step, **result.metrics()}
             if result.accuracy > state["best_accuracy"]:
