@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import statistics
@@ -57,6 +58,7 @@ class RunRecord:
             "group": self.group,
             "scope": ",".join(lora["scope"]),
             "head": self.config["model"]["head"],
+            "pooling": self.config["model"]["pooling"],
             "r": lora["r"],
             "alpha": lora["alpha"],
             "dropout": lora["dropout"],
@@ -76,7 +78,9 @@ class RunRecord:
 def read_run(path: Path) -> RunRecord:
     run = RunDir(Path(path))
     origin = json.loads((run.path / ORIGIN).read_text()) if (run.path / ORIGIN).exists() else {}
-    return RunRecord(run, config_io.read_yaml(run.config), json.loads(run.summary.read_text()), run.read_metrics(), origin)
+    # Through the dataclasses, so a run saved before a field existed reads with that field's default.
+    config = dataclasses.asdict(config_io.from_dict(config_io.read_yaml(run.config)))
+    return RunRecord(run, config, json.loads(run.summary.read_text()), run.read_metrics(), origin)
 
 
 def find_runs(paths: list[str]) -> list[RunRecord]:
@@ -95,7 +99,7 @@ def canonical_scope(modules: list[str]) -> list[str]:
     return sorted(modules, key=lambda m: (SCOPE_WORDS.index(m) if m in SCOPE_WORDS else len(SCOPE_WORDS), m))
 
 
-COLUMNS = ["name", "group", "scope", "head", "r", "alpha", "dropout", "lr", "steps", "trainable",
+COLUMNS = ["name", "group", "scope", "head", "pooling", "r", "alpha", "dropout", "lr", "steps", "trainable",
            "peak_accuracy", "ci_low", "ci_high", "peak_step", "final_accuracy", "wall_s"]  # fmt: skip
 
 
@@ -175,7 +179,7 @@ def seed_groups(records: list[RunRecord]) -> list[dict]:
         half = None if sd is None else T_975[min(len(peaks) - 1, len(T_975)) - 1] * sd / len(peaks) ** 0.5
         first = members[0].row()
         summaries.append({
-            "configuration": " ".join(f"{k}={first[k]}" for k in ("scope", "head", "r", "alpha", "dropout", "lr", "steps")),
+            "configuration": " ".join(f"{k}={first[k]}" for k in ("scope", "head", "pooling", "r", "alpha", "dropout", "lr", "steps")),
             "seeds": [m.config["train"]["seed"] for m in members],
             "peaks": peaks,
             "mean": mean,
