@@ -126,16 +126,15 @@ def export_run(run_path: str, out_dir: str, which: str = "best", adapter_only: b
     if out.exists() and any(out.iterdir()):
         raise LoralabError(f"{out} exists and is not empty")
     run = RunDir(Path(run_path))
+    cfg, adapter = trained_run(run_path, which)
     if adapter_only:
-        cfg, adapter = trained_run(run_path, which)
         tokenizer = load_tokenizer(cfg.model.name)
+    elif cfg.model.pooling != "first":
+        raise LoralabError(
+            f"run {run_path} pools the {cfg.model.pooling} of the last layer, which a plain transformers head "
+            "cannot do: export it with --adapter-only"
+        )
     else:
-        cfg, adapter = trained_run(run_path, which)
-        if cfg.model.pooling != "first":
-            raise LoralabError(
-                f"run {run_path} pools the {cfg.model.pooling} of the last layer, which a plain transformers head "
-                "cannot do: export it with --adapter-only"
-            )
         cfg, tokenizer, model = load_trained(run_path, which, merged=True)
 
     def fill(tmp: Path) -> None:
