@@ -179,7 +179,8 @@ def seed_groups(records: list[RunRecord]) -> list[dict]:
         half = None if sd is None else T_975[min(len(peaks) - 1, len(T_975)) - 1] * sd / len(peaks) ** 0.5
         first = members[0].row()
         summaries.append({
-            "configuration": " ".join(f"{k}={first[k]}" for k in ("scope", "head", "pooling", "r", "alpha", "dropout", "lr", "steps")),
+            "configuration": " ".join(f"{k}={first[k]}" for k in ("scope", "head", "pooling", "r", "alpha", "dropout", "lr", "steps"))
+            + f" precision={members[0].config['train']['precision']}",
             "seeds": [m.config["train"]["seed"] for m in members],
             "peaks": peaks,
             "mean": mean,
