@@ -81,13 +81,17 @@ FAMILIES = ["roberta", "bert", "mpnet", "distilbert", "deberta-v2"]
 
 
 def make_model_dir(path: Path, family: str = "roberta") -> Path:
-    """A local Hugging Face model folder: random tiny weights, config.json and the trained tokenizer."""
+    """A local Hugging Face model folder: random tiny weights, config.json and the trained tokenizer.
+
+    Like a real pretrained checkpoint (roberta-base, all-mpnet-base-v2), it holds the encoder only:
+    every classification head, and the dense layers some heads add, are drawn at random when loaded.
+    """
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel
 
     tokenizer = make_tokenizer()
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(tiny_config(family, len(tokenizer), tokenizer.pad_token_id))
+    model = AutoModel.from_config(tiny_config(family, len(tokenizer), tokenizer.pad_token_id))
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

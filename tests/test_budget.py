@@ -1,11 +1,12 @@
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import FAMILIES, SEED_CONFIG
 from transformers import AutoModelForSequenceClassification, RobertaConfig
 
-from conftest import FAMILIES, SEED_CONFIG
 from loralab import config
 from loralab.budget import ModelShapes, breakdown_for, check_budget, largest_fitting_rank, load_model_config
 from loralab.errors import LoralabError
@@ -69,7 +70,7 @@ def test_count_equals_built_model(model_dirs, family, head, scope):
             breakdown_for(cfg, ModelShapes.of(model_config))
         return
     breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
-    model = build_model(cfg, model_config, plan, breakdown)
+    model = build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0]
     assert trainable_params(model) == breakdown.total
 
 
@@ -82,7 +83,7 @@ def test_rank_pattern_and_layers_count(model_dirs):
     assert sorted(plan.lora_ranks.values()) == [5, 5]
     head = 32 * 32 + 32 + 32 * 4 + 4
     assert breakdown.total == 2 * 5 * (32 + 32) + head
-    assert trainable_params(build_model(cfg, model_config, plan, breakdown)) == breakdown.total
+    assert trainable_params(build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0]) == breakdown.total
 
 
 def test_budget_command_needs_only_config_json(tmp_path, model_dirs):
@@ -95,7 +96,8 @@ def test_budget_command_needs_only_config_json(tmp_path, model_dirs):
         capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr
-    assert "999,172" in out.stdout and "headroom" in out.stdout and "828" in out.stdout
+    assert re.search(r"^  total +999,172$", out.stdout, re.M), out.stdout
+    assert re.search(r"^  headroom +828$", out.stdout, re.M), out.stdout
 
 
 VARIANTS = [
@@ -117,7 +119,7 @@ def test_variant_counts_equal_built_model(model_dirs, variant):
     cfg = config.from_dict(tree)
     model_config = load_model_config(cfg)
     breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
-    assert trainable_params(build_model(cfg, model_config, plan, breakdown)) == breakdown.total
+    assert trainable_params(build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0]) == breakdown.total
 
 
 def test_dora_and_bias_add_one_parameter_per_output():
@@ -137,7 +139,7 @@ def test_plan_table_equals_built_models(model_dirs):
         probe = config.from_dict({"model": {"name": str(model_dirs["roberta"]), "head": row["head"]},
                                   "lora": {"scope": row["scope"].split(","), "r": max(row["r"], 1), "budget": 6000}})  # fmt: skip
         breakdown, plan = breakdown_for(probe, ModelShapes.of(model_config))
-        built = trainable_params(build_model(probe, model_config, plan, breakdown))
+        built = trainable_params(build_model(probe, ModelShapes.of(model_config), plan, breakdown)[0])
         if row["r"] == 0:
             assert built > 6000
             continue

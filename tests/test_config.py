@@ -1,9 +1,10 @@
 import pytest
 import yaml
-
 from conftest import SEED_CONFIG
+
 from loralab import config
 from loralab.errors import LoralabError
+from loralab.store import RunDir
 
 
 def test_seed_config_is_the_study_run():
@@ -62,7 +63,7 @@ def test_missing_config_file(tmp_path):
 
 def test_saved_config_round_trips(tmp_path):
     cfg = config.load(SEED_CONFIG, ["lora.rank_pattern={3: 5}", "lora.layers=[3]"])
-    config.save(cfg, tmp_path / "config.yaml")
+    RunDir(tmp_path).write_config(cfg)
     again = config.from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
     assert again == cfg
 
@@ -82,6 +83,10 @@ def test_shipped_configs_fit_roberta_base_exactly_as_the_study(name):
 def test_shipped_sweep_files_expand(tmp_path):
     from loralab.sweep import read_sweep
 
-    for path in sorted((SEED_CONFIG.parent / "sweeps").glob("*.yaml")):
+    paths = sorted((SEED_CONFIG.parent / "sweeps").glob("*.yaml"))
+    assert len(paths) >= 5
+    for path in paths:
         sweep = read_sweep(path, str(tmp_path))
-        assert sweep.trials or "space" in path.read_text(), path
+        spec = yaml.safe_load(path.read_text())
+        # A sweep file expands to trials, a search file to a space: never neither.
+        assert bool(sweep.trials) == ("groups" in spec) and bool(sweep.space) == ("space" in spec), path

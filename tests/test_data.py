@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import AG_NEWS_CSV, make_tokenizer, synthetic_rows, write_csv
+
 from loralab.config import DataConfig
 from loralab.data import encode, eval_batches, load_labelled, split_validation, training_batches
 from loralab.errors import LoralabError

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import FAMILIES, SEED_CONFIG, synthetic_rows, write_csv
+
 from loralab import config
 from loralab.cli import main
 from loralab.evaluate import first_token_after_last_attention, wilson_interval

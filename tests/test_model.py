@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import FAMILIES, synthetic_rows
+
 from loralab.model import pool_mean_into_first_token
 
 # How each family's head turns a (batch, 1, hidden) tensor into logits, written out by hand.

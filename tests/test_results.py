@@ -2,14 +2,15 @@ import json
 import xml.etree.ElementTree as ElementTree
 
 import pytest
-
 from conftest import ROOT, SEED_STUDY
+
 from loralab.cli import main
 from loralab.errors import LoralabError
 from loralab.hf_import import import_hf
 from loralab.plots import plot_runs
 from loralab.report import mcnemar_exact
 from loralab.results import find_runs
+from loralab.store import RunDir
 
 needs_study = pytest.mark.skipif(not SEED_STUDY.exists(), reason="../shared/data/seed-study is not beside the repo")
 ROBERTA_BASE_CONFIG = str(ROOT / "configs" / "models" / "roberta-base")
@@ -27,16 +28,16 @@ def imported(tmp_path_factory):
 @needs_study
 def test_import_yields_the_study_runs(imported):
     assert len(imported) == 20
-    assert sum(1 for r in imported.values() if r.config["lora"]["r"] == 22 and r.config["lora"]["alpha"] == 44
-               and r.config["lora"]["dropout"] == 0.1 and r.config["train"]["lr"] == 5e-5 and r.config["train"]["steps"] == 1200) == 4  # fmt: skip
+    assert sum(1 for r in imported.values() if r.config.lora.r == 22 and r.config.lora.alpha == 44
+               and r.config.lora.dropout == 0.1 and r.config.train.lr == 5e-5 and r.config.train.steps == 1200) == 4  # fmt: skip
     best = imported["dropout/val,.1"]
-    assert (best.summary["peak_val_accuracy"], best.summary["peak_step"]) == (0.9140625, 1100)
+    assert (best.summary.peak_val_accuracy, best.summary.peak_step) == (0.9140625, 1100)
     qk = imported["modules/query,key"]
-    assert (qk.summary["peak_val_accuracy"], qk.summary["peak_step"]) == (0.9015625, 1000)
-    assert qk.config["lora"]["scope"] == ["query", "key"] and qk.axes == {"lora.scope": ["query", "key"]}
-    assert imported["r/val,.1,r*2,6"].summary["trainable"]["total"] == 704_260
-    assert imported["modules/query,key,val"].summary["trainable"]["total"] == 980_740
-    assert imported["additional/val, .1,r*2,22,3e-5,2400"].config["train"]["steps"] == 2400
+    assert (qk.summary.peak_val_accuracy, qk.summary.peak_step) == (0.9015625, 1000)
+    assert qk.config.lora.scope == ["query", "key"] and qk.axes == {"lora.scope": ["query", "key"]}
+    assert imported["r/val,.1,r*2,6"].summary.trainable["total"] == 704_260
+    assert imported["modules/query,key,val"].summary.trainable["total"] == 980_740
+    assert imported["additional/val, .1,r*2,22,3e-5,2400"].config.train.steps == 2400
 
 
 @needs_study
@@ -47,10 +48,10 @@ def test_five_figures_plot_the_index_peaks(imported, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert ElementTree.parse(svg).getroot().tag.endswith("svg")
     assert plotted["fig2_dropout"] == {
-        f"dropout={d:g}": imported[f"dropout/val,{n}"].summary["peak_val_accuracy"] for d, n in ((0.05, ".05"), (0.1, ".1"), (0.15, ".15"))
+        f"dropout={d:g}": imported[f"dropout/val,{n}"].summary.peak_val_accuracy for d, n in ((0.05, ".05"), (0.1, ".1"), (0.15, ".15"))
     }
-    assert plotted["fig1_scope"]["query,key"] == imported["modules/query,key"].summary["peak_val_accuracy"]
-    assert plotted["fig4_r"]["r=6 (704,260 params)"] == imported["r/val,.1,r*2,6"].summary["peak_val_accuracy"]
+    assert plotted["fig1_scope"]["query,key"] == imported["modules/query,key"].summary.peak_val_accuracy
+    assert plotted["fig4_r"]["r=6 (704,260 params)"] == imported["r/val,.1,r*2,6"].summary.peak_val_accuracy
     assert set(plotted["fig3_alpha"]) == {"alpha=11 (r*0.5)", "alpha=22 (r*1)", "alpha=44 (r*2)"}
     assert set(plotted["fig5_lr"]) == {"lr=2e-05", "lr=3e-05", "lr=5e-05"}
     assert (tmp_path / "loss_dropout.png").exists()
@@ -106,17 +107,24 @@ def test_report_tests_our_runs_on_the_same_rows(tmp_path, model_dirs, tiny_data)
     for lr in ("2e-2", "1e-9"):
         train_tiny(model_dirs["roberta"], tiny_data, tmp_path, f"lr{lr}", f"train.lr={lr}")
     first = significance(find_runs([str(tmp_path)]))[0]
-    assert first["p_value"] is not None and 0 <= first["p_value"] <= 1 and first["note"] == ""
+    assert (first["a"], first["b"], first["note"]) == ("lr2e-2", "lr1e-9", "")
+    a, b = (RunDir(tmp_path / name).read_predictions("best") for name in ("lr2e-2", "lr1e-9"))
+    assert a.labels == b.labels
+    only_a = sum(p == y != q for p, q, y in zip(a.predictions, b.predictions, a.labels))
+    only_b = sum(q == y != p for p, q, y in zip(a.predictions, b.predictions, a.labels))
+    assert only_a > only_b  # the run that learned is right where the untrained one is not
+    assert (first["only_a"], first["only_b"], first["p_value"]) == (only_a, only_b, mcnemar_exact(only_a, only_b))
 
 
 def test_seed_groups_mean_spread_and_interval(tmp_path):
     from loralab import config as config_io
     from loralab.results import RunRecord, seed_groups
-    from loralab.store import RunDir
+    from loralab.store import Origin, Summary
 
     def record(name, seed, peak, **train):
-        tree = config_io.from_dict({"train": {"seed": seed, **train}}).to_dict()
-        return RunRecord(RunDir(tmp_path / name), tree, {"peak_val_accuracy": peak, "peak_step": 100, "val_rows": 640}, [], {})
+        cfg = config_io.from_dict({"train": {"seed": seed, **train}})
+        summary = Summary(name=name, peak_val_accuracy=peak, peak_step=100, final=None, steps_done=1200, val_rows=640, trainable=None)
+        return RunRecord(RunDir(tmp_path / name), cfg, summary, [], Origin())
 
     groups = seed_groups([
         record("a42", 42, 0.90), record("a43", 43, 0.91), record("a44", 44, 0.92, eval_batch_size=4),

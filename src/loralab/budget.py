@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,12 +29,24 @@ class ModelShapes:
     modules: dict[str, ModuleShape]
 
     @classmethod
-    def of(cls, model_config) -> "ModelShapes":
+    def of(cls, model_config) -> ModelShapes:
         return cls(model_config, module_shapes(model_config))
 
     @property
     def model_type(self) -> str:
         return self.config.model_type
+
+
+def shapes_for(cfg: Config) -> ModelShapes:
+    """The shapes of cfg's model with cfg's labels: read once per process, then cached."""
+    return _cached_shapes(cfg.model.name, tuple(cfg.data.label_names))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_shapes(name: str, labels: tuple[str, ...]) -> ModelShapes:
+    from .config import DataConfig, ModelConfig
+
+    return ModelShapes.of(load_model_config(Config(model=ModelConfig(name=name), data=DataConfig(label_names=list(labels)))))
 
 
 def load_model_config(cfg: Config):
@@ -130,7 +143,7 @@ def count(plan: AdapterPlan, model: ModelShapes, cfg: Config) -> Breakdown:
 
 
 def breakdown_for(cfg: Config, model: ModelShapes | None = None) -> tuple[Breakdown, AdapterPlan]:
-    model = model or ModelShapes.of(load_model_config(cfg))
+    model = model or shapes_for(cfg)
     plan = plan_adapters(cfg, model.model_type, list(model.modules))
     return count(plan, model, cfg), plan
 

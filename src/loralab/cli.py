@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -28,7 +29,7 @@ def cmd_train(args) -> int:
 
 def cmd_budget(args) -> int:
     from . import config
-    from .budget import ModelShapes, breakdown_for, format_plan, largest_fitting_rank, load_model_config, plan_table
+    from .budget import breakdown_for, format_plan, largest_fitting_rank, plan_table, shapes_for
 
     values = {"model.name": args.model} if args.model else {}
     if args.budget:
@@ -36,7 +37,7 @@ def cmd_budget(args) -> int:
     if args.labels:
         values["data.label_names"] = [f"class{i}" for i in range(args.labels)]
     cfg = config.load(args.config, args.overrides, values)
-    model = ModelShapes.of(load_model_config(cfg))
+    model = shapes_for(cfg)
     if args.plan:
         layers = [int(x) for x in args.layers.split(",")] if args.layers else None
         print(format_plan(plan_table(cfg, model, layers), cfg.lora.budget))
@@ -51,6 +52,9 @@ def cmd_eval(args) -> int:
     from .inference import evaluate_run
 
     report = evaluate_run(args.run_dir, args.data, args.split, args.which, args.batch_size, args.precision)
+    if args.json:
+        print(json.dumps(report))
+        return 0
     low, high = report["accuracy_95ci"]
     print(f"{report['data']}: {report['rows']} rows, adapter {report['adapter']}")
     print(f"accuracy  {report['accuracy']:.4f}  (95% CI {low:.4f}-{high:.4f})")
@@ -82,8 +86,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    import json
-
     from .results import find_runs, format_seed_groups, format_table, seed_groups, sort_rows, to_csv
 
     records = find_runs(args.paths)
@@ -132,11 +134,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import read_sweep, run_sweep, work
+    from .sweep import run_sweep
 
-    if args.worker:
-        work(read_sweep(args.file, args.runs), args.storage, args.runs, args.heartbeat)
-        return 0
     status = run_sweep(args.file, args.storage, args.workers, args.runs, args.heartbeat)
     return 0 if status["unfinished"] == 0 else 1
 
@@ -144,7 +143,7 @@ def cmd_sweep(args) -> int:
 def cmd_search(args) -> int:
     from .sweep import run_search
 
-    run_search(args.file, args.trials, args.storage, args.workers, args.runs, args.heartbeat, worker=args.worker)
+    run_search(args.file, args.trials, args.storage, args.workers, args.runs, args.heartbeat)
     return 0
 
 
@@ -156,7 +155,6 @@ def _optuna_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", default="runs", help="folder of run directories")
     parser.add_argument("--heartbeat", type=int, default=30, help="seconds between worker heartbeats; a trial "
                         "silent for twice this is taken as dead and run again")  # fmt: skip
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
 
 def _inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_arguments(evaluate)
     evaluate.add_argument("--data", help="labelled file or hub id (default: the run's validation rows)")
     evaluate.add_argument("--split", default="test", help="hub split of --data")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object (for scripts)")
     evaluate.set_defaults(run=cmd_eval)
 
     predict = commands.add_parser("predict", help="classify unlabelled texts into an ID,Label CSV")
@@ -249,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a "Loading weights" bar per load; ours is the one that matters
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -45,7 +45,7 @@ class LoraConfig:
     r: int = doc("LoRA rank", 22)
     alpha: float = doc("LoRA alpha (scaling = alpha / r)", 44.0)
     dropout: float = doc("dropout on the LoRA input", 0.1)
-    layers: Optional[list[int]] = doc("encoder layers to adapt (null: all)", None)
+    layers: list[int] | None = doc("encoder layers to adapt (null: all)", None)
     rank_pattern: dict[int, int] = doc("per-layer rank overriding r, e.g. {10: 32, 11: 32}", factory=dict)
     use_rslora: bool = doc("rank-stabilised scaling alpha/sqrt(r) instead of alpha/r", False)
     use_dora: bool = doc("DoRA: adds a trainable magnitude per output feature of each adapted layer", False)
@@ -83,7 +83,7 @@ class TrainConfig:
     log_every: int = doc("log training loss every this many steps", 20)
     early_stopping_patience: int = doc("stop after this many evaluations without a new best accuracy (0: off)", 0)
     label_smoothing: float = doc("cross-entropy label smoothing", 0.0)
-    class_weights: Optional[list[float]] = doc("cross-entropy weight of each class (null: equal)", None)
+    class_weights: list[float] | None = doc("cross-entropy weight of each class (null: equal)", None)
 
 
 @dataclass
@@ -264,9 +264,3 @@ def load(path: str | Path | None, overrides: list[str] = (), values: dict[str, A
     if not cfg.output.name:
         cfg.output.name = Path(path).stem if path else "run"
     return cfg
-
-
-def save(cfg: Config, path: Path) -> None:
-    from .store import write_text_atomic
-
-    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

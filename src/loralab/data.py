@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,20 @@ def _original_ag_news_layout(path: Path, text_column: str, label_column: str) ->
     return text_column not in first and len(first) == 3 and first[0].strip().isdigit()
 
 
+@contextmanager
+def quiet_datasets():
+    """No "Generating train split" bars for a local file: it is read in a moment (hub downloads keep theirs)."""
+    from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+
+    was_enabled = is_progress_bar_enabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            enable_progress_bars()
+
+
 def _load_table(source: str, cfg: DataConfig, split: str):
     from datasets import load_dataset
 
@@ -50,18 +65,20 @@ def _load_table(source: str, cfg: DataConfig, split: str):
     if builder == "csv" and _original_ag_news_layout(path, cfg.text_column, cfg.label_column):
         options = {"column_names": ["class_index", "title", "description"], "header": None}
     try:
-        table = load_dataset(builder, data_files=str(path), split="train", **options)
+        with quiet_datasets():
+            table = load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as err:  # pandas/arrow parse errors of many types
         cause = err.__cause__ or err
         raise LoralabError(f"{path}: cannot parse as {builder}: {str(cause).splitlines()[0]}") from err
     if "class_index" in table.column_names:
-        table = table.map(
-            lambda row: {
-                cfg.text_column: f"{row['title']} {row['description']}",
-                cfg.label_column: int(row["class_index"]) - 1,
-            },
-            remove_columns=table.column_names,
-        )
+        with quiet_datasets():
+            table = table.map(
+                lambda row: {
+                    cfg.text_column: f"{row['title']} {row['description']}",
+                    cfg.label_column: int(row["class_index"]) - 1,
+                },
+                remove_columns=table.column_names,
+            )
     return table
 
 

@@ -65,6 +65,20 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     return (centre - half, centre + half)
 
 
+def evaluation_report(labels: list[int], predictions: list[int], label_names: list[str]) -> dict:
+    n = len(label_names)
+    correct = sum(p == y for p, y in zip(predictions, labels))
+    low, high = wilson_interval(correct, len(labels))
+    return {
+        "rows": len(labels),
+        "accuracy": correct / len(labels),
+        "accuracy_95ci": [low, high],
+        "macro_f1": macro_f1(labels, predictions, n),
+        "per_class": {name: row for name, row in zip(label_names, per_class(labels, predictions, n))},
+        "confusion_matrix": confusion_matrix(labels, predictions, n),
+    }
+
+
 # BERT-style blocks (the families whose layers are `encoder.layer.N`) add the attention residual
 # inside `attention`, so what it returns is the whole input of the block's feed-forward.
 BLOCK_ATTENTION = re.compile(r"encoder\.layer\.(\d+)\.attention$")

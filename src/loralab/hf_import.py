@@ -7,11 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import config as config_io
-from .budget import ModelShapes, breakdown_for, load_model_config
+from .budget import breakdown_for, shapes_for
 from .config import Config
 from .errors import LoralabError
-from .results import ORIGIN, canonical_scope
-from .store import RunDir, replace_dir, safe_dirname, write_json_atomic
+from .results import canonical_scope
+from .store import Origin, RunDir, Summary, replace_dir, safe_dirname
 
 # The seed study kept one folder per question; each folder's runs differ along one axis.
 STUDY_FOLDER_AXES = {
@@ -61,7 +61,7 @@ def _read_json(path: Path) -> dict:
         raise LoralabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
 
 
-def to_run(state_path: Path, adapter_path: Path, val_rows: int, model_config_source: str | None, model_configs: dict):
+def to_run(state_path: Path, adapter_path: Path, val_rows: int, model_config_source: str | None):
     """The run's config, metrics, summary and origin, rebuilt from the Trainer's files."""
     state, adapter = _read_json(state_path), _read_json(adapter_path)
     history = state.get("log_history")
@@ -103,21 +103,20 @@ def to_run(state_path: Path, adapter_path: Path, val_rows: int, model_config_sou
     metrics.sort(key=lambda r: (r["step"], r["split"] == "val"))
     peak = max(evals, key=lambda e: e["eval_accuracy"])  # max() keeps the first of equal values: the earliest step
     last = evals[-1]
-    summary = {
-        "name": name,
-        "peak_val_accuracy": peak["eval_accuracy"],
-        "peak_step": peak["step"],
-        "final": {"step": last["step"], "loss": last.get("eval_loss"), "accuracy": last["eval_accuracy"], "f1": last.get("eval_f1")},
-        "steps_done": state["global_step"],
-        "stopped_early": False,
-        "val_rows": val_rows,
-        "trainable": trainable_for(cfg, model_config_source, model_configs),
-        "wall_time_s": next((e["train_runtime"] for e in history if "train_runtime" in e), None),
-        "imported_from": str(state_path),
-    }
+    summary = Summary(
+        name=name,
+        peak_val_accuracy=peak["eval_accuracy"],
+        peak_step=peak["step"],
+        final={"step": last["step"], "loss": last.get("eval_loss"), "accuracy": last["eval_accuracy"], "f1": last.get("eval_f1")},
+        steps_done=state["global_step"],
+        val_rows=val_rows,
+        trainable=trainable_for(cfg, model_config_source),
+        wall_time_s=next((e["train_runtime"] for e in history if "train_runtime" in e), None),
+        imported_from=str(state_path),
+    )
     axis = STUDY_FOLDER_AXES.get(group)
     axes = {axis: _axis_value(cfg, axis)} if axis else {}
-    return cfg, metrics, summary, {"group": group, "axes": axes, "imported_from": str(state_path)}
+    return cfg, metrics, summary, Origin(group=group, axes=axes, imported_from=str(state_path))
 
 
 def _axis_value(cfg: Config, axis: str):
@@ -125,37 +124,32 @@ def _axis_value(cfg: Config, axis: str):
     return getattr(getattr(cfg, section), key)
 
 
-def trainable_for(cfg: Config, source: str | None, cache: dict) -> dict | None:
+def trainable_for(cfg: Config, source: str | None) -> dict | None:
     """The exact breakdown under the base model's config, or None where that config cannot be read."""
-    source = source or cfg.model.name
-    if source not in cache:
-        try:
-            cache[source] = ModelShapes.of(load_model_config(replace(cfg, model=replace(cfg.model, name=source))))
-        except LoralabError:
-            cache[source] = None
-    if cache[source] is None:
+    try:
+        shapes = shapes_for(replace(cfg, model=replace(cfg.model, name=source or cfg.model.name)))
+    except LoralabError:
         return None
-    return breakdown_for(cfg, cache[source])[0].as_dict()
+    return breakdown_for(cfg, shapes)[0].as_dict()
 
 
 def import_hf(paths: list[str], out_dir: str, val_rows: int = 640, model_config: str | None = None) -> list[Path]:
     """Write one run directory per Trainer result under out_dir/<group>/<name>."""
     pairs = find_pairs(paths)
-    model_configs: dict = {}
-    built = [to_run(state, adapter, val_rows, model_config, model_configs) for state, adapter in pairs]
+    built = [to_run(state, adapter, val_rows, model_config) for state, adapter in pairs]
     written = []
     for cfg, metrics, summary, origin in built:
-        group, stem = summary["name"].split("/", 1)
+        group, stem = summary.name.split("/", 1)
         run = RunDir(Path(out_dir) / safe_dirname(group) / safe_dirname(stem))
         run.path.parent.mkdir(parents=True, exist_ok=True)
 
         def fill(tmp: Path, cfg=cfg, metrics=metrics, summary=summary, origin=origin) -> None:
             staged = RunDir(tmp)
-            config_io.save(cfg, staged.config)
+            staged.write_config(cfg)
             for row in metrics:
                 staged.append_metrics(row)
-            write_json_atomic(staged.summary, summary)
-            write_json_atomic(tmp / ORIGIN, origin)
+            staged.write_summary(summary)
+            staged.write_origin(origin)
 
         replace_dir(run.path, fill)
         written.append(run.path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
@@ -13,9 +12,18 @@ import torch
 
 from .data import load_labelled, load_texts, split_validation
 from .errors import LoralabError
-from .evaluate import confusion_matrix, macro_f1, per_class, predict_logits, wilson_interval
-from .model import load_tokenizer, load_trained, trained_run
-from .store import RunDir, replace_dir, write_json_atomic, write_text_atomic
+from .evaluate import evaluation_report, predict_logits
+from .model import load_trained
+from .plots import plot_confusion
+from .store import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    FROZEN_WEIGHTS,
+    RunDir,
+    replace_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def autocast_for(precision: str):
@@ -36,42 +44,10 @@ def classify(model, tokenizer, texts: list[str], cfg, batch_size: int, precision
     return logits.softmax(-1)
 
 
-def evaluation_report(labels: list[int], predictions: list[int], label_names: list[str]) -> dict:
-    n = len(label_names)
-    correct = sum(p == y for p, y in zip(predictions, labels))
-    low, high = wilson_interval(correct, len(labels))
-    return {
-        "rows": len(labels),
-        "accuracy": correct / len(labels),
-        "accuracy_95ci": [low, high],
-        "macro_f1": macro_f1(labels, predictions, n),
-        "per_class": {name: row for name, row in zip(label_names, per_class(labels, predictions, n))},
-        "confusion_matrix": confusion_matrix(labels, predictions, n),
-    }
-
-
-def plot_confusion(matrix: list[list[int]], label_names: list[str], stem: Path, title: str) -> None:
-    from .plots import pyplot, save_figure
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.2 * len(label_names) + 2, 1.2 * len(label_names) + 1.5))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(label_names)), label_names, rotation=30, ha="right")
-    ax.set_yticks(range(len(label_names)), label_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    peak = max(max(row) for row in matrix) or 1
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
-    fig.tight_layout()
-    save_figure(fig, stem, formats=("png",))
-
-
 def evaluate_run(run_path: str, data: str | None, split: str, which: str, batch_size: int, precision: str) -> dict:
     """Metrics of a run's adapter on its own validation rows, or on another labelled set."""
-    cfg, tokenizer, model = load_trained(run_path, which, merged=True)
+    run = RunDir(Path(run_path))
+    cfg, tokenizer, model = load_trained(run.path, which, merged=True)
     if data is None:
         rows = split_validation(load_labelled(cfg.data.train, cfg.data), cfg.data.val_size, cfg.data.split_seed)[1]
         tag = "val"
@@ -83,11 +59,10 @@ def evaluate_run(run_path: str, data: str | None, split: str, which: str, batch_
     report = {"run": str(run_path), "adapter": which, "data": data or f"{cfg.data.train} (validation rows)"}
     report |= evaluation_report(rows.labels, predictions, cfg.data.label_names)
 
-    folder = RunDir(Path(run_path)).path / "eval" / f"{tag}-{which}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = run.eval_dir(f"{tag}-{which}")
     write_json_atomic(folder / "metrics.json", report)
     write_json_atomic(folder / "predictions.json", {"labels": rows.labels, "predictions": predictions})
-    title = f"{Path(run_path).name} ({which}) on {tag}: accuracy {report['accuracy']:.4f}"
+    title = f"{run.path.name} ({which}) on {tag}: accuracy {report['accuracy']:.4f}"
     plot_confusion(report["confusion_matrix"], cfg.data.label_names, folder / "confusion", title)
     report["saved_in"] = str(folder)
     return report
@@ -106,6 +81,8 @@ def predict_file(
     precision: str = "fp32",
 ) -> int:
     """Write `ID,Label` (and probabilities if asked) for every input row, in input order."""
+    if Path(out_path).is_dir():
+        raise LoralabError(f"--out {out_path} is a directory: name the CSV file to write, e.g. {Path(out_path) / 'predictions.csv'}")
     texts = load_texts(input_path, text_column, allow_pickle)
     cfg, tokenizer, model = load_trained(run_path, which, merged=True)
     probabilities = classify(model, tokenizer, texts, cfg, batch_size, precision)
@@ -123,25 +100,27 @@ def predict_file(
 def export_run(run_path: str, out_dir: str, which: str = "best", adapter_only: bool = False) -> Path:
     """A plain Hugging Face model folder (LoRA merged), or the adapter files with a model card."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LoralabError(f"{out} is a file: name a new folder to export into")
     if out.exists() and any(out.iterdir()):
-        raise LoralabError(f"{out} exists and is not empty")
+        raise LoralabError(f"{out} exists and is not empty: name a new folder to export into")
     run = RunDir(Path(run_path))
-    cfg, adapter = trained_run(run_path, which)
-    if adapter_only:
-        tokenizer = load_tokenizer(cfg.model.name)
-    elif cfg.model.pooling != "first":
+    folder = run.adapter(which)
+    cfg = run.read_config()
+    if not adapter_only and cfg.model.pooling != "first":
         raise LoralabError(
             f"run {run_path} pools the {cfg.model.pooling} of the last layer, which a plain transformers head "
             "cannot do: export it with --adapter-only"
         )
-    else:
-        cfg, tokenizer, model = load_trained(run_path, which, merged=True)
+    # Loading also refuses a run that cannot be reproduced, for both kinds of export.
+    cfg, tokenizer, model = load_trained(run.path, which, merged=not adapter_only)
 
     def fill(tmp: Path) -> None:
         if adapter_only:
-            for name in ("adapter_config.json", "adapter_model.safetensors"):
-                shutil.copy(adapter / name, tmp / name)
-            (tmp / "README.md").write_text(model_card(cfg, run))
+            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FROZEN_WEIGHTS):
+                if (folder / name).exists():
+                    shutil.copy(folder / name, tmp / name)
+            (tmp / "README.md").write_text(model_card(cfg, run, frozen=(folder / FROZEN_WEIGHTS).exists()))
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -153,9 +132,35 @@ def export_run(run_path: str, out_dir: str, which: str = "best", adapter_only: b
     return out
 
 
-def model_card(cfg, run: RunDir) -> str:
-    summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
-    trainable = summary.get("trainable", {})
+def loading_snippet(cfg, frozen: bool) -> str:
+    """How to load an exported adapter with transformers and PEFT (the model card shows it; a test runs it)."""
+    lines = [
+        "from peft import PeftModel",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        'folder = "."  # this folder',
+        f"base = AutoModelForSequenceClassification.from_pretrained({cfg.model.name!r}, "
+        f"num_labels={len(cfg.data.label_names)}, ignore_mismatched_sizes=True)",
+    ]
+    if frozen:
+        lines += [
+            "# The adapter was trained on top of head weights the base checkpoint lacks (drawn at random, frozen):",
+            "from safetensors.torch import load_file",
+            f'base.load_state_dict(load_file(f"{{folder}}/{FROZEN_WEIGHTS}"), strict=False)',
+        ]
+    if cfg.model.pooling == "mean":
+        lines += [
+            "# The head reads the mean of the last layer over the real tokens (loralab's model.pooling: mean):",
+            "from loralab.model import pool_mean_into_first_token",
+            "pool_mean_into_first_token(base)",
+        ]
+    lines += ["model = PeftModel.from_pretrained(base, folder).eval()", "tokenizer = AutoTokenizer.from_pretrained(folder)"]
+    return "\n".join(lines)
+
+
+def model_card(cfg, run: RunDir, frozen: bool) -> str:
+    summary = run.read_summary() if run.summary.exists() else None
+    trainable = (summary.trainable if summary else None) or {}
     lines = [
         "---",
         f"base_model: {cfg.model.name}",
@@ -165,14 +170,17 @@ def model_card(cfg, run: RunDir) -> str:
         "",
         f"# {cfg.output.name}",
         "",
-        f"LoRA adapter for `{cfg.model.name}`, trained with loralab. Load it with",
-        f"`PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained('{cfg.model.name}', num_labels={len(cfg.data.label_names)}), '.')`.",
+        f"LoRA adapter for `{cfg.model.name}`, trained with loralab. Load it with:",
+        "",
+        "```python",
+        loading_snippet(cfg, frozen),
+        "```",
         "",
         f"- labels: {', '.join(cfg.data.label_names)}",
         f"- LoRA: scope {', '.join(cfg.lora.scope)}, r={cfg.lora.r}, alpha={cfg.lora.alpha:g}, dropout={cfg.lora.dropout:g}; head {cfg.model.head}",
         f"- pooling: {cfg.model.pooling}"
         + (" (the head reads the mean of the last layer over real tokens, written into position 0)" if cfg.model.pooling == "mean" else " token"),
-        f"- trainable parameters: {trainable.get('total', 'unknown'):,} of a budget of {cfg.lora.budget:,}"
+        f"- trainable parameters: {trainable['total']:,} of a budget of {cfg.lora.budget:,}"
         if trainable
         else f"- budget: {cfg.lora.budget:,}",
     ]
@@ -180,8 +188,8 @@ def model_card(cfg, run: RunDir) -> str:
         lines.append(f"  - {label}: {count:,}")
     if summary:
         lines += [
-            f"- peak validation accuracy: {summary['peak_val_accuracy']:.4f} at step {summary['peak_step']} "
-            f"({summary['val_rows']} rows)",
-            f"- training: {summary['steps_done']} steps, lr {cfg.train.lr:g}, batch {cfg.train.batch_size}",
+            f"- peak validation accuracy: {summary.peak_val_accuracy:.4f} at step {summary.peak_step} "
+            f"({summary.val_rows} rows)",
+            f"- training: {summary.steps_done} steps, lr {cfg.train.lr:g}, batch {cfg.train.batch_size}",
         ]
     return "\n".join(lines) + "\n"

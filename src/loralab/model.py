@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 
-from .budget import Breakdown
+from .budget import Breakdown, ModelShapes
 from .config import Config
 from .errors import LoralabError
 from .scope import AdapterPlan
@@ -81,8 +82,12 @@ def pool_mean_into_first_token(model) -> None:
     encoder.layer[-1].register_forward_hook(mean_at_first_token)
 
 
-def load_classifier(cfg: Config, model_config):
-    """The pretrained encoder with a classification head for the config's labels, pooled as configured."""
+def load_classifier(cfg: Config, model_config) -> tuple[torch.nn.Module, set[str]]:
+    """The pretrained encoder with a classification head for the config's labels, pooled as configured.
+
+    Also returns the names of the parameters the checkpoint lacked (or had in another shape), which
+    Hugging Face initialised at random: a run that freezes any of them must save them (see frozen_weights).
+    """
     from transformers import AutoModelForSequenceClassification
 
     folder = Path(cfg.model.name)
@@ -90,53 +95,72 @@ def load_classifier(cfg: Config, model_config):
         raise LoralabError(f"model folder {folder} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
     try:
         # A folder already fine-tuned for another label count: its head is replaced, not an error.
-        model = AutoModelForSequenceClassification.from_pretrained(
-            cfg.model.name, config=model_config, ignore_mismatched_sizes=True
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            cfg.model.name, config=copy.deepcopy(model_config), ignore_mismatched_sizes=True, output_loading_info=True
         )
     except (OSError, ValueError) as err:
         raise LoralabError(f"cannot load model '{cfg.model.name}': {str(err).splitlines()[0]}") from err
+    fresh = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
     if cfg.model.pooling == "mean":
         pool_mean_into_first_token(model)
-    return model
+    return model, fresh & {name for name, _ in model.named_parameters()}
+
+
+def frozen_weights(model, fresh: set[str], plan: AdapterPlan) -> dict[str, torch.Tensor]:
+    """The randomly initialised parameters that will not train (e.g. RoBERTa's `classifier.dense` under
+    `head: out_proj` or `lora`): a reload would draw them anew, so a run saves them with its adapter."""
+    trained = tuple(f"{module}." for module in plan.trained_whole)
+    params = dict(model.named_parameters())
+    return {name: params[name].detach().clone() for name in sorted(fresh) if not name.startswith(trained)}
 
 
 def trainable_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_model(cfg: Config, model_config, plan: AdapterPlan, breakdown: Breakdown):
-    """Load the pretrained weights, add the adapters, and check the trainable count against the plan."""
+def build_model(cfg: Config, shapes: ModelShapes, plan: AdapterPlan, breakdown: Breakdown):
+    """Load the pretrained weights, add the adapters, and check the trainable count against the plan.
+
+    Returns the PEFT model and the frozen random weights it must be saved with.
+    """
     from peft import get_peft_model
 
-    model = get_peft_model(load_classifier(cfg, model_config), peft_config(cfg, plan))
+    base, fresh = load_classifier(cfg, shapes.config)
+    frozen = frozen_weights(base, fresh, plan)
+    model = get_peft_model(base, peft_config(cfg, plan))
     built = trainable_params(model)
     if built != breakdown.total:
         raise LoralabError(f"bug: the built model trains {built:,} parameters but the plan counted {breakdown.total:,}")
-    return model
-
-
-def trained_run(run_path: str | Path, which: str = "best"):
-    """A run's config and the folder of its `which` adapter, both checked to exist."""
-    from . import config as config_io
-    from .store import RunDir
-
-    run = RunDir(Path(run_path))
-    if not run.config.is_file():
-        raise LoralabError(f"{run.path} is not a run directory (no config.yaml)")
-    adapter = run.path / which
-    if not (adapter / "adapter_config.json").is_file():
-        raise LoralabError(f"run {run.path} has no adapter in {which}/ (did it finish an evaluation?)")
-    return config_io.from_dict(config_io.read_yaml(run.config)), adapter
+    return model, frozen
 
 
 def load_trained(run_path: str | Path, which: str = "best", merged: bool = False):
-    """A run's config, tokenizer and model with its saved adapter; merged into plain weights if asked."""
+    """A run's config, tokenizer and model with its saved adapter; merged into plain weights if asked.
+
+    Refuses a run whose adapter sits on frozen random weights that were not saved with it (runs of
+    loralab 0.1 with `head: out_proj` or `lora` on RoBERTa, MPNet, DeBERTa-v2 or DistilBERT): a reload
+    would draw new ones and answer wrongly without a word.
+    """
     from peft import PeftModel
 
-    from .budget import load_model_config
+    from .budget import breakdown_for, shapes_for
+    from .store import RunDir, load_frozen_into, read_frozen
 
-    cfg, adapter = trained_run(run_path, which)
-    model = PeftModel.from_pretrained(load_classifier(cfg, load_model_config(cfg)), adapter)
+    run = RunDir(Path(run_path))
+    folder = run.adapter(which)
+    cfg = run.read_config()
+    shapes = shapes_for(cfg)
+    base, fresh = load_classifier(cfg, shapes.config)
+    needed = set(frozen_weights(base, fresh, breakdown_for(cfg, shapes)[1]))
+    saved = read_frozen(folder)
+    missing = sorted(needed - set(saved))
+    if missing:
+        raise LoralabError(
+            f"run {run.path} cannot be reproduced: its adapter was trained on randomly initialised frozen weights "
+            f"({', '.join(missing)}) that were not saved with it (loralab before 0.2); train it again"
+        )
+    load_frozen_into(base, saved)
+    model = PeftModel.from_pretrained(base, folder)
     if merged:
         try:
             model = model.merge_and_unload()

@@ -49,10 +49,10 @@ def save_figure(fig, stem: Path, formats=FORMATS) -> list[Path]:
 
 def axis_label(record: RunRecord, axis: str, value) -> str:
     if axis == "lora.r":
-        trainable = (record.summary.get("trainable") or {}).get("total")
+        trainable = (record.summary.trainable or {}).get("total")
         return f"r={value}" + (f" ({trainable:,} params)" if trainable else "")
     if axis == "lora.alpha":
-        return f"alpha={value:g} (r*{value / record.config['lora']['r']:g})"
+        return f"alpha={value:g} (r*{value / record.config.lora.r:g})"
     if axis == "lora.scope":
         return ",".join(value)
     short = axis.split(".")[-1]
@@ -83,9 +83,9 @@ def group_axis(records: list[RunRecord]) -> str | None:
 
 def plot_scope_bars(records: list[RunRecord], stem: Path, title: str) -> dict[str, float]:
     plt = pyplot()
-    records = sorted(records, key=lambda r: -r.summary["peak_val_accuracy"])
+    records = sorted(records, key=lambda r: -r.peak)
     labels = [run_label(r) for r in records]
-    peaks = [r.summary["peak_val_accuracy"] for r in records]
+    peaks = [r.peak for r in records]
     intervals = [wilson_interval(round(p * r.val_rows), r.val_rows) for p, r in zip(peaks, records)]
     fig, (ax, table_ax) = plt.subplots(2, 1, figsize=(9, 7.5), gridspec_kw={"height_ratios": [3, 2]})
     ax.bar(range(len(records)), peaks, color="#4C72B0",
@@ -99,10 +99,10 @@ def plot_scope_bars(records: list[RunRecord], stem: Path, title: str) -> dict[st
     ax.set_title(title)
     rows = []
     for record in records:
-        step = record.summary["peak_step"]
+        step = record.summary.peak_step
         loss = next((m["loss"] for m in record.metrics if m["split"] == "val" and m["step"] == step), None)
-        lora = record.config["lora"]
-        rows.append([run_label(record), str(step), f"{loss:.4f}" if loss is not None else "-", str(lora["r"]), f"{lora['alpha']:g}"])
+        lora = record.config.lora
+        rows.append([run_label(record), str(step), f"{loss:.4f}" if loss is not None else "-", str(lora.r), f"{lora.alpha:g}"])
     table_ax.axis("off")
     table_ax.table(cellText=rows, colLabels=["scope", "peak step", "eval loss", "r", "alpha"], loc="center")
     save_figure(fig, stem)
@@ -165,3 +165,20 @@ def plot_runs(records: list[RunRecord], out_dir: str | Path) -> dict[str, dict[s
         plotted[stem] = draw(members, out / stem, f"{title} ({group})")
         plot_losses(members, out / f"loss_{group}", group)
     return plotted
+
+
+def plot_confusion(matrix: list[list[int]], label_names: list[str], stem: Path, title: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.2 * len(label_names) + 2, 1.2 * len(label_names) + 1.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(label_names)), label_names, rotation=30, ha="right")
+    ax.set_yticks(range(len(label_names)), label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    fig.tight_layout()
+    save_figure(fig, stem, formats=("png",))

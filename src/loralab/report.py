@@ -22,21 +22,16 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def peak_predictions(record: RunRecord) -> dict | None:
-    """Per-row validation predictions saved at the run's peak (our runs have them; imported ones do not)."""
-    path = record.run.best / "val_predictions.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def compare(a: RunRecord, b: RunRecord) -> dict:
-    pa, pb = peak_predictions(a), peak_predictions(b)
-    result = {"a": a.name, "b": b.name, "difference": a.summary["peak_val_accuracy"] - b.summary["peak_val_accuracy"]}
+    # Per-row validation predictions saved at each run's peak (our runs have them; imported ones do not).
+    pa, pb = a.run.read_predictions("best"), b.run.read_predictions("best")
+    result = {"a": a.name, "b": b.name, "difference": a.peak - b.peak}
     if pa is None or pb is None:
         return result | {"p_value": None, "note": "no per-row predictions (imported run)"}
-    if pa["labels"] != pb["labels"]:
+    if pa.labels != pb.labels:
         return result | {"p_value": None, "note": "different validation rows: not paired"}
-    right_a = [p == y for p, y in zip(pa["predictions"], pa["labels"])]
-    right_b = [p == y for p, y in zip(pb["predictions"], pb["labels"])]
+    right_a = [p == y for p, y in zip(pa.predictions, pa.labels)]
+    right_b = [p == y for p, y in zip(pb.predictions, pb.labels)]
     only_a = sum(x and not y for x, y in zip(right_a, right_b))
     only_b = sum(y and not x for x, y in zip(right_a, right_b))
     return result | {"p_value": mcnemar_exact(only_a, only_b), "only_a": only_a, "only_b": only_b, "note": ""}
@@ -44,7 +39,7 @@ def compare(a: RunRecord, b: RunRecord) -> dict:
 
 def significance(records: list[RunRecord], top: int = 5) -> list[dict]:
     """The best run against each of the next `top - 1`, paired on the same validation rows."""
-    ranked = sorted(records, key=lambda r: -r.summary["peak_val_accuracy"])[:top]
+    ranked = sorted(records, key=lambda r: -r.peak)[:top]
     return [compare(ranked[0], other) for other in ranked[1:]]
 
 
@@ -88,7 +83,7 @@ the validation rows ({best['ci_high'] - best['ci_low']:.4f} wide for the best ru
 <p><b>{html.escape(best['name'])}</b>: peak {best['peak_accuracy']:.4f}
 [{best['ci_low']:.4f}, {best['ci_high']:.4f}] at step {best['peak_step']},
 {best['trainable'] if best['trainable'] is None else f"{best['trainable']:,}"} trainable parameters.</p>
-<pre>{html.escape(json.dumps(best_config, indent=2))}</pre>
+<pre>{html.escape(json.dumps(best_config.to_dict(), indent=2))}</pre>
 <h2>Is the best run really better?</h2>
 <p>Exact McNemar test on the rows where exactly one of the two runs is right (paired on the same
 validation rows, predictions at each run's peak). p &lt; 0.05 marks a difference unlikely to be noise.</p>

@@ -1,86 +1,80 @@
-"""The index of runs, derived from run directories (config.yaml, metrics.jsonl, summary.json, origin.json)."""
+"""The index of runs, read from run directories (see store.py for what each holds)."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config as config_io
-from .config import SCOPE_WORDS
+from .config import SCOPE_WORDS, Config
 from .errors import LoralabError
 from .evaluate import wilson_interval
-from .store import RunDir
-
-ORIGIN = "origin.json"  # {"group": ..., "axes": {"lora.r": 22, ...}, "sweep"/"imported_from": ...}
+from .store import Origin, RunDir, Summary
 
 
 @dataclass
 class RunRecord:
     run: RunDir
-    config: dict
-    summary: dict
+    config: Config
+    summary: Summary
     metrics: list[dict]
-    origin: dict
+    origin: Origin
 
     @property
     def name(self) -> str:
-        return self.summary.get("name") or self.run.path.name
+        return self.summary.name or self.run.path.name
 
     @property
     def group(self) -> str:
-        return self.origin.get("group", "")
+        return self.origin.group
 
     @property
     def axes(self) -> dict:
-        return self.origin.get("axes", {})
+        return self.origin.axes
 
     @property
     def val_rows(self) -> int:
-        return self.summary["val_rows"]
+        return self.summary.val_rows
+
+    @property
+    def peak(self) -> float:
+        return self.summary.peak_val_accuracy
 
     def curve(self, split: str, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.metrics if r["split"] == split and r.get(key) is not None]
         return [r["step"] for r in rows], [r[key] for r in rows]
 
     def row(self) -> dict:
-        lora, train = self.config["lora"], self.config["train"]
-        peak = self.summary["peak_val_accuracy"]
-        low, high = wilson_interval(round(peak * self.val_rows), self.val_rows)
-        final = self.summary.get("final") or {}
-        trainable = (self.summary.get("trainable") or {}).get("total")
+        cfg, summary = self.config, self.summary
+        low, high = wilson_interval(round(self.peak * self.val_rows), self.val_rows)
         return {
             "name": self.name,
             "group": self.group,
-            "scope": ",".join(lora["scope"]),
-            "head": self.config["model"]["head"],
-            "pooling": self.config["model"]["pooling"],
-            "r": lora["r"],
-            "alpha": lora["alpha"],
-            "dropout": lora["dropout"],
-            "lr": train["lr"],
-            "steps": self.summary.get("steps_done", train["steps"]),
-            "trainable": trainable,
-            "peak_accuracy": peak,
+            "scope": ",".join(cfg.lora.scope),
+            "head": cfg.model.head,
+            "pooling": cfg.model.pooling,
+            "r": cfg.lora.r,
+            "alpha": cfg.lora.alpha,
+            "dropout": cfg.lora.dropout,
+            "lr": cfg.train.lr,
+            "steps": summary.steps_done,
+            "trainable": (summary.trainable or {}).get("total"),
+            "peak_accuracy": self.peak,
             "ci_low": low,
             "ci_high": high,
-            "peak_step": self.summary["peak_step"],
-            "final_accuracy": final.get("accuracy"),
-            "wall_s": self.summary.get("wall_time_s"),
+            "peak_step": summary.peak_step,
+            "final_accuracy": (summary.final or {}).get("accuracy"),
+            "wall_s": summary.wall_time_s,
             "path": str(self.run.path),
         }
 
 
 def read_run(path: Path) -> RunRecord:
     run = RunDir(Path(path))
-    origin = json.loads((run.path / ORIGIN).read_text()) if (run.path / ORIGIN).exists() else {}
-    # Through the dataclasses, so a run saved before a field existed reads with that field's default.
-    config = dataclasses.asdict(config_io.from_dict(config_io.read_yaml(run.config)))
-    return RunRecord(run, config, json.loads(run.summary.read_text()), run.read_metrics(), origin)
+    return RunRecord(run, run.read_config(), run.read_summary(), run.read_metrics(), run.read_origin())
 
 
 def find_runs(paths: list[str]) -> list[RunRecord]:
@@ -152,7 +146,7 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 
 def configuration_key(record: RunRecord) -> str:
-    trimmed = {section: dict(values) for section, values in record.config.items()}
+    trimmed = record.config.to_dict()
     for section, keys in NOT_THE_CONFIGURATION.items():
         for key in keys:
             trimmed.get(section, {}).pop(key, None)
@@ -169,19 +163,19 @@ def seed_groups(records: list[RunRecord]) -> list[dict]:
     for record in records:
         # The same configuration and seed twice is one experiment copied (the study filed its best run
         # under four folders), not two draws.
-        groups.setdefault(configuration_key(record), {}).setdefault(record.config["train"]["seed"], record)
+        groups.setdefault(configuration_key(record), {}).setdefault(record.config.train.seed, record)
     summaries = []
     for by_seed in groups.values():
         members = list(by_seed.values())
-        peaks = [m.summary["peak_val_accuracy"] for m in members]
+        peaks = [m.peak for m in members]
         mean = statistics.fmean(peaks)
         sd = statistics.stdev(peaks) if len(peaks) > 1 else None
         half = None if sd is None else T_975[min(len(peaks) - 1, len(T_975)) - 1] * sd / len(peaks) ** 0.5
         first = members[0].row()
         summaries.append({
             "configuration": " ".join(f"{k}={first[k]}" for k in ("scope", "head", "pooling", "r", "alpha", "dropout", "lr", "steps"))
-            + f" precision={members[0].config['train']['precision']}",
-            "seeds": [m.config["train"]["seed"] for m in members],
+            + f" precision={members[0].config.train.precision}",
+            "seeds": [m.config.train.seed for m in members],
             "peaks": peaks,
             "mean": mean,
             "sd": sd,

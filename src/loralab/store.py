@@ -1,14 +1,40 @@
-"""The run directory on disk: its layout and atomic writes (a reader never sees half a file)."""
+"""The run directory: the one place that knows what a run holds on disk, typed, written atomically.
+
+    config.yaml            the resolved Config
+    metrics.jsonl          one row per log or evaluation
+    summary.json           Summary: written last, so its presence means the run finished
+    origin.json            Origin: which sweep or import a run came from (optional)
+    best/, last/           PEFT adapters (LoRA weights and trained head) + frozen_weights.safetensors
+                           (weights the base checkpoint lacks, drawn at random and frozen, which the
+                           adapter was trained on top of) + val_predictions.json (Predictions)
+    checkpoint/            adapter/ (as above) and state.pt (optimizer, scheduler, RNG, LoopState)
+    eval/<data>-<which>/   what `loralab eval` wrote
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Config
+from .errors import LoralabError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+FROZEN_WEIGHTS = "frozen_weights.safetensors"
+VAL_PREDICTIONS = "val_predictions.json"
+ADAPTERS = ("best", "last")
 
 
 def safe_dirname(name: str) -> str:
@@ -51,9 +77,112 @@ def replace_dir(target: Path, fill) -> None:
         raise
 
 
+def _from_json(cls, data: dict, where: Path):
+    """A dataclass from a JSON object; keys it does not know (from a newer version) are ignored."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in known})
+    except TypeError as err:
+        raise LoralabError(f"{where}: not a loralab {cls.__name__.lower()} ({err})") from err
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LoralabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+    if not isinstance(data, dict):
+        raise LoralabError(f"{path}: expected a JSON object")
+    return data
+
+
+@dataclass
+class Summary:
+    """summary.json: what a finished run found, and how it ran."""
+
+    name: str
+    peak_val_accuracy: float
+    peak_step: int
+    final: dict | None  # the last evaluation: step, loss, accuracy, f1
+    steps_done: int
+    val_rows: int
+    trainable: dict | None  # Breakdown.as_dict(); None for an import whose model config was unreadable
+    stopped_early: bool = False
+    wall_time_s: float | None = None
+    train_samples_per_s: float | None = None
+    versions: dict = field(default_factory=dict)
+    git_commit: str | None = None
+    imported_from: str | None = None  # the trainer_state.json of an imported run
+
+
+@dataclass
+class Origin:
+    """origin.json: where a run came from, for grouping runs in tables and figures."""
+
+    group: str = ""
+    axes: dict[str, Any] = field(default_factory=dict)  # the config keys its sweep varied, with values
+    sweep: str | None = None
+    key: str | None = None  # group/label inside the sweep
+    imported_from: str | None = None
+
+
+@dataclass
+class Predictions:
+    """val_predictions.json: the label predicted for every validation row at one evaluation."""
+
+    step: int
+    labels: list[int]
+    predictions: list[int]
+
+
+@dataclass
+class LoopState:
+    """What the training loop carries from step to step; a checkpoint saves it (the step is the data position)."""
+
+    step: int = 0
+    best_accuracy: float = -1.0
+    best_step: int = 0
+    evals_since_best: int = 0
+    last_eval: dict | None = None
+    stopped_early: bool = False
+    train_time_s: float = 0.0
+    elapsed_s: float = 0.0
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fill_adapter(folder: Path, model, frozen: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    model.save_pretrained(folder)
+    if frozen:
+        save_file({name: t.detach().cpu().contiguous() for name, t in frozen.items()}, str(folder / FROZEN_WEIGHTS))
+
+
+def read_frozen(folder: Path) -> dict[str, torch.Tensor]:
+    """The frozen weights saved beside an adapter (empty where it has none)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / FROZEN_WEIGHTS
+    return load_file(str(path)) if path.exists() else {}
+
+
 @dataclass(frozen=True)
 class RunDir:
-    """Paths of one run: config.yaml, metrics.jsonl, summary.json, best/, last/, checkpoint/."""
+    """One run directory (layout in this module's docstring)."""
 
     path: Path
 
@@ -70,6 +199,10 @@ class RunDir:
         return self.path / "summary.json"
 
     @property
+    def origin(self) -> Path:
+        return self.path / "origin.json"
+
+    @property
     def best(self) -> Path:
         return self.path / "best"
 
@@ -80,6 +213,38 @@ class RunDir:
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint"
+
+    def eval_dir(self, tag: str) -> Path:
+        return self.path / "eval" / tag
+
+    # --- config, summary, origin ---------------------------------------------------------------
+
+    def read_config(self) -> Config:
+        """Through the dataclasses, so a run saved before a field existed reads with that field's default."""
+        from . import config as config_io
+
+        if not self.config.is_file():
+            raise LoralabError(f"{self.path} is not a run directory (no config.yaml)")
+        return config_io.from_dict(config_io.read_yaml(self.config))
+
+    def write_config(self, cfg: Config) -> None:
+        import yaml
+
+        write_text_atomic(self.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def read_summary(self) -> Summary:
+        return _from_json(Summary, _read_json(self.summary), self.summary)
+
+    def write_summary(self, summary: Summary) -> None:
+        write_json_atomic(self.summary, dataclasses.asdict(summary))
+
+    def read_origin(self) -> Origin:
+        return _from_json(Origin, _read_json(self.origin), self.origin) if self.origin.exists() else Origin()
+
+    def write_origin(self, origin: Origin) -> None:
+        write_json_atomic(self.origin, dataclasses.asdict(origin))
+
+    # --- metrics -------------------------------------------------------------------------------
 
     def append_metrics(self, row: dict) -> None:
         with open(self.metrics, "a") as handle:
@@ -94,3 +259,75 @@ class RunDir:
         """Drop rows logged after `last_step`: a resumed run logs those steps again."""
         kept = [row for row in self.read_metrics() if row["step"] <= last_step]
         write_text_atomic(self.metrics, "".join(json.dumps(row) + "\n" for row in kept))
+
+    # --- adapters and predictions --------------------------------------------------------------
+
+    def save_adapter(self, which: str, model, frozen: dict[str, torch.Tensor], predictions: Predictions) -> None:
+        """PEFT's save_pretrained, the frozen weights it was trained on, and the predictions, swapped in whole."""
+
+        def fill(tmp: Path) -> None:
+            _fill_adapter(tmp, model, frozen)
+            write_json_atomic(tmp / VAL_PREDICTIONS, dataclasses.asdict(predictions))
+
+        replace_dir(self.path / which, fill)
+
+    def adapter(self, which: str = "best") -> Path:
+        """The folder of the `which` adapter, checked to hold one."""
+        if not self.config.is_file():
+            raise LoralabError(f"{self.path} is not a run directory (no config.yaml)")
+        folder = self.path / which
+        if not (folder / ADAPTER_CONFIG).is_file():
+            raise LoralabError(f"run {self.path} has no adapter in {which}/ (did it finish an evaluation?)")
+        return folder
+
+    def read_predictions(self, which: str = "best") -> Predictions | None:
+        path = self.path / which / VAL_PREDICTIONS
+        return _from_json(Predictions, _read_json(path), path) if path.exists() else None
+
+    # --- checkpoint ----------------------------------------------------------------------------
+
+    def save_checkpoint(self, model, frozen: dict[str, torch.Tensor], optimizer, scheduler, state: LoopState) -> None:
+        def fill(tmp: Path) -> None:
+            _fill_adapter(tmp / "adapter", model, frozen)
+            torch.save(
+                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                 "loop": dataclasses.asdict(state)},
+                tmp / "state.pt",
+            )  # fmt: skip
+
+        replace_dir(self.checkpoint, fill)
+
+    def load_checkpoint(self, model, optimizer, scheduler) -> LoopState:
+        """Restore adapter, frozen weights, optimizer, scheduler and RNG; returns the loop state."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = self.checkpoint / "adapter"
+        load_frozen_into(model.get_base_model(), read_frozen(folder))
+        set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+        saved = torch.load(self.checkpoint / "state.pt", weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+        # Checkpoints written before LoopState kept its fields at the top level.
+        loop = saved.get("loop") or {k: v for k, v in saved.items() if k not in ("optimizer", "scheduler", "rng")}
+        return LoopState(**{k: v for k, v in loop.items() if k in {f.name for f in dataclasses.fields(LoopState)}})
+
+
+def load_frozen_into(model, weights: dict[str, torch.Tensor]) -> None:
+    """Copy saved frozen weights into a (not yet PEFT-wrapped, or unwrapped base) model by parameter name."""
+    if not weights:
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            target = params[name] if name in params else params.get(_lora_base_name(name))
+            if target is None:
+                raise LoralabError(f"saved frozen weight '{name}' has no place in the model")
+            target.copy_(value)
+
+
+def _lora_base_name(name: str) -> str:
+    """Where PEFT moved a LoRA-wrapped layer's own weight: `x.dense.weight` -> `x.dense.base_layer.weight`."""
+    module, _, leaf = name.rpartition(".")
+    return f"{module}.base_layer.{leaf}"

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import functools
-import json
-import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import config as config_io
-from .budget import Breakdown, ModelShapes, breakdown_for, check_budget, load_model_config
+from .budget import Breakdown, breakdown_for, check_budget, shapes_for
 from .config import Config
 from .data import Encoded, collate, encode, load_labelled, split_validation, training_batches
 from .errors import LoralabError
-from .evaluate import evaluate
+from .evaluate import Evaluation, evaluate
 from .model import build_model, load_tokenizer, optimizer_groups
-from .store import RunDir, replace_dir, write_json_atomic
+from .store import LoopState, Predictions, RunDir, Summary
 
 
 @dataclass
@@ -34,13 +30,14 @@ class Prepared:
     breakdown: Breakdown
     tokenizer: object
     model: object
+    frozen: dict[str, torch.Tensor]  # random frozen weights the adapter depends on, saved with it
     train_set: Encoded
     val_set: Encoded
 
 
 def prepare(cfg: Config, log=print) -> Prepared:
     """Check budget, data and model; any bad input fails here, before anything is written."""
-    shapes = ModelShapes.of(load_model_config(cfg))
+    shapes = shapes_for(cfg)
     breakdown, plan = breakdown_for(cfg, shapes)
     log(breakdown.format())
     check_budget(cfg, breakdown, shapes)
@@ -50,8 +47,8 @@ def prepare(cfg: Config, log=print) -> Prepared:
     train_set = encode(tokenizer, train_rows, cfg.data.max_length)
     val_set = encode(tokenizer, val_rows, cfg.data.max_length)
     torch.manual_seed(cfg.train.seed)  # the head's random initialisation
-    model = build_model(cfg, shapes.config, plan, breakdown)
-    return Prepared(cfg, breakdown, tokenizer, model, train_set, val_set)
+    model, frozen = build_model(cfg, shapes, plan, breakdown)
+    return Prepared(cfg, breakdown, tokenizer, model, frozen, train_set, val_set)
 
 
 def open_run_dir(cfg: Config, resume: bool) -> RunDir:
@@ -60,62 +57,11 @@ def open_run_dir(cfg: Config, resume: bool) -> RunDir:
         raise LoralabError(f"run directory {run.path} exists: pass --resume to continue it, or set output.name")
     if resume and run.summary.exists():
         raise LoralabError(f"run {run.path} has already finished (summary.json exists)")
-    if resume and run.config.exists():
-        saved = config_io.read_yaml(run.config)
-        if saved != cfg.to_dict():
-            raise LoralabError(f"--resume: the config differs from {run.config}; resume with the same config")
+    if resume and run.config.exists() and run.read_config() != cfg:
+        raise LoralabError(f"--resume: the config differs from {run.config}; resume with the same config")
     run.path.mkdir(parents=True, exist_ok=True)
-    config_io.save(cfg, run.config)
+    run.write_config(cfg)
     return run
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_adapter(model, folder: Path, extra: dict[str, object] | None = None) -> None:
-    """PEFT's save_pretrained (LoRA weights and the head), swapped in whole."""
-
-    def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        for name, content in (extra or {}).items():
-            (tmp / name).write_text(json.dumps(content))
-
-    replace_dir(folder, fill)
-
-
-def save_checkpoint(run: RunDir, model, optimizer, scheduler, state: dict) -> None:
-    def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp / "adapter")
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(), **state},
-            tmp / "state.pt",
-        )
-
-    replace_dir(run.checkpoint, fill)
-
-
-def load_checkpoint(run: RunDir, model, optimizer, scheduler) -> dict:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(run.checkpoint / "adapter" / "adapter_model.safetensors"))
-    state = torch.load(run.checkpoint / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state.pop("optimizer"))
-    scheduler.load_state_dict(state.pop("scheduler"))
-    set_rng_state(state.pop("rng"))
-    return state
 
 
 def library_versions() -> dict:
@@ -145,38 +91,26 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def val_accuracy(state: dict) -> str:
-    return f"{state['last_eval']['accuracy']:.4f}" if state["last_eval"] else "-"
-
-
-def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], None] | None = None) -> dict:
-    """Run one configuration to the end (or to early stopping) and return its summary.
-
-    `on_eval(step, accuracy)` is called after each evaluation's checkpoint; a search uses it to
-    prune a trial by raising.
-    """
+def make_accelerator(cfg: Config):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
-    t = cfg.train
     # Accelerate keeps one precision per process; a sweep trains several configurations in one
     # process, so each run starts from a fresh state (the distributed part, PartialState, is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
+    t = cfg.train
     try:
-        accelerator = Accelerator(
+        return Accelerator(
             mixed_precision={"fp32": "no"}.get(t.precision, t.precision), gradient_accumulation_steps=t.grad_accum
         )
     except ValueError as err:
         raise LoralabError(f"train.precision '{t.precision}': {str(err).splitlines()[0]}") from err
-    log = accelerator.print
-    prep = prepare(cfg, log)
-    run = open_run_dir(cfg, resume) if accelerator.is_main_process else RunDir(Path(cfg.output.dir) / cfg.output.name)
-    accelerator.wait_for_everyone()
 
-    model, tokenizer, train_set, val_set = prep.model, prep.tokenizer, prep.train_set, prep.val_set
-    trainable = [p for p in model.parameters() if p.requires_grad]
+
+def optimizer_and_schedule(model, cfg: Config):
+    from transformers import get_scheduler
+
+    t = cfg.train
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_scheduler(
         t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
@@ -184,105 +118,149 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
         num_warmup_steps=t.warmup_steps,
         num_training_steps=t.steps,
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    n_classes = len(cfg.data.label_names)
+    return optimizer, scheduler
+
+
+class BatchStream:
+    """Micro-batch i of one shared, seeded stream of length-grouped batches; each process takes every
+    world-th one. A pure function of (seed, index), so a resumed run finds its place by step alone."""
+
+    def __init__(self, tokenizer, data: Encoded, cfg: Config, accelerator):
+        self.tokenizer, self.data, self.accelerator = tokenizer, data, accelerator
+        self.batch_size, self.seed = cfg.train.batch_size, cfg.train.seed
+        self.per_epoch = -(-len(data) // self.batch_size)
+        self.epoch = functools.lru_cache(maxsize=1)(
+            lambda epoch: training_batches(data.lengths, self.batch_size, self.seed, epoch)
+        )
+
+    def __getitem__(self, index: int) -> dict:
+        a = self.accelerator
+        epoch, position = divmod(index * a.num_processes + a.process_index, self.per_epoch)
+        return collate(self.tokenizer, self.data, self.epoch(epoch)[position]).to(a.device)
+
+
+def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], None] | None = None) -> Summary:
+    """Run one configuration to the end (or to early stopping) and return its summary.
+
+    `on_eval(step, accuracy)` is called after each evaluation's checkpoint; a search uses it to
+    prune a trial by raising.
+    """
+    from tqdm.auto import tqdm
+
+    t = cfg.train
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    prep = prepare(cfg, accelerator.print)
+    # Only the main process writes the run directory; the others wait until it exists.
+    run = open_run_dir(cfg, resume) if main else RunDir(Path(cfg.output.dir) / cfg.output.name)
+    accelerator.wait_for_everyone()
+
+    # Setup: optimizer and schedule over the trainable parameters, wrapped for the device(s).
+    model, optimizer, scheduler = accelerator.prepare(prep.model, *optimizer_and_schedule(prep.model, cfg))
+    plain = accelerator.unwrap_model(model)  # the PeftModel itself: for evaluating and saving
+    trainable = [p for p in model.parameters() if p.requires_grad]
     class_weights = torch.tensor(t.class_weights, device=accelerator.device) if t.class_weights else None
 
-    state = {"step": 0, "best_accuracy": -1.0, "best_step": 0, "evals_since_best": 0, "last_eval": None}
-    state |= {"train_time_s": 0.0, "elapsed_s": 0.0}
+    # Resume: the checkpoint holds the adapter, optimizer, schedule, RNG and loop state.
+    state = LoopState()
     if resume and run.checkpoint.exists():
-        state.update(load_checkpoint(run, accelerator.unwrap_model(model), optimizer, scheduler))
-        if accelerator.is_main_process:
-            run.truncate_metrics(state["step"])
-        log(f"resumed {run.path} at step {state['step']}")
-    elif accelerator.is_main_process:
+        state = run.load_checkpoint(plain, optimizer, scheduler)
+        if main:
+            run.truncate_metrics(state.step)
+        accelerator.print(f"resumed {run.path} at step {state.step}")
+    elif main:
         run.metrics.unlink(missing_ok=True)
 
-    # Each process takes every world_size-th micro-batch of one shared, seeded stream.
-    world, rank = accelerator.num_processes, accelerator.process_index
-    batches_per_epoch = -(-len(train_set) // t.batch_size)
-
-    epoch_batches = functools.lru_cache(maxsize=1)(
-        lambda epoch: training_batches(train_set.lengths, t.batch_size, t.seed, epoch)
-    )
-
-    def micro_batch(index: int) -> dict:
-        epoch, position = divmod(index * world + rank, batches_per_epoch)
-        return collate(tokenizer, train_set, epoch_batches(epoch)[position]).to(accelerator.device)
-
-    samples_per_step = t.batch_size * t.grad_accum * world
-    started = time.perf_counter() - state["elapsed_s"]
-    window_loss, window_steps, shown_loss = 0.0, 0, None
-    stopped_early = False
-    progress = tqdm(total=t.steps, initial=state["step"], disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    batches = BatchStream(prep.tokenizer, prep.train_set, cfg, accelerator)
+    samples_per_step = t.batch_size * t.grad_accum * accelerator.num_processes
+    started = time.perf_counter() - state.elapsed_s
+    # The window's loss stays on the device until it is logged: no host sync every step.
+    window_loss, window_steps, shown_loss = torch.zeros((), device=accelerator.device), 0, None
+    progress = tqdm(total=t.steps, initial=state.step, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     model.train()
-    while state["step"] < t.steps and not stopped_early:
+    while state.step < t.steps and not state.stopped_early:
+        # One optimizer step over grad_accum micro-batches (Accelerate syncs gradients on the last).
         step_started = time.perf_counter()
         for micro in range(t.grad_accum):
-            batch = micro_batch(state["step"] * t.grad_accum + micro)
+            batch = batches[state.step * t.grad_accum + micro]
             labels = batch.pop("labels")
             with accelerator.accumulate(model), accelerator.autocast():
                 logits = model(**batch).logits.float()
                 loss = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=t.label_smoothing)
                 accelerator.backward(loss)
-            window_loss += loss.item() / t.grad_accum
+            window_loss += loss.detach() / t.grad_accum
         if t.max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        state["step"] += 1
-        state["train_time_s"] += time.perf_counter() - step_started
-        step, window_steps = state["step"], window_steps + 1
-        samples_per_s = step * samples_per_step / max(state["train_time_s"], 1e-9)
+        state.step += 1
+        state.train_time_s += time.perf_counter() - step_started
+        window_steps += 1
+        samples_per_s = state.step * samples_per_step / max(state.train_time_s, 1e-9)
 
-        if step % t.log_every == 0 or step == t.steps:
-            row = {"step": step, "split": "train", "loss": window_loss / window_steps, "lr": scheduler.get_last_lr()[0]}
-            row |= {"samples_per_s": samples_per_s, "elapsed_s": time.perf_counter() - started}
-            if accelerator.is_main_process:
-                run.append_metrics(row)
-            shown_loss, window_loss, window_steps = row["loss"], 0.0, 0
+        # Log the mean training loss of the window since the last log.
+        if state.step % t.log_every == 0 or state.step == t.steps:
+            shown_loss = window_loss.item() / window_steps
+            row = {"step": state.step, "split": "train", "loss": shown_loss, "lr": scheduler.get_last_lr()[0]}
+            if main:
+                run.append_metrics(row | {"samples_per_s": samples_per_s, "elapsed_s": time.perf_counter() - started})
+            window_loss.zero_()
+            window_steps = 0
 
-        if step % t.eval_every == 0 or step == t.steps:
-            result = evaluate(
-                model, tokenizer, val_set, t.eval_batch_size, n_classes, accelerator.device, accelerator.autocast, cfg.model.pooling
-            )
-            state["elapsed_s"] = time.perf_counter() - started
-            state["last_eval"] = {"step": step, **result.metrics()}
-            if result.accuracy > state["best_accuracy"]:
-                state.update(best_accuracy=result.accuracy, best_step=step, evals_since_best=0)
-                if accelerator.is_main_process:
-                    predictions = {"step": step, "labels": val_set.labels, "predictions": result.predictions}
-                    save_adapter(accelerator.unwrap_model(model), run.best, {"val_predictions.json": predictions})
-            else:
-                state["evals_since_best"] += 1
-            stopped_early = 0 < t.early_stopping_patience <= state["evals_since_best"]
-            if accelerator.is_main_process:
-                run.append_metrics({"step": step, "split": "val", **result.metrics(), "elapsed_s": state["elapsed_s"]})
-                save_checkpoint(run, accelerator.unwrap_model(model), optimizer, scheduler, state)
+        # Evaluate on the validation rows, keep the best adapter, checkpoint, let a search prune.
+        if state.step % t.eval_every == 0 or state.step == t.steps:
+            result = evaluate(plain, prep.tokenizer, prep.val_set, t.eval_batch_size, len(cfg.data.label_names),
+                              accelerator.device, accelerator.autocast, cfg.model.pooling)  # fmt: skip
+            state.elapsed_s = time.perf_counter() - started
+            record_evaluation(state, result, t.early_stopping_patience)
+            if main:
+                save_evaluation(run, plain, prep, state, result, optimizer, scheduler)
             if on_eval is not None:
-                on_eval(step, result.accuracy)
-        progress.set_postfix(loss=shown_loss and f"{shown_loss:.4f}", samples_s=f"{samples_per_s:.1f}", val_acc=val_accuracy(state))
+                on_eval(state.step, result.accuracy)
+
+        val = f"{state.last_eval['accuracy']:.4f}" if state.last_eval else "-"
+        progress.set_postfix(loss="-" if shown_loss is None else f"{shown_loss:.4f}", samples_s=f"{samples_per_s:.1f}", val_acc=val)
         progress.update(1)
     progress.close()
 
-    summary = {
-        "name": cfg.output.name,
-        "peak_val_accuracy": state["best_accuracy"],
-        "peak_step": state["best_step"],
-        "final": state["last_eval"],
-        "steps_done": state["step"],
-        "stopped_early": stopped_early,
-        "val_rows": len(val_set),
-        "trainable": prep.breakdown.as_dict(),
-        "wall_time_s": time.perf_counter() - started,
-        "train_samples_per_s": state["step"] * samples_per_step / max(state["train_time_s"], 1e-9),
-        "versions": library_versions(),
-        "git_commit": git_commit(),
-    }
-    if accelerator.is_main_process:
-        save_adapter(accelerator.unwrap_model(model), run.last)
-        write_json_atomic(run.summary, summary)
-        log(f"peak val accuracy {summary['peak_val_accuracy']:.4f} at step {summary['peak_step']}; run in {run.path}")
+    summary = Summary(
+        name=cfg.output.name,
+        peak_val_accuracy=state.best_accuracy,
+        peak_step=state.best_step,
+        final=state.last_eval,
+        steps_done=state.step,
+        stopped_early=state.stopped_early,
+        val_rows=len(prep.val_set),
+        trainable=prep.breakdown.as_dict(),
+        wall_time_s=time.perf_counter() - started,
+        train_samples_per_s=state.step * samples_per_step / max(state.train_time_s, 1e-9),
+        versions=library_versions(),
+        git_commit=git_commit(),
+    )
+    if main:
+        run.write_summary(summary)  # last: its presence marks the run finished
+        accelerator.print(f"peak val accuracy {summary.peak_val_accuracy:.4f} at step {summary.peak_step}; run in {run.path}")
     accelerator.wait_for_everyone()
     return summary
+
+
+def record_evaluation(state: LoopState, result: Evaluation, patience: int) -> None:
+    """Track the best accuracy and whether patience for early stopping has run out."""
+    state.last_eval = {"step": state.step, **result.metrics()}
+    if result.accuracy > state.best_accuracy:
+        state.best_accuracy, state.best_step, state.evals_since_best = result.accuracy, state.step, 0
+    else:
+        state.evals_since_best += 1
+    state.stopped_early = 0 < patience <= state.evals_since_best
+
+
+def save_evaluation(run: RunDir, model, prep: Prepared, state: LoopState, result: Evaluation, optimizer, scheduler) -> None:
+    """Metrics row, best/ at a new peak, last/ after the final evaluation, and the checkpoint."""
+    run.append_metrics({"step": state.step, "split": "val", **result.metrics(), "elapsed_s": state.elapsed_s})
+    predictions = Predictions(state.step, prep.val_set.labels, result.predictions)
+    if state.best_step == state.step:
+        run.save_adapter("best", model, prep.frozen, predictions)
+    if state.step == prep.cfg.train.steps or state.stopped_early:
+        run.save_adapter("last", model, prep.frozen, predictions)
+    run.save_checkpoint(model, prep.frozen, optimizer, scheduler, state)
