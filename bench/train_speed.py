@@ -59,10 +59,14 @@ def study_recipe_samples_per_s(args, workdir: str) -> float:
     train_rows, _ = split_validation(load_labelled(args.data, data_cfg), data_cfg.val_size, data_cfg.split_seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     dataset = Dataset.from_dict({"text": train_rows.texts, "label": train_rows.labels})
-    dataset = dataset.map(lambda b: tokenizer(b["text"], truncation=True, padding=True), batched=True, remove_columns=["text"])
+    dataset = dataset.map(
+        lambda b: tokenizer(b["text"], truncation=True, padding=True), batched=True, remove_columns=["text"]
+    )
     torch.manual_seed(42)
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=4)
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=22, lora_alpha=44, lora_dropout=0.1, target_modules=[args.value_module])
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=22, lora_alpha=44, lora_dropout=0.1, target_modules=[args.value_module]
+    )
     model = get_peft_model(model, lora)
     training_args = TrainingArguments(
         output_dir=workdir,
@@ -78,7 +82,9 @@ def study_recipe_samples_per_s(args, workdir: str) -> float:
         bf16=args.precision == "bf16",
         use_cpu=True,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer))
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer)
+    )
     return trainer.train().metrics["train_samples_per_second"]
 
 
@@ -88,7 +94,11 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="labelled CSV")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--value-module", default="v", help="the value projection's name in the recipe ('v' for MPNet, 'value' for RoBERTa)")
+    parser.add_argument(
+        "--value-module",
+        default="v",
+        help="the value projection's name in the recipe ('v' for MPNet, 'value' for RoBERTa)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     with tempfile.TemporaryDirectory() as workdir:

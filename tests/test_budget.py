@@ -76,7 +76,10 @@ def test_count_equals_built_model(model_dirs, family, head, scope):
 
 def test_rank_pattern_and_layers_count(model_dirs):
     cfg = config.from_dict(
-        {"model": {"name": str(model_dirs["roberta"])}, "lora": {"scope": ["query", "value"], "r": 2, "layers": [1], "rank_pattern": {1: 5}}}
+        {
+            "model": {"name": str(model_dirs["roberta"])},
+            "lora": {"scope": ["query", "value"], "r": 2, "layers": [1], "rank_pattern": {1: 5}},
+        }
     )
     model_config = load_model_config(cfg)
     breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
@@ -93,7 +96,8 @@ def test_budget_command_needs_only_config_json(tmp_path, model_dirs):
     assert [p.name for p in folder.iterdir()] == ["config.json"]
     out = subprocess.run(
         [sys.executable, "-m", "loralab.cli", "budget", str(SEED_CONFIG), f"model.name={folder}"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr
     assert re.search(r"^  total +999,172$", out.stdout, re.M), out.stdout
@@ -112,10 +116,14 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for s in v.values() for k, x in s.items()))
+@pytest.mark.parametrize(
+    "variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for s in v.values() for k, x in s.items())
+)
 def test_variant_counts_equal_built_model(model_dirs, variant):
-    tree = {"model": {"name": str(model_dirs["roberta"]), **variant.get("model", {})},
-            "lora": {"scope": ["query", "value", "ffn_in"], "r": 3, **variant["lora"]}}  # fmt: skip
+    tree = {
+        "model": {"name": str(model_dirs["roberta"]), **variant.get("model", {})},
+        "lora": {"scope": ["query", "value", "ffn_in"], "r": 3, **variant["lora"]},
+    }
     cfg = config.from_dict(tree)
     model_config = load_model_config(cfg)
     breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
@@ -136,8 +144,12 @@ def test_plan_table_equals_built_models(model_dirs):
     rows = plan_table(cfg, ModelShapes.of(model_config))
     assert len(rows) == 63 * 3
     for row in rows:
-        probe = config.from_dict({"model": {"name": str(model_dirs["roberta"]), "head": row["head"]},
-                                  "lora": {"scope": row["scope"].split(","), "r": max(row["r"], 1), "budget": 6000}})  # fmt: skip
+        probe = config.from_dict(
+            {
+                "model": {"name": str(model_dirs["roberta"]), "head": row["head"]},
+                "lora": {"scope": row["scope"].split(","), "r": max(row["r"], 1), "budget": 6000},
+            }
+        )
         breakdown, plan = breakdown_for(probe, ModelShapes.of(model_config))
         built = trainable_params(build_model(probe, ModelShapes.of(model_config), plan, breakdown)[0])
         if row["r"] == 0:

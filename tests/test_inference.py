@@ -18,10 +18,21 @@ from loralab.train import train
 
 def train_tiny(model_dir, data, out_dir, name, *extra):
     overrides = [
-        f"model.name={model_dir}", f"data.train={data}", "data.val_size=64", "data.max_length=32",
-        "lora.scope=[query,value]", "lora.r=4", "train.steps=8", "train.batch_size=16", "train.eval_every=4",
-        "train.warmup_steps=0", "train.lr=2e-2", f"output.dir={out_dir}", f"output.name={name}", *extra,
-    ]  # fmt: skip
+        f"model.name={model_dir}",
+        f"data.train={data}",
+        "data.val_size=64",
+        "data.max_length=32",
+        "lora.scope=[query,value]",
+        "lora.r=4",
+        "train.steps=8",
+        "train.batch_size=16",
+        "train.eval_every=4",
+        "train.warmup_steps=0",
+        "train.lr=2e-2",
+        f"output.dir={out_dir}",
+        f"output.name={name}",
+        *extra,
+    ]
     return train(config.load(SEED_CONFIG, overrides))
 
 
@@ -61,7 +72,22 @@ def test_merged_and_unmerged_logits_agree(runs, run, model_dirs):
 
 def test_predict_keeps_input_order(runs, texts_file, tmp_path):
     out = tmp_path / "pred.csv"
-    assert main(["predict", str(runs / "full"), "--input", str(texts_file), "--out", str(out), "--batch-size", "8", "--probs"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(runs / "full"),
+                "--input",
+                str(texts_file),
+                "--out",
+                str(out),
+                "--batch-size",
+                "8",
+                "--probs",
+            ]
+        )
+        == 0
+    )
     rows = read_predictions(out)
     assert [int(r["ID"]) for r in rows] == list(range(50))
     cfg, tokenizer, model = load_trained(runs / "full", merged=True)
@@ -106,7 +132,11 @@ def test_bad_input_leaves_no_output(runs, tmp_path, capsys, case):
         write_csv(source, [("a b",), ("",)], header=("text",))
     out = tmp_path / "pred.csv"
     assert main(["predict", str(run), "--input", str(source), "--out", str(out)]) == 2
-    message = {"no adapter": "has no adapter in best/", "no text column": "no 'text' column", "empty row": "row 1 has an empty"}[case]
+    message = {
+        "no adapter": "has no adapter in best/",
+        "no text column": "no 'text' column",
+        "empty row": "row 1 has an empty",
+    }[case]
     assert message in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".pred.csv*"))
 
@@ -137,7 +167,12 @@ print(json.dumps({{"labels": model(**batch).logits.argmax(-1).tolist(), "id2labe
 def test_export_adapter_only_has_a_model_card(runs, tmp_path):
     out = tmp_path / "adapter"
     assert main(["export", str(runs / "full"), str(out), "--adapter-only"]) == 0
-    assert {p.name for p in out.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"}
+    assert {p.name for p in out.iterdir()} >= {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "README.md",
+        "tokenizer.json",
+    }
     card = (out / "README.md").read_text()
     summary = json.loads((runs / "full" / "summary.json").read_text())
     assert f"{summary['trainable']['total']:,}" in card and "peak validation accuracy" in card
@@ -191,7 +226,9 @@ def test_first_token_trim_keeps_logits(family, model_dirs):
     block_output_tokens = []
     last_block = next(m for name, m in model.named_modules() if name.endswith("layer.1"))
     last_block.register_forward_hook(
-        lambda module, args, output: block_output_tokens.append((output[0] if isinstance(output, tuple) else output).shape[1])
+        lambda module, args, output: block_output_tokens.append(
+            (output[0] if isinstance(output, tuple) else output).shape[1]
+        )
     )
     with torch.no_grad():
         whole = model(**batch).logits

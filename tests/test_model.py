@@ -31,7 +31,9 @@ def test_mean_pooling_feeds_the_head_the_masked_mean(family, model_dirs):
         first_token = model(**batch).logits
         pool_mean_into_first_token(model)
         pooled = model(**batch).logits
-        alone = model(**tokenizer([tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)], return_tensors="pt")).logits
+        alone = model(
+            **tokenizer([tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)], return_tensors="pt")
+        ).logits
     assert (pooled - by_hand).abs().max().item() <= 1e-5
     assert (pooled - first_token).abs().max().item() > 1e-3  # pooling changed what the head reads
     assert (pooled[:1] - alone).abs().max().item() <= 1e-5  # padding tokens do not enter the mean

@@ -28,8 +28,18 @@ def imported(tmp_path_factory):
 @needs_study
 def test_import_yields_the_study_runs(imported):
     assert len(imported) == 20
-    assert sum(1 for r in imported.values() if r.config.lora.r == 22 and r.config.lora.alpha == 44
-               and r.config.lora.dropout == 0.1 and r.config.train.lr == 5e-5 and r.config.train.steps == 1200) == 4  # fmt: skip
+    assert (
+        sum(
+            1
+            for r in imported.values()
+            if r.config.lora.r == 22
+            and r.config.lora.alpha == 44
+            and r.config.lora.dropout == 0.1
+            and r.config.train.lr == 5e-5
+            and r.config.train.steps == 1200
+        )
+        == 4
+    )
     best = imported["dropout/val,.1"]
     assert (best.summary.peak_val_accuracy, best.summary.peak_step) == (0.9140625, 1100)
     qk = imported["modules/query,key"]
@@ -48,7 +58,8 @@ def test_five_figures_plot_the_index_peaks(imported, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert ElementTree.parse(svg).getroot().tag.endswith("svg")
     assert plotted["fig2_dropout"] == {
-        f"dropout={d:g}": imported[f"dropout/val,{n}"].summary.peak_val_accuracy for d, n in ((0.05, ".05"), (0.1, ".1"), (0.15, ".15"))
+        f"dropout={d:g}": imported[f"dropout/val,{n}"].summary.peak_val_accuracy
+        for d, n in ((0.05, ".05"), (0.1, ".1"), (0.15, ".15"))
     }
     assert plotted["fig1_scope"]["query,key"] == imported["modules/query,key"].summary.peak_val_accuracy
     assert plotted["fig4_r"]["r=6 (704,260 params)"] == imported["r/val,.1,r*2,6"].summary.peak_val_accuracy
@@ -76,7 +87,7 @@ def test_report_is_self_contained(imported, tmp_path):
     out = tmp_path / "report.html"
     assert main(["report", folder, "--out", str(out)]) == 0
     page = out.read_text()
-    assert page.count("<svg") >= 5 and "src=\"http" not in page and "dropout/val,.1" in page
+    assert page.count("<svg") >= 5 and 'src="http' not in page and "dropout/val,.1" in page
     assert "no per-row predictions" in page
     assert "Across seeds" in page and "mean 0.9141 of 1" in page  # the best run's four copies count once
 
@@ -123,14 +134,20 @@ def test_seed_groups_mean_spread_and_interval(tmp_path):
 
     def record(name, seed, peak, **train):
         cfg = config_io.from_dict({"train": {"seed": seed, **train}})
-        summary = Summary(name=name, peak_val_accuracy=peak, peak_step=100, final=None, steps_done=1200, val_rows=640, trainable=None)
+        summary = Summary(
+            name=name, peak_val_accuracy=peak, peak_step=100, final=None, steps_done=1200, val_rows=640, trainable=None
+        )
         return RunRecord(RunDir(tmp_path / name), cfg, summary, [], Origin())
 
-    groups = seed_groups([
-        record("a42", 42, 0.90), record("a43", 43, 0.91), record("a44", 44, 0.92, eval_batch_size=4),
-        record("a42-copy", 42, 0.95),  # the same seed filed twice: one experiment, not a fourth draw
-        record("b42", 42, 0.80, lr=1e-3),
-    ])  # fmt: skip
+    groups = seed_groups(
+        [
+            record("a42", 42, 0.90),
+            record("a43", 43, 0.91),
+            record("a44", 44, 0.92, eval_batch_size=4),
+            record("a42-copy", 42, 0.95),  # the same seed filed twice: one experiment, not a fourth draw
+            record("b42", 42, 0.80, lr=1e-3),
+        ]
+    )
     a, b = groups
     assert a["seeds"] == [42, 43, 44] and a["peaks"] == [0.90, 0.91, 0.92]
     assert a["mean"] == pytest.approx(0.91) and a["sd"] == pytest.approx(0.01)

@@ -7,7 +7,13 @@ from loralab.scope import plan_adapters
 ROBERTA_NAMES = [
     f"roberta.encoder.layer.{i}.{inner}"
     for i in range(4)
-    for inner in ("attention.self.query", "attention.self.value", "attention.output.dense", "intermediate.dense", "output.dense")
+    for inner in (
+        "attention.self.query",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    )
 ] + ["classifier", "classifier.dense", "classifier.out_proj"]
 
 
@@ -22,11 +28,16 @@ def test_ffn_out_does_not_match_attention_output():
 
 def test_layers_and_rank_pattern():
     p = plan(scope=["value"], r=4, layers=[2, 3], rank_pattern={3: 9})
-    assert p.lora_ranks == {"roberta.encoder.layer.2.attention.self.value": 4, "roberta.encoder.layer.3.attention.self.value": 9}
+    assert p.lora_ranks == {
+        "roberta.encoder.layer.2.attention.self.value": 4,
+        "roberta.encoder.layer.3.attention.self.value": 9,
+    }
 
 
 def test_raw_module_names_are_accepted():
-    assert set(plan(scope=["self.query"]).lora_ranks) == {f"roberta.encoder.layer.{i}.attention.self.query" for i in range(4)}
+    assert set(plan(scope=["self.query"]).lora_ranks) == {
+        f"roberta.encoder.layer.{i}.attention.self.query" for i in range(4)
+    }
 
 
 def test_unknown_scope_name():

@@ -57,11 +57,22 @@ def trained(model_dirs, tiny_data, tmp_path_factory):
     runs = {}
     for name, family, extra in combinations():
         overrides = [
-            f"model.name={model_dirs[family]}", f"data.train={tiny_data}", "data.val_size=64", "data.max_length=32",
-            "lora.scope=[query,value]", "lora.r=4", "train.steps=8", "train.batch_size=16", "train.eval_every=4",
-            "train.warmup_steps=0", "train.lr=2e-2", "train.eval_batch_size=64", f"output.dir={root}", f"output.name={name}",
+            f"model.name={model_dirs[family]}",
+            f"data.train={tiny_data}",
+            "data.val_size=64",
+            "data.max_length=32",
+            "lora.scope=[query,value]",
+            "lora.r=4",
+            "train.steps=8",
+            "train.batch_size=16",
+            "train.eval_every=4",
+            "train.warmup_steps=0",
+            "train.lr=2e-2",
+            "train.eval_batch_size=64",
+            f"output.dir={root}",
+            f"output.name={name}",
             *extra,
-        ]  # fmt: skip
+        ]
         train(config.load(SEED_CONFIG, overrides))
         runs[name] = root / name
     return runs
@@ -75,7 +86,11 @@ def val_texts(trained):
 
 def test_frozen_random_weights_are_saved_where_a_head_depends_on_them(trained):
     # RoBERTa/MPNet's classifier.dense and DeBERTa's pooler are not in the checkpoint; BERT's pooler is.
-    expected = {"roberta": "classifier.dense.weight", "mpnet": "classifier.dense.weight", "deberta-v2": "pooler.dense.weight"}
+    expected = {
+        "roberta": "classifier.dense.weight",
+        "mpnet": "classifier.dense.weight",
+        "deberta-v2": "pooler.dense.weight",
+    }
     from safetensors.torch import load_file
 
     for name, run in trained.items():
@@ -126,8 +141,9 @@ def assert_same_labels(logits: list[list[float]], predictions: list[int], name: 
         assert scores[label] >= max(scores) - 1e-4, f"{name}: row {row} predicted {label}, logits {scores}"
 
 
-def classify_in_fresh_process(loaders: dict[str, str], folders: dict[str, Path], texts: list[str], tmp_path: Path,
-                              block_peft: bool = False) -> dict[str, list]:  # fmt: skip
+def classify_in_fresh_process(
+    loaders: dict[str, str], folders: dict[str, Path], texts: list[str], tmp_path: Path, block_peft: bool = False
+) -> dict[str, list]:
     """Run each loading snippet (which defines `model` and `tokenizer`) in its folder, all in one new
     interpreter, and return each one's logits on the validation texts."""
     (tmp_path / "texts.json").write_text(json.dumps(texts))
@@ -198,7 +214,9 @@ def test_a_run_saved_without_its_frozen_weights_is_refused(trained, tmp_path, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("loralab: error:"), what
         assert "cannot be reproduced" in err[0] and "classifier.dense.weight" in err[0] and "train it again" in err[0]
-    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "merged").exists() and not (tmp_path / "adapter").exists()
+    assert (
+        not (tmp_path / "p.csv").exists() and not (tmp_path / "merged").exists() and not (tmp_path / "adapter").exists()
+    )
     assert not (old / "eval").exists()
     # A full-head run needs no saved frozen weights: one without the file still loads.
     assert main(["eval", str(trained["roberta-full-first"])]) == 0
@@ -206,8 +224,15 @@ def test_a_run_saved_without_its_frozen_weights_is_refused(trained, tmp_path, ca
 
 def test_summary_reads_back_as_written_and_ignores_unknown_keys(tmp_path):
     run = RunDir(tmp_path)
-    summary = Summary(name="x", peak_val_accuracy=0.5, peak_step=4, final={"step": 8, "accuracy": 0.4},
-                      steps_done=8, val_rows=64, trainable={"total": 10})  # fmt: skip
+    summary = Summary(
+        name="x",
+        peak_val_accuracy=0.5,
+        peak_step=4,
+        final={"step": 8, "accuracy": 0.4},
+        steps_done=8,
+        val_rows=64,
+        trainable={"total": 10},
+    )
     run.write_summary(summary)
     assert run.read_summary() == summary
     data = json.loads(run.summary.read_text()) | {"written_by_a_newer_version": 1}

@@ -21,10 +21,17 @@ def tiny_sweep(tmp_path, model_dirs, tiny_data, groups, steps=6, name="tiny", **
         "base": str(SEED_CONFIG),
         "name": name,
         "overrides": [
-            f"model.name={model_dirs['roberta']}", f"data.train={tiny_data}", "data.val_size=64",
-            "data.max_length=32", f"train.steps={steps}", "train.eval_every=3", "train.batch_size=8",
-            "train.warmup_steps=1", "train.lr=1e-2", "lora.r=4",
-        ],  # fmt: skip
+            f"model.name={model_dirs['roberta']}",
+            f"data.train={tiny_data}",
+            "data.val_size=64",
+            "data.max_length=32",
+            f"train.steps={steps}",
+            "train.eval_every=3",
+            "train.batch_size=8",
+            "train.warmup_steps=1",
+            "train.lr=1e-2",
+            "lora.r=4",
+        ],
         "groups": groups,
         **extra,
     }
@@ -33,13 +40,19 @@ def tiny_sweep(tmp_path, model_dirs, tiny_data, groups, steps=6, name="tiny", **
     return path
 
 
-FOUR = {"r": {"grid": {"lora.r": [2, 4]}, "set": {"lora.alpha": "r*2"}}, "dropout": {"grid": {"lora.dropout": [0.0, 0.2]}}}
+FOUR = {
+    "r": {"grid": {"lora.r": [2, 4]}, "set": {"lora.alpha": "r*2"}},
+    "dropout": {"grid": {"lora.dropout": [0.0, 0.2]}},
+}
 
 
 def test_axes_expand_to_trials(tmp_path, model_dirs, tiny_data):
     groups = {
         "grid": {"grid": {"lora.r": [2, 4], "lora.dropout": [0.0, 0.1]}},
-        "zipped": {"zip": {"lora.scope": [["query"], ["query", "value"]], "lora.r": [8, 4]}, "set": {"lora.alpha": "r*0.5"}},
+        "zipped": {
+            "zip": {"lora.scope": [["query"], ["query", "value"]], "lora.r": [8, 4]},
+            "set": {"lora.alpha": "r*0.5"},
+        },
         "named": {"variants": {"long": {"train.steps": 12}, "fast": {"train.lr": 0.1}}},
     }
     sweep = read_sweep(tiny_sweep(tmp_path, model_dirs, tiny_data, groups, seeds=[1, 2]), str(tmp_path / "runs"))
@@ -48,7 +61,9 @@ def test_axes_expand_to_trials(tmp_path, model_dirs, tiny_data):
         by_group.setdefault(trial.group, []).append(trial)
     assert len(by_group["grid"]) == 2 * 2 * 2 and len(by_group["zipped"]) == 2 * 2 and len(by_group["named"]) == 2 * 2
     zipped = by_group["zipped"][0]
-    assert zipped.values["lora.scope"] == ["query"] and zipped.values["lora.r"] == 8 and zipped.values["lora.alpha"] == 4.0
+    assert (
+        zipped.values["lora.scope"] == ["query"] and zipped.values["lora.r"] == 8 and zipped.values["lora.alpha"] == 4.0
+    )
     assert zipped.axes == {"lora.scope": ["query"], "lora.r": 8, "train.seed": 1}
     assert {t.label for t in by_group["named"]} == {"long_seed_1", "long_seed_2", "fast_seed_1", "fast_seed_2"}
 
@@ -74,7 +89,9 @@ def test_bad_sweep_files_fail_before_anything_runs(tmp_path, model_dirs, tiny_da
 def test_over_budget_trials_are_rejected_with_their_reason(tmp_path, model_dirs, tiny_data):
     groups = {"r": {"grid": {"lora.r": [2, 100_000]}}}
     lines = []
-    status = run_sweep(str(tiny_sweep(tmp_path, model_dirs, tiny_data, groups)), None, 1, str(tmp_path / "runs"), log=lines.append)
+    status = run_sweep(
+        str(tiny_sweep(tmp_path, model_dirs, tiny_data, groups)), None, 1, str(tmp_path / "runs"), log=lines.append
+    )
     assert status == {"finished": 1, "unfinished": 0, "rejected": 1}
     assert any(line.startswith("rejected r/r_100000: 12,801,188 trainable > budget 1,000,000") for line in lines)
 
@@ -105,7 +122,9 @@ def test_two_workers_run_every_trial_exactly_once(tmp_path, model_dirs, tiny_dat
     assert status == {"finished": 4, "unfinished": 0, "rejected": 0}
     trials = optuna_trials(storage, name)
     ran = [t for t in trials if t.state.name == "COMPLETE"]
-    assert sorted(t.user_attrs["key"] for t in ran) == sorted(["r/r_2", "r/r_4", "dropout/dropout_0", "dropout/dropout_0.2"])
+    assert sorted(t.user_attrs["key"] for t in ran) == sorted(
+        ["r/r_2", "r/r_4", "dropout/dropout_0", "dropout/dropout_0.2"]
+    )
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)  # any extra trial yielded, none failed
     # Each trial names the worker process that ran it, and none is this test's: they ran in the two workers.
     assert all(t.user_attrs["worker"].rpartition(":")[2] != str(os.getpid()) for t in ran)
@@ -139,8 +158,11 @@ def test_search_never_trains_over_budget_and_prunes_on_evaluations(tmp_path, mod
     spec = yaml.safe_load(tiny_sweep(tmp_path, model_dirs, tiny_data, {"x": {"grid": {"lora.r": [1]}}}).read_text())
     del spec["groups"]
     spec["name"] = "search"
-    spec["space"] = {"lora.r": {"low": 1, "high": 400_000, "log": True}, "train.lr": {"low": 1e-3, "high": 3e-2, "log": True},
-                     "lora.scope": {"choices": [["value"], ["query", "value"]]}}  # fmt: skip
+    spec["space"] = {
+        "lora.r": {"low": 1, "high": 400_000, "log": True},
+        "train.lr": {"low": 1e-3, "high": 3e-2, "log": True},
+        "lora.scope": {"choices": [["value"], ["query", "value"]]},
+    }
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(spec))
     status = run_search(str(path), 8, None, 1, str(tmp_path / "runs"), log=lambda *_: None)
@@ -164,7 +186,9 @@ def _pop_trials(url: str, queue) -> None:
     study = open_study(Sweep(Path("race.yaml"), "race", Path("."), []), url, heartbeat_s=30)
     seen = []
     while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-        study.optimize(lambda t: (seen.append(t.user_attrs.get("k")), time.sleep(0.005), 1.0)[2], n_trials=1, catch=(Exception,))
+        study.optimize(
+            lambda t: (seen.append(t.user_attrs.get("k")), time.sleep(0.005), 1.0)[2], n_trials=1, catch=(Exception,)
+        )
     queue.put(seen)
 
 
@@ -193,9 +217,12 @@ def test_budget_derived_search_space_never_proposes_an_infeasible_trial(tmp_path
     del spec["groups"]
     spec["name"] = "maxfit"
     spec["overrides"] += ["lora.budget=5000"]
-    spec["space"] = {"lora.r": "max_fit", "model.head": {"choices": ["full", "out_proj", "lora"]},
-                     "lora.scope": {"choices": [["value"], ["query", "value"], ["ffn_in", "ffn_out"]]},
-                     "lora.alpha": {"choices": ["r*1", "r*2"]}}  # fmt: skip
+    spec["space"] = {
+        "lora.r": "max_fit",
+        "model.head": {"choices": ["full", "out_proj", "lora"]},
+        "lora.scope": {"choices": [["value"], ["query", "value"], ["ffn_in", "ffn_out"]]},
+        "lora.alpha": {"choices": ["r*1", "r*2"]},
+    }
     path = tmp_path / "maxfit.yaml"
     path.write_text(yaml.safe_dump(spec))
     run_search(str(path), 6, None, 1, str(tmp_path / "runs"), log=lambda *_: None)

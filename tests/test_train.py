@@ -23,8 +23,14 @@ def mean(values):
 
 
 def test_loss_falls_and_accuracy_beats_chance(tiny_overrides):
-    overrides = tiny_overrides + ["lora.scope=[query,value,ffn_in]", "lora.r=8", "train.steps=100", "train.eval_every=50",
-                                  "train.batch_size=16", "train.log_every=5"]  # fmt: skip
+    overrides = tiny_overrides + [
+        "lora.scope=[query,value,ffn_in]",
+        "lora.r=8",
+        "train.steps=100",
+        "train.eval_every=50",
+        "train.batch_size=16",
+        "train.log_every=5",
+    ]
     summary = train_module.train(config.load(SEED_CONFIG, overrides))
     run = run_dir(overrides)
     train_losses = [row["loss"] for row in run.read_metrics() if row["split"] == "train"]
@@ -101,8 +107,14 @@ def bad_inputs(tmp_path, model_dirs):
     shutil.copy(model_dirs["roberta"] / "config.json", empty_model / "config.json")
     return {
         "missing file": (["data.train=" + str(tmp_path / "nope.csv")], "data file not found"),
-        "malformed csv": (["data.train=" + str(write_bad(tmp_path / "m.csv", 'label,text\n0,"open\n'))], "cannot parse"),
-        "no text column": (["data.train=" + str(write_bad(tmp_path / "c.csv", "label,body\n0,x\n"))], "no 'text' column"),
+        "malformed csv": (
+            ["data.train=" + str(write_bad(tmp_path / "m.csv", 'label,text\n0,"open\n'))],
+            "cannot parse",
+        ),
+        "no text column": (
+            ["data.train=" + str(write_bad(tmp_path / "c.csv", "label,body\n0,x\n"))],
+            "no 'text' column",
+        ),
         "label outside": (["data.train=" + str(write_bad(tmp_path / "l.csv", "label,text\n9,x\n"))], "label 9"),
         "empty text": (["data.train=" + str(write_bad(tmp_path / "e.csv", 'label,text\n0,""\n'))], "empty 'text'"),
         "no weights": ([f"model.name={empty_model}"], "has no weights"),
@@ -119,7 +131,17 @@ def write_bad(path: Path, content: str) -> Path:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing file", "malformed csv", "no text column", "label outside", "empty text", "no weights", "unknown scope", "over budget", "unknown key"],
+    [
+        "missing file",
+        "malformed csv",
+        "no text column",
+        "label outside",
+        "empty text",
+        "no weights",
+        "unknown scope",
+        "over budget",
+        "unknown key",
+    ],
 )
 def test_bad_input_one_line_nonzero_exit_no_run_dir(case, tiny_overrides, tmp_path, model_dirs, capsys):
     extra, message = bad_inputs(tmp_path, model_dirs)[case]
@@ -140,14 +162,27 @@ def test_bad_yaml_from_the_command_line(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "variant",
-    [["lora.use_rslora=true"], ["lora.use_dora=true", "train.lr=3e-2"], ["lora.plus_ratio=16", "train.lr=1e-3"], ["lora.init=pissa"],
-     ["lora.bias=lora_only"], ["train.label_smoothing=0.1"], ["train.class_weights=[1, 2, 1, 1]"],
-     ["train.grad_accum=2", "train.batch_size=8"], ["train.precision=bf16"], ["train.scheduler=cosine"],
-     ["train.weight_decay=0.01"]],  # fmt: skip
+    [
+        ["lora.use_rslora=true"],
+        ["lora.use_dora=true", "train.lr=3e-2"],
+        ["lora.plus_ratio=16", "train.lr=1e-3"],
+        ["lora.init=pissa"],
+        ["lora.bias=lora_only"],
+        ["train.label_smoothing=0.1"],
+        ["train.class_weights=[1, 2, 1, 1]"],
+        ["train.grad_accum=2", "train.batch_size=8"],
+        ["train.precision=bf16"],
+        ["train.scheduler=cosine"],
+        ["train.weight_decay=0.01"],
+    ],
     ids=lambda v: v[0],
 )
 def test_variants_train(tiny_overrides, variant):
-    overrides = tiny_overrides + ["lora.scope=[query,value,ffn_in]", "lora.r=8", "train.steps=100", "train.eval_every=100"] + variant
+    overrides = (
+        tiny_overrides
+        + ["lora.scope=[query,value,ffn_in]", "lora.r=8", "train.steps=100", "train.eval_every=100"]
+        + variant
+    )
     train_module.train(config.load(SEED_CONFIG, overrides))
     losses = [row["loss"] for row in run_dir(overrides).read_metrics() if row["split"] == "train"]
     assert mean(losses[-3:]) < mean(losses[:3])
@@ -157,7 +192,9 @@ def test_lora_plus_gives_b_matrices_a_larger_learning_rate(model_dirs):
     from loralab.budget import ModelShapes, breakdown_for, load_model_config
     from loralab.model import build_model, optimizer_groups
 
-    cfg = config.from_dict({"model": {"name": str(model_dirs["roberta"])}, "lora": {"plus_ratio": 16.0}, "train": {"lr": 1e-4}})
+    cfg = config.from_dict(
+        {"model": {"name": str(model_dirs["roberta"])}, "lora": {"plus_ratio": 16.0}, "train": {"lr": 1e-4}}
+    )
     model_config = load_model_config(cfg)
     breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
     groups = optimizer_groups(build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0], cfg)

@@ -46,7 +46,9 @@ def shapes_for(cfg: Config) -> ModelShapes:
 def _cached_shapes(name: str, labels: tuple[str, ...]) -> ModelShapes:
     from .config import DataConfig, ModelConfig
 
-    return ModelShapes.of(load_model_config(Config(model=ModelConfig(name=name), data=DataConfig(label_names=list(labels)))))
+    return ModelShapes.of(
+        load_model_config(Config(model=ModelConfig(name=name), data=DataConfig(label_names=list(labels))))
+    )
 
 
 def load_model_config(cfg: Config):
@@ -171,30 +173,49 @@ def plan_table(cfg: Config, model: ModelShapes, layers: list[int] | None = None)
     for size in range(1, len(SCOPE_WORDS) + 1):
         for scope in combinations(SCOPE_WORDS, size):
             for head in HEAD_MODES:
-                probe = replace(cfg, model=replace(cfg.model, head=head),
-                                lora=replace(cfg.lora, scope=list(scope), layers=layers, rank_pattern={}))  # fmt: skip
+                probe = replace(
+                    cfg,
+                    model=replace(cfg.model, head=head),
+                    lora=replace(cfg.lora, scope=list(scope), layers=layers, rank_pattern={}),
+                )
                 try:
                     rank = largest_fitting_rank(probe, model)
                 except LoralabError:  # a head mode this family cannot take
                     continue
                 breakdown = breakdown_for(with_rank(probe, max(rank, 1)), model)[0]
                 head_params = breakdown.rows[-1][1]
-                rows.append({"scope": ",".join(scope), "head": head, "r": rank, "lora": breakdown.total - head_params,
-                             "head_params": head_params, "total": breakdown.total if rank else None,
-                             "headroom": breakdown.headroom if rank else None})  # fmt: skip
+                rows.append(
+                    {
+                        "scope": ",".join(scope),
+                        "head": head,
+                        "r": rank,
+                        "lora": breakdown.total - head_params,
+                        "head_params": head_params,
+                        "total": breakdown.total if rank else None,
+                        "headroom": breakdown.headroom if rank else None,
+                    }
+                )
     return rows
 
 
 def format_plan(rows: list[dict], budget: int) -> str:
-    lines = [f"largest uniform rank within {budget:,} trainable parameters, per scope and head mode",
-             f"{'scope':<52} {'head':<8} {'r':>5} {'lora':>11} {'head':>11} {'total':>11} {'headroom':>9}"]  # fmt: skip
+    lines = [
+        f"largest uniform rank within {budget:,} trainable parameters, per scope and head mode",
+        f"{'scope':<52} {'head':<8} {'r':>5} {'lora':>11} {'head':>11} {'total':>11} {'headroom':>9}",
+    ]
     for row in rows:
         if row["r"] == 0:
-            lines.append(f"{row['scope']:<52} {row['head']:<8} {'-':>5}  does not fit: the head alone takes {row['head_params']:,}"
-                         if row["head_params"] > budget else f"{row['scope']:<52} {row['head']:<8} {'0':>5}  rank 1 does not fit")  # fmt: skip
+            why = (
+                f"{'-':>5}  does not fit: the head alone takes {row['head_params']:,}"
+                if row["head_params"] > budget
+                else f"{'0':>5}  rank 1 does not fit"
+            )
+            lines.append(f"{row['scope']:<52} {row['head']:<8} {why}")
             continue
-        lines.append(f"{row['scope']:<52} {row['head']:<8} {row['r']:>5} {row['lora']:>11,} {row['head_params']:>11,} "
-                     f"{row['total']:>11,} {row['headroom']:>9,}")  # fmt: skip
+        lines.append(
+            f"{row['scope']:<52} {row['head']:<8} {row['r']:>5} {row['lora']:>11,} {row['head_params']:>11,} "
+            f"{row['total']:>11,} {row['headroom']:>9,}"
+        )
     return "\n".join(lines)
 
 

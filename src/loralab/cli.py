@@ -70,9 +70,17 @@ def cmd_predict(args) -> int:
     from .inference import predict_file
 
     rows = predict_file(
-        args.run_dir, args.input, args.out, args.text_column, args.which, args.allow_pickle,
-        args.label_names, args.probs, args.batch_size, args.precision,
-    )  # fmt: skip
+        args.run_dir,
+        args.input,
+        args.out,
+        args.text_column,
+        args.which,
+        args.allow_pickle,
+        args.label_names,
+        args.probs,
+        args.batch_size,
+        args.precision,
+    )
     print(f"wrote {rows} predictions to {args.out}")
     return 0
 
@@ -91,7 +99,11 @@ def cmd_runs(args) -> int:
     records = find_runs(args.paths)
     rows = sort_rows([r.row() for r in records], args.sort)
     if args.by_seed:
-        print(format_seed_groups(seed_groups(records)) if records else f"no finished runs under {', '.join(args.paths or ['runs'])}")
+        print(
+            format_seed_groups(seed_groups(records))
+            if records
+            else f"no finished runs under {', '.join(args.paths or ['runs'])}"
+        )
     elif args.csv:
         print(to_csv(rows), end="")
     elif args.json:
@@ -149,12 +161,19 @@ def cmd_search(args) -> int:
 
 def _optuna_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="sweep or search YAML file")
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RUNS/NAME/optuna.db); "
-                        "postgresql://... lets workers on many machines share one study")  # fmt: skip
+    parser.add_argument(
+        "--storage",
+        help="Optuna storage URL (default: sqlite:///RUNS/NAME/optuna.db); "
+        "postgresql://... lets workers on many machines share one study",
+    )
     parser.add_argument("--workers", type=int, default=1, help="trials run in parallel on this machine")
     parser.add_argument("--runs", default="runs", help="folder of run directories")
-    parser.add_argument("--heartbeat", type=int, default=30, help="seconds between worker heartbeats; a trial "
-                        "silent for twice this is taken as dead and run again")  # fmt: skip
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        help="seconds between worker heartbeats; a trial silent for twice this is taken as dead and run again",
+    )
 
 
 def _inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,10 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--sort", default="-peak_accuracy", help="column to sort by; '-' for descending")
     runs.add_argument("--csv", action="store_true")
     runs.add_argument("--json", action="store_true")
-    runs.add_argument("--by-seed", action="store_true", help="one line per configuration: mean peak over its seeds, spread, 95%% interval")
+    runs.add_argument(
+        "--by-seed",
+        action="store_true",
+        help="one line per configuration: mean peak over its seeds, spread, 95%% interval",
+    )
     runs.set_defaults(run=cmd_runs)
 
-    importer = commands.add_parser("import-hf", help="import Hugging Face trainer_state.json + adapter_config.json results")
+    importer = commands.add_parser(
+        "import-hf", help="import Hugging Face trainer_state.json + adapter_config.json results"
+    )
     importer.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to search")
     importer.add_argument("--out", default="runs/imported", help="where the run directories go")
     importer.add_argument("--val-rows", type=int, default=640, help="validation rows the accuracies were measured on")

@@ -33,7 +33,9 @@ def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasse
 class ModelConfig:
     name: str = doc("Hugging Face hub id or local model folder", "roberta-base")
     head: str = doc("classification head: full (all trainable), out_proj (only the output projection), lora", "full")
-    pooling: str = doc("what the head reads: first (token, as Hugging Face heads do) or mean (of the real tokens)", "first")
+    pooling: str = doc(
+        "what the head reads: first (token, as Hugging Face heads do) or mean (of the real tokens)", "first"
+    )
 
 
 @dataclass

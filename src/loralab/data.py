@@ -112,7 +112,9 @@ def load_texts(source: str, text_column: str, allow_pickle: bool = False) -> lis
     """Unlabelled texts to classify: a data file, or a pickled `datasets.Dataset` if the user allows it."""
     if Path(source).suffix.lower() in (".pkl", ".pickle"):
         if not allow_pickle:
-            raise LoralabError(f"{source} is a pickle; unpickling runs code from the file: pass --allow-pickle if you trust it")
+            raise LoralabError(
+                f"{source} is a pickle; unpickling runs code from the file: pass --allow-pickle if you trust it"
+            )
         if not Path(source).is_file():
             raise LoralabError(f"data file not found: {source}")
         import pickle

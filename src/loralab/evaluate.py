@@ -92,7 +92,9 @@ def first_token_after_last_attention(model):
     feed-forward is two thirds of a block's work: like `logits_to_keep` in Hugging Face language
     models, the rest of the sequence is dropped where nothing reads it. Other layouts run whole.
     """
-    blocks = {int(found.group(1)): module for name, module in model.named_modules() if (found := BLOCK_ATTENTION.search(name))}
+    blocks = {
+        int(found.group(1)): module for name, module in model.named_modules() if (found := BLOCK_ATTENTION.search(name))
+    }
 
     def keep_first_token(module, args, output):
         if isinstance(output, tuple):
@@ -126,7 +128,14 @@ def predict_logits(
 
 
 def evaluate(
-    model, tokenizer, data: Encoded, batch_size: int, n_classes: int, device, autocast=nullcontext, pooling: str = "first"
+    model,
+    tokenizer,
+    data: Encoded,
+    batch_size: int,
+    n_classes: int,
+    device,
+    autocast=nullcontext,
+    pooling: str = "first",
 ) -> Evaluation:
     logits = predict_logits(model, tokenizer, data.input_ids, batch_size, device, autocast, pooling)
     labels = torch.tensor(data.labels)

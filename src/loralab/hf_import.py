@@ -31,9 +31,13 @@ def find_pairs(paths: list[str]) -> list[tuple[Path, Path]]:
     for path in map(Path, paths):
         if not path.exists():
             raise LoralabError(f"no such file or folder: {path}")
-        states = [path] if path.is_file() else sorted(
-            p for p in path.rglob("*.json") if p.name == "trainer_state.json" or p.name.endswith("_trainer.json")
-        )  # fmt: skip
+        states = (
+            [path]
+            if path.is_file()
+            else sorted(
+                p for p in path.rglob("*.json") if p.name == "trainer_state.json" or p.name.endswith("_trainer.json")
+            )
+        )
         for state in states:
             if state.name == "trainer_state.json":
                 adapter = state.with_name("adapter_config.json")
@@ -95,9 +99,17 @@ def to_run(state_path: Path, adapter_path: Path, val_rows: int, model_config_sou
         }
     )
     metrics = [
-        {"step": e["step"], "split": "train", "loss": e["loss"], "lr": e.get("learning_rate")} for e in history if "loss" in e
+        {"step": e["step"], "split": "train", "loss": e["loss"], "lr": e.get("learning_rate")}
+        for e in history
+        if "loss" in e
     ] + [
-        {"step": e["step"], "split": "val", "loss": e.get("eval_loss"), "accuracy": e["eval_accuracy"], "f1": e.get("eval_f1")}
+        {
+            "step": e["step"],
+            "split": "val",
+            "loss": e.get("eval_loss"),
+            "accuracy": e["eval_accuracy"],
+            "f1": e.get("eval_f1"),
+        }
         for e in evals
     ]
     metrics.sort(key=lambda r: (r["step"], r["split"] == "val"))
@@ -107,7 +119,12 @@ def to_run(state_path: Path, adapter_path: Path, val_rows: int, model_config_sou
         name=name,
         peak_val_accuracy=peak["eval_accuracy"],
         peak_step=peak["step"],
-        final={"step": last["step"], "loss": last.get("eval_loss"), "accuracy": last["eval_accuracy"], "f1": last.get("eval_f1")},
+        final={
+            "step": last["step"],
+            "loss": last.get("eval_loss"),
+            "accuracy": last["eval_accuracy"],
+            "f1": last.get("eval_f1"),
+        },
         steps_done=state["global_step"],
         val_rows=val_rows,
         trainable=trainable_for(cfg, model_config_source),

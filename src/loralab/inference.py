@@ -82,7 +82,9 @@ def predict_file(
 ) -> int:
     """Write `ID,Label` (and probabilities if asked) for every input row, in input order."""
     if Path(out_path).is_dir():
-        raise LoralabError(f"--out {out_path} is a directory: name the CSV file to write, e.g. {Path(out_path) / 'predictions.csv'}")
+        raise LoralabError(
+            f"--out {out_path} is a directory: name the CSV file to write, e.g. {Path(out_path) / 'predictions.csv'}"
+        )
     texts = load_texts(input_path, text_column, allow_pickle)
     cfg, tokenizer, model = load_trained(run_path, which, merged=True)
     probabilities = classify(model, tokenizer, texts, cfg, batch_size, precision)
@@ -154,7 +156,10 @@ def loading_snippet(cfg, frozen: bool) -> str:
             "from loralab.model import pool_mean_into_first_token",
             "pool_mean_into_first_token(base)",
         ]
-    lines += ["model = PeftModel.from_pretrained(base, folder).eval()", "tokenizer = AutoTokenizer.from_pretrained(folder)"]
+    lines += [
+        "model = PeftModel.from_pretrained(base, folder).eval()",
+        "tokenizer = AutoTokenizer.from_pretrained(folder)",
+    ]
     return "\n".join(lines)
 
 
@@ -177,9 +182,14 @@ def model_card(cfg, run: RunDir, frozen: bool) -> str:
         "```",
         "",
         f"- labels: {', '.join(cfg.data.label_names)}",
-        f"- LoRA: scope {', '.join(cfg.lora.scope)}, r={cfg.lora.r}, alpha={cfg.lora.alpha:g}, dropout={cfg.lora.dropout:g}; head {cfg.model.head}",
+        f"- LoRA: scope {', '.join(cfg.lora.scope)}, r={cfg.lora.r}, alpha={cfg.lora.alpha:g}, "
+        f"dropout={cfg.lora.dropout:g}; head {cfg.model.head}",
         f"- pooling: {cfg.model.pooling}"
-        + (" (the head reads the mean of the last layer over real tokens, written into position 0)" if cfg.model.pooling == "mean" else " token"),
+        + (
+            " (the head reads the mean of the last layer over real tokens, written into position 0)"
+            if cfg.model.pooling == "mean"
+            else " token"
+        ),
         f"- trainable parameters: {trainable['total']:,} of a budget of {cfg.lora.budget:,}"
         if trainable
         else f"- budget: {cfg.lora.budget:,}",

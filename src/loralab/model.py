@@ -12,7 +12,12 @@ from .config import Config
 from .errors import LoralabError
 from .scope import AdapterPlan
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def load_tokenizer(name: str):
@@ -63,7 +68,9 @@ def pool_mean_into_first_token(model) -> None:
     backbone = model.base_model
     encoder = getattr(backbone, "encoder", None) or getattr(backbone, "transformer", None)
     if not isinstance(getattr(encoder, "layer", None), torch.nn.ModuleList):
-        raise LoralabError(f"model.pooling: mean is not available for {model.config.model_type} (no encoder layers found)")
+        raise LoralabError(
+            f"model.pooling: mean is not available for {model.config.model_type} (no encoder layers found)"
+        )
     batch = {}
 
     def remember_mask(module, args, kwargs):

@@ -88,9 +88,13 @@ def plot_scope_bars(records: list[RunRecord], stem: Path, title: str) -> dict[st
     peaks = [r.peak for r in records]
     intervals = [wilson_interval(round(p * r.val_rows), r.val_rows) for p, r in zip(peaks, records)]
     fig, (ax, table_ax) = plt.subplots(2, 1, figsize=(9, 7.5), gridspec_kw={"height_ratios": [3, 2]})
-    ax.bar(range(len(records)), peaks, color="#4C72B0",
-           yerr=[[p - lo for p, (lo, _) in zip(peaks, intervals)], [hi - p for p, (_, hi) in zip(peaks, intervals)]],
-           capsize=4)  # fmt: skip
+    ax.bar(
+        range(len(records)),
+        peaks,
+        color="#4C72B0",
+        yerr=[[p - lo for p, (lo, _) in zip(peaks, intervals)], [hi - p for p, (_, hi) in zip(peaks, intervals)]],
+        capsize=4,
+    )
     for i, peak in enumerate(peaks):
         ax.text(i, peak + 0.002, f"{peak:.4f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(records)), labels, rotation=20, ha="right")
@@ -102,7 +106,9 @@ def plot_scope_bars(records: list[RunRecord], stem: Path, title: str) -> dict[st
         step = record.summary.peak_step
         loss = next((m["loss"] for m in record.metrics if m["split"] == "val" and m["step"] == step), None)
         lora = record.config.lora
-        rows.append([run_label(record), str(step), f"{loss:.4f}" if loss is not None else "-", str(lora.r), f"{lora.alpha:g}"])
+        rows.append(
+            [run_label(record), str(step), f"{loss:.4f}" if loss is not None else "-", str(lora.r), f"{lora.alpha:g}"]
+        )
     table_ax.axis("off")
     table_ax.table(cellText=rows, colLabels=["scope", "peak step", "eval loss", "r", "alpha"], loc="center")
     save_figure(fig, stem)
@@ -113,7 +119,9 @@ def plot_accuracy_curves(records: list[RunRecord], stem: Path, title: str) -> di
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     plotted = {}
-    for record in sorted(records, key=lambda r: [v if isinstance(v, (int, float)) else str(v) for v in r.axes.values()] or [r.name]):
+    for record in sorted(
+        records, key=lambda r: [v if isinstance(v, (int, float)) else str(v) for v in r.axes.values()] or [r.name]
+    ):
         steps, accuracy = record.curve("val", "accuracy")
         n = record.val_rows
         bands = [wilson_interval(round(a * n), n) for a in accuracy]

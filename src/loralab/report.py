@@ -57,13 +57,19 @@ def build_report(records: list[RunRecord], title: str = "loralab report") -> str
         figures = []
         for stem in sorted(plotted) + sorted(p.stem for p in Path(tmp).glob("loss_*.svg")):
             svg = (Path(tmp) / f"{stem}.svg").read_text()
-            figures.append(f"<figure>{svg[svg.index('<svg'):]}<figcaption>{html.escape(stem)}</figcaption></figure>")
+            figures.append(f"<figure>{svg[svg.index('<svg') :]}<figcaption>{html.escape(stem)}</figcaption></figure>")
     tests = significance(records)
     test_rows = [
-        [t["a"], t["b"], f"{t['difference'] * 100:+.2f}", "-" if t["p_value"] is None else f"{t['p_value']:.4f}",
-         "yes" if t["p_value"] is not None and t["p_value"] < 0.05 else "no" if t["p_value"] is not None else "-", t["note"]]
+        [
+            t["a"],
+            t["b"],
+            f"{t['difference'] * 100:+.2f}",
+            "-" if t["p_value"] is None else f"{t['p_value']:.4f}",
+            "yes" if t["p_value"] is not None and t["p_value"] < 0.05 else "no" if t["p_value"] is not None else "-",
+            t["note"],
+        ]
         for t in tests
-    ]  # fmt: skip
+    ]
     best_config = next(r for r in records if str(r.run.path) == best["path"]).config
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -78,11 +84,11 @@ pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{len(records)} runs. Accuracies are peak validation accuracy; intervals are 95% Wilson intervals over
-the validation rows ({best['ci_high'] - best['ci_low']:.4f} wide for the best run).</p>
+the validation rows ({best["ci_high"] - best["ci_low"]:.4f} wide for the best run).</p>
 <h2>Best run</h2>
-<p><b>{html.escape(best['name'])}</b>: peak {best['peak_accuracy']:.4f}
-[{best['ci_low']:.4f}, {best['ci_high']:.4f}] at step {best['peak_step']},
-{best['trainable'] if best['trainable'] is None else f"{best['trainable']:,}"} trainable parameters.</p>
+<p><b>{html.escape(best["name"])}</b>: peak {best["peak_accuracy"]:.4f}
+[{best["ci_low"]:.4f}, {best["ci_high"]:.4f}] at step {best["peak_step"]},
+{best["trainable"] if best["trainable"] is None else f"{best['trainable']:,}"} trainable parameters.</p>
 <pre>{html.escape(json.dumps(best_config.to_dict(), indent=2))}</pre>
 <h2>Is the best run really better?</h2>
 <p>Exact McNemar test on the rows where exactly one of the two runs is right (paired on the same
@@ -95,7 +101,7 @@ t-interval over seeds (each seed is scored on the same validation rows).</p>
 <h2>Configurations</h2>
 <pre>{html.escape(format_table(rows))}</pre>
 <h2>Figures</h2>
-{''.join(figures)}
+{"".join(figures)}
 </body></html>
 """
 

@@ -93,8 +93,25 @@ def canonical_scope(modules: list[str]) -> list[str]:
     return sorted(modules, key=lambda m: (SCOPE_WORDS.index(m) if m in SCOPE_WORDS else len(SCOPE_WORDS), m))
 
 
-COLUMNS = ["name", "group", "scope", "head", "pooling", "r", "alpha", "dropout", "lr", "steps", "trainable",
-           "peak_accuracy", "ci_low", "ci_high", "peak_step", "final_accuracy", "wall_s"]  # fmt: skip
+COLUMNS = [
+    "name",
+    "group",
+    "scope",
+    "head",
+    "pooling",
+    "r",
+    "alpha",
+    "dropout",
+    "lr",
+    "steps",
+    "trainable",
+    "peak_accuracy",
+    "ci_low",
+    "ci_high",
+    "peak_step",
+    "final_accuracy",
+    "wall_s",
+]
 
 
 def sort_rows(rows: list[dict], key: str) -> list[dict]:
@@ -138,11 +155,42 @@ def to_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-# Settings that change neither what is trained nor how: runs differing only in these and the seed repeat one configuration.
+# Settings that change neither what is trained nor how: runs differing only in these and the seed
+# repeat one configuration.
 NOT_THE_CONFIGURATION = {"train": ("seed", "eval_batch_size", "log_every"), "output": ("dir", "name")}
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (normal beyond).
-T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+T_975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def configuration_key(record: RunRecord) -> str:
@@ -172,23 +220,29 @@ def seed_groups(records: list[RunRecord]) -> list[dict]:
         sd = statistics.stdev(peaks) if len(peaks) > 1 else None
         half = None if sd is None else T_975[min(len(peaks) - 1, len(T_975)) - 1] * sd / len(peaks) ** 0.5
         first = members[0].row()
-        summaries.append({
-            "configuration": " ".join(f"{k}={first[k]}" for k in ("scope", "head", "pooling", "r", "alpha", "dropout", "lr", "steps"))
-            + f" precision={members[0].config.train.precision}",
-            "seeds": [m.config.train.seed for m in members],
-            "peaks": peaks,
-            "mean": mean,
-            "sd": sd,
-            "ci_low": None if half is None else mean - half,
-            "ci_high": None if half is None else mean + half,
-        })  # fmt: skip
+        summaries.append(
+            {
+                "configuration": " ".join(
+                    f"{k}={first[k]}" for k in ("scope", "head", "pooling", "r", "alpha", "dropout", "lr", "steps")
+                )
+                + f" precision={members[0].config.train.precision}",
+                "seeds": [m.config.train.seed for m in members],
+                "peaks": peaks,
+                "mean": mean,
+                "sd": sd,
+                "ci_low": None if half is None else mean - half,
+                "ci_high": None if half is None else mean + half,
+            }
+        )
     return sorted(summaries, key=lambda g: -g["mean"])
 
 
 def format_seed_groups(groups: list[dict]) -> str:
     lines = []
     for g in groups:
-        spread = "" if g["sd"] is None else f"  sd {g['sd']:.4f}  95% CI over seeds [{g['ci_low']:.4f}, {g['ci_high']:.4f}]"
+        spread = (
+            "" if g["sd"] is None else f"  sd {g['sd']:.4f}  95% CI over seeds [{g['ci_low']:.4f}, {g['ci_high']:.4f}]"
+        )
         peaks = ", ".join(f"{s}: {p:.4f}" for s, p in zip(g["seeds"], g["peaks"]))
         lines.append(f"{g['configuration']}\n  mean {g['mean']:.4f} of {len(g['peaks'])} (seed: peak {peaks}){spread}")
     return "\n".join(lines)

@@ -1,14 +1,14 @@
 """The run directory: the one place that knows what a run holds on disk, typed, written atomically.
 
-    config.yaml            the resolved Config
-    metrics.jsonl          one row per log or evaluation
-    summary.json           Summary: written last, so its presence means the run finished
-    origin.json            Origin: which sweep or import a run came from (optional)
-    best/, last/           PEFT adapters (LoRA weights and trained head) + frozen_weights.safetensors
-                           (weights the base checkpoint lacks, drawn at random and frozen, which the
-                           adapter was trained on top of) + val_predictions.json (Predictions)
-    checkpoint/            adapter/ (as above) and state.pt (optimizer, scheduler, RNG, LoopState)
-    eval/<data>-<which>/   what `loralab eval` wrote
+config.yaml            the resolved Config
+metrics.jsonl          one row per log or evaluation
+summary.json           Summary: written last, so its presence means the run finished
+origin.json            Origin: which sweep or import a run came from (optional)
+best/, last/           PEFT adapters (LoRA weights and trained head) + frozen_weights.safetensors
+                       (weights the base checkpoint lacks, drawn at random and frozen, which the
+                       adapter was trained on top of) + val_predictions.json (Predictions)
+checkpoint/            adapter/ (as above) and state.pt (optimizer, scheduler, RNG, LoopState)
+eval/<data>-<which>/   what `loralab eval` wrote
 """
 
 from __future__ import annotations
@@ -290,10 +290,14 @@ class RunDir:
         def fill(tmp: Path) -> None:
             _fill_adapter(tmp / "adapter", model, frozen)
             torch.save(
-                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                 "loop": dataclasses.asdict(state)},
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "loop": dataclasses.asdict(state),
+                },
                 tmp / "state.pt",
-            )  # fmt: skip
+            )
 
         replace_dir(self.checkpoint, fill)
 

@@ -195,19 +195,23 @@ def run_sweep(path: str, storage: str | None, workers: int, runs_dir: str, heart
     study = open_study(sweep, storage, heartbeat_s)
     queued = enqueue_missing(study, feasible)
     to_run = sweep_status(study, feasible)["unfinished"]
-    log(f"sweep {sweep.name}: {len(feasible)} trials within the budget, {to_run} to run "
-        f"({queued} newly queued), {len(rejected)} rejected")  # fmt: skip
+    log(
+        f"sweep {sweep.name}: {len(feasible)} trials within the budget, {to_run} to run "
+        f"({queued} newly queued), {len(rejected)} rejected"
+    )
     if workers <= 1:
         work(sweep, storage, runs_dir, heartbeat_s)
     else:
         start_workers(workers, "sweep", str(path), storage, runs_dir, heartbeat_s)
     status = sweep_status(study, feasible) | {"rejected": len(rejected)}
-    log(f"sweep {sweep.name}: {status['finished']} finished, {status['unfinished']} unfinished, {status['rejected']} rejected")
+    counts = f"{status['finished']} finished, {status['unfinished']} unfinished, {status['rejected']} rejected"
+    log(f"sweep {sweep.name}: {counts}")
     return status
 
 
-def start_workers(workers: int, kind: str, path: str, storage: str, runs_dir: str, heartbeat_s: int,
-                  n_trials: int = 0) -> None:  # fmt: skip
+def start_workers(
+    workers: int, kind: str, path: str, storage: str, runs_dir: str, heartbeat_s: int, n_trials: int = 0
+) -> None:
     """N worker processes on this machine, the CPU threads shared between them; each takes trials
     from the study until none is left. Spawned, not forked: a fork would copy this process's threads."""
     import multiprocessing
@@ -259,8 +263,16 @@ def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
     return values
 
 
-def run_search(path: str, n_trials: int, storage: str | None, workers: int, runs_dir: str, heartbeat_s: int = 30,
-               worker: bool = False, log=print) -> dict:  # fmt: skip
+def run_search(
+    path: str,
+    n_trials: int,
+    storage: str | None,
+    workers: int,
+    runs_dir: str,
+    heartbeat_s: int = 30,
+    worker: bool = False,
+    log=print,
+) -> dict:
     """TPE over the declared space; over-budget samples are pruned untrained; evaluations feed pruning."""
     import optuna
     from optuna.study import MaxTrialsCallback
@@ -310,6 +322,8 @@ def run_search(path: str, n_trials: int, storage: str | None, workers: int, runs
     best = max(finished, key=lambda t: t.value, default=None)
     status = {"complete": len(finished), "pruned": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))}
     if best is not None and not worker:
-        log(f"search {sweep.name}: {status['complete']} complete, {status['pruned']} pruned; best {best.value:.4f} "
-            f"({best.user_attrs['key']}: {json.dumps(best.params)})")  # fmt: skip
+        log(
+            f"search {sweep.name}: {status['complete']} complete, {status['pruned']} pruned; best {best.value:.4f} "
+            f"({best.user_attrs['key']}: {json.dumps(best.params)})"
+        )
     return status

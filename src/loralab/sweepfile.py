@@ -44,7 +44,6 @@ GROUP_KEYS = {"grid", "zip", "variants", "set", "seeds"}
 MAX_FIT = "max_fit"  # `lora.r: max_fit`: the largest rank the budget allows for the sampled scope and head
 
 
-
 @dataclass
 class Trial:
     group: str
@@ -235,4 +234,6 @@ def check_max_fit_space(sweep: Sweep, base_cfg: Config, model: ModelShapes) -> N
         values = dict(zip(structural, combination))
         probe = Trial("search", "probe", resolve_alpha(values, base_cfg.lora.r, str(sweep.path)), {})
         if largest_fitting_rank(trial_config(sweep, probe, "runs"), model) < 1:
-            raise LoralabError(f"{sweep.path}: space: {json.dumps(values)} does not fit the budget at any rank; remove it")
+            raise LoralabError(
+                f"{sweep.path}: space: {json.dumps(values)} does not fit the budget at any rank; remove it"
+            )

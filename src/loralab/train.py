@@ -158,7 +158,6 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     # Setup: optimizer and schedule over the trainable parameters, wrapped for the device(s).
     model, optimizer, scheduler = accelerator.prepare(prep.model, *optimizer_and_schedule(prep.model, cfg))
     plain = accelerator.unwrap_model(model)  # the PeftModel itself: for evaluating and saving
-    trainable = [p for p in model.parameters() if p.requires_grad]
     class_weights = torch.tensor(t.class_weights, device=accelerator.device) if t.class_weights else None
 
     # Resume: the checkpoint holds the adapter, optimizer, schedule, RNG and loop state.
@@ -176,24 +175,14 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     started = time.perf_counter() - state.elapsed_s
     # The window's loss stays on the device until it is logged: no host sync every step.
     window_loss, window_steps, shown_loss = torch.zeros((), device=accelerator.device), 0, None
-    progress = tqdm(total=t.steps, initial=state.step, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    progress = tqdm(
+        total=t.steps, initial=state.step, disable=not accelerator.is_local_main_process, dynamic_ncols=True
+    )
     model.train()
     while state.step < t.steps and not state.stopped_early:
-        # One optimizer step over grad_accum micro-batches (Accelerate syncs gradients on the last).
+        # One optimizer step over grad_accum micro-batches.
         step_started = time.perf_counter()
-        for micro in range(t.grad_accum):
-            batch = batches[state.step * t.grad_accum + micro]
-            labels = batch.pop("labels")
-            with accelerator.accumulate(model), accelerator.autocast():
-                logits = model(**batch).logits.float()
-                loss = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=t.label_smoothing)
-                accelerator.backward(loss)
-            window_loss += loss.detach() / t.grad_accum
-        if t.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        window_loss += optimizer_step(accelerator, model, optimizer, scheduler, batches, state.step, cfg, class_weights)
         state.step += 1
         state.train_time_s += time.perf_counter() - step_started
         window_steps += 1
@@ -210,8 +199,16 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
 
         # Evaluate on the validation rows, keep the best adapter, checkpoint, let a search prune.
         if state.step % t.eval_every == 0 or state.step == t.steps:
-            result = evaluate(plain, prep.tokenizer, prep.val_set, t.eval_batch_size, len(cfg.data.label_names),
-                              accelerator.device, accelerator.autocast, cfg.model.pooling)  # fmt: skip
+            result = evaluate(
+                plain,
+                prep.tokenizer,
+                prep.val_set,
+                t.eval_batch_size,
+                len(cfg.data.label_names),
+                accelerator.device,
+                accelerator.autocast,
+                cfg.model.pooling,
+            )
             state.elapsed_s = time.perf_counter() - started
             record_evaluation(state, result, t.early_stopping_patience)
             if main:
@@ -220,7 +217,9 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
                 on_eval(state.step, result.accuracy)
 
         val = f"{state.last_eval['accuracy']:.4f}" if state.last_eval else "-"
-        progress.set_postfix(loss="-" if shown_loss is None else f"{shown_loss:.4f}", samples_s=f"{samples_per_s:.1f}", val_acc=val)
+        progress.set_postfix(
+            loss="-" if shown_loss is None else f"{shown_loss:.4f}", samples_s=f"{samples_per_s:.1f}", val_acc=val
+        )
         progress.update(1)
     progress.close()
 
@@ -240,9 +239,32 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     )
     if main:
         run.write_summary(summary)  # last: its presence marks the run finished
-        accelerator.print(f"peak val accuracy {summary.peak_val_accuracy:.4f} at step {summary.peak_step}; run in {run.path}")
+        accelerator.print(
+            f"peak val accuracy {summary.peak_val_accuracy:.4f} at step {summary.peak_step}; run in {run.path}"
+        )
     accelerator.wait_for_everyone()
     return summary
+
+
+def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int, cfg: Config, class_weights):
+    """Forward and backward over grad_accum micro-batches (Accelerate syncs gradients on the last), clip,
+    step; returns the step's mean loss, left on the device so no step waits for the GPU."""
+    t = cfg.train
+    total = torch.zeros((), device=accelerator.device)
+    for micro in range(t.grad_accum):
+        batch = batches[step * t.grad_accum + micro]
+        labels = batch.pop("labels")
+        with accelerator.accumulate(model), accelerator.autocast():
+            logits = model(**batch).logits.float()
+            loss = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=t.label_smoothing)
+            accelerator.backward(loss)
+        total += loss.detach() / t.grad_accum
+    if t.max_grad_norm > 0:
+        accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
 
 
 def record_evaluation(state: LoopState, result: Evaluation, patience: int) -> None:
@@ -255,7 +277,9 @@ def record_evaluation(state: LoopState, result: Evaluation, patience: int) -> No
     state.stopped_early = 0 < patience <= state.evals_since_best
 
 
-def save_evaluation(run: RunDir, model, prep: Prepared, state: LoopState, result: Evaluation, optimizer, scheduler) -> None:
+def save_evaluation(
+    run: RunDir, model, prep: Prepared, state: LoopState, result: Evaluation, optimizer, scheduler
+) -> None:
     """Metrics row, best/ at a new peak, last/ after the final evaluation, and the checkpoint."""
     run.append_metrics({"step": state.step, "split": "val", **result.metrics(), "elapsed_s": state.elapsed_s})
     predictions = Predictions(state.step, prep.val_set.labels, result.predictions)
