@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import SCOPE_WORDS, Config
 from .errors import LoralabError
 from .evaluate import wilson_interval
-from .store import Origin, RunDir, Summary
+from .store import Origin, RunDir, Summary, finished_runs_under
 
 
 @dataclass
@@ -78,13 +78,12 @@ def read_run(path: Path) -> RunRecord:
 
 
 def find_runs(paths: list[str]) -> list[RunRecord]:
-    """Finished runs (those with a summary.json) at or below each path, in path order."""
+    """Finished runs at or below each path, in path order."""
     records = []
     for path in map(Path, paths or ["runs"]):
         if not path.exists():
             raise LoralabError(f"no such run directory: {path}")
-        found = [path / "summary.json"] if (path / "summary.json").exists() else sorted(path.rglob("summary.json"))
-        records += [read_run(summary.parent) for summary in found if (summary.parent / "config.yaml").exists()]
+        records += [read_run(run.path) for run in finished_runs_under(path)]
     return records
 
 

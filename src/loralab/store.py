@@ -318,6 +318,16 @@ class RunDir:
         return LoopState(**{k: v for k, v in loop.items() if k in {f.name for f in dataclasses.fields(LoopState)}})
 
 
+def finished_runs_under(path: Path) -> list[RunDir]:
+    """The finished runs (config.yaml and summary.json) at or below `path`, in path order."""
+    candidates = (
+        [RunDir(path)]
+        if RunDir(path).summary.exists()
+        else [RunDir(p.parent) for p in sorted(path.rglob("summary.json"))]
+    )
+    return [run for run in candidates if run.config.exists()]
+
+
 def load_frozen_into(model, weights: dict[str, torch.Tensor]) -> None:
     """Copy saved frozen weights into a (not yet PEFT-wrapped, or unwrapped base) model by parameter name."""
     if not weights:
