@@ -1,10 +1,12 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import SEED_CONFIG
+from transformers import AutoTokenizer
 
 from loralab import config
 from loralab import train as train_module
@@ -200,3 +202,107 @@ def test_lora_plus_gives_b_matrices_a_larger_learning_rate(model_dirs):
     groups = optimizer_groups(build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0], cfg)
     assert groups[1]["lr"] == pytest.approx(1.6e-3) and "lr" not in groups[0]
     assert sum(p.numel() for g in groups for p in g["params"]) == breakdown.total
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_two_processes(overrides: list[str], *extra: str, wait: bool = True):
+    """`torchrun --nproc_per_node 2 -m loralab.cli train` on CPU (gloo), as the README says."""
+    import os
+    import subprocess
+    import sys
+
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
+    command = [*launcher, "-m", "loralab.cli", "train", "--config", str(SEED_CONFIG), *overrides, *extra]
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_make_one_run_like_one_process_with_the_same_global_batch(tiny_overrides, tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    # Without dropout the two are the same computation: each process's gradient is the mean over its
+    # micro-batch, DDP averages the two, as accumulation over the same two micro-batches does.
+    model_dir = tmp_path / "no-dropout"
+    source = next(o.split("=", 1)[1] for o in tiny_overrides if o.startswith("model.name="))
+    model_config = AutoConfig.from_pretrained(source, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    AutoModel.from_pretrained(source, config=model_config).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(source).save_pretrained(model_dir)
+    common = tiny_overrides + [f"model.name={model_dir}", "lora.dropout=0", "train.steps=16", "train.eval_every=8",
+                               "train.log_every=4", "train.batch_size=8"]  # fmt: skip
+    # One process of 8 rows x 2 accumulated takes micro-batches 2s and 2s+1 of the stream: what two processes take.
+    single = train_module.train(config.load(SEED_CONFIG, common + ["train.grad_accum=2", "output.name=single"]))
+    two = common + ["output.name=two"]
+    out = launch_two_processes(two)
+    assert out.returncode == 0, out.stderr[:3000]
+    assert out.stdout.count("trainable parameters (budget") == 1  # one process speaks
+    run = run_dir(two)
+    summary = run.read_summary()
+    assert summary.trainable == single.trainable and summary.steps_done == 16
+    rows = run.read_metrics()
+    assert [r["step"] for r in rows if r["split"] == "val"] == [8, 16]  # written once, not once per process
+    assert [r["step"] for r in rows if r["split"] == "train"] == [4, 8, 12, 16]
+    # The whole validation split, each row once.
+    assert summary.val_rows == 64 and len(run.read_predictions("best").predictions) == 64
+    single_rows = run_dir(common + ["output.name=single"]).read_metrics()
+    for mine, theirs in zip(rows, single_rows):
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-3), (mine, theirs)
+    assert abs(summary.peak_val_accuracy - single.peak_val_accuracy) <= 1 / 64  # a near-tie row may flip
+
+
+def descendants(pid: int) -> list[int]:
+    """Child processes, grandchildren and so on (torchrun's workers are not in its process group)."""
+    from pathlib import Path
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def test_two_processes_resume_after_kill(tiny_overrides):
+    import os
+    import signal
+    import time
+
+    overrides = tiny_overrides + ["train.steps=200", "train.eval_every=20", "train.log_every=10", "output.name=dp"]
+    run = run_dir(overrides)
+    launched = launch_two_processes(overrides, wait=False)
+    deadline = time.time() + 300
+    while not (run.checkpoint / "state.pt").exists() and launched.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    for pid in [launched.pid, *descendants(launched.pid)]:  # every process of the launch, as a crash would
+        os.kill(pid, signal.SIGKILL)
+    launched.wait()
+    assert not run.summary.exists(), "the run finished before it could be killed"
+    resumed = launch_two_processes(overrides, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[:3000]
+    assert re.search(r"resumed .* at step (20|40|60|80)", resumed.stdout + resumed.stderr)
+    rows = run.read_metrics()
+    assert [r["step"] for r in rows if r["split"] == "val"] == list(range(20, 201, 20))
+    assert run.read_summary().steps_done == 200

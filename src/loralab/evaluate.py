@@ -116,15 +116,16 @@ def predict_logits(
     """Logits of every row, in the rows' order; batches are length-sorted so padding stays small."""
     was_training = model.training
     model.eval()
-    logits = torch.empty(len(input_ids), model.config.num_labels)
+    # Kept on the device until the end: one copy to the host, not a wait per batch.
+    logits = torch.empty(len(input_ids), model.config.num_labels, device=device)
     # Mean pooling reads every token of the last layer, so nothing can be trimmed.
     with first_token_after_last_attention(model) if pooling == "first" else nullcontext():
         for indices in eval_batches([len(ids) for ids in input_ids], batch_size):
             batch = tokenizer.pad({"input_ids": [input_ids[i] for i in indices]}, return_tensors="pt").to(device)
             with autocast():
-                logits[indices] = model(**batch).logits.float().cpu()
+                logits[torch.tensor(indices, device=device)] = model(**batch).logits.float()
     model.train(was_training)
-    return logits
+    return logits.cpu()
 
 
 def evaluate(
@@ -136,8 +137,23 @@ def evaluate(
     device,
     autocast=nullcontext,
     pooling: str = "first",
+    accelerator=None,
 ) -> Evaluation:
-    logits = predict_logits(model, tokenizer, data.input_ids, batch_size, device, autocast, pooling)
+    """Loss, accuracy, macro-F1 and predictions on `data`.
+
+    With an Accelerator of several processes, each scores every world-th row and the logits are
+    gathered: every process gets the whole split, and each row is scored once.
+    """
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
+    rows = list(range(rank, len(data), world))
+    logits = predict_logits(model, tokenizer, [data.input_ids[i] for i in rows], batch_size, device, autocast, pooling)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        whole = torch.empty(len(data), n_classes)
+        for part_rows, part in gather_object([(rows, logits)]):
+            whole[part_rows] = part
+        logits = whole
     labels = torch.tensor(data.labels)
     predictions = logits.argmax(-1)
     return Evaluation(

@@ -155,8 +155,10 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     run = open_run_dir(cfg, resume) if main else RunDir(Path(cfg.output.dir) / cfg.output.name)
     accelerator.wait_for_everyone()
 
-    # Setup: optimizer and schedule over the trainable parameters, wrapped for the device(s).
-    model, optimizer, scheduler = accelerator.prepare(prep.model, *optimizer_and_schedule(prep.model, cfg))
+    # Setup: optimizer and schedule over the trainable parameters; model and optimizer wrapped for the
+    # device(s). The schedule is not: Accelerate would step it once per process, and a step here is global.
+    optimizer, scheduler = optimizer_and_schedule(prep.model, cfg)
+    model, optimizer = accelerator.prepare(prep.model, optimizer)
     plain = accelerator.unwrap_model(model)  # the PeftModel itself: for evaluating and saving
     class_weights = torch.tensor(t.class_weights, device=accelerator.device) if t.class_weights else None
 
@@ -190,7 +192,8 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
 
         # Log the mean training loss of the window since the last log.
         if state.step % t.log_every == 0 or state.step == t.steps:
-            shown_loss = window_loss.item() / window_steps
+            # The mean over every process's micro-batches: the loss of the global batch.
+            shown_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
             row = {"step": state.step, "split": "train", "loss": shown_loss, "lr": scheduler.get_last_lr()[0]}
             if main:
                 run.append_metrics(row | {"samples_per_s": samples_per_s, "elapsed_s": time.perf_counter() - started})
@@ -200,15 +203,9 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
         # Evaluate on the validation rows, keep the best adapter, checkpoint, let a search prune.
         if state.step % t.eval_every == 0 or state.step == t.steps:
             result = evaluate(
-                plain,
-                prep.tokenizer,
-                prep.val_set,
-                t.eval_batch_size,
-                len(cfg.data.label_names),
-                accelerator.device,
-                accelerator.autocast,
-                cfg.model.pooling,
-            )
+                plain, prep.tokenizer, prep.val_set, t.eval_batch_size, len(cfg.data.label_names),
+                accelerator.device, accelerator.autocast, cfg.model.pooling, accelerator,
+            )  # fmt: skip
             state.elapsed_s = time.perf_counter() - started
             record_evaluation(state, result, t.early_stopping_patience)
             if main:
