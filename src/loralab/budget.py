@@ -51,6 +51,14 @@ def _cached_shapes(name: str, labels: tuple[str, ...]) -> ModelShapes:
     )
 
 
+HUB_CONFIGS = Path(__file__).parent / "hub_configs"
+
+
+def looks_like_path(name: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else (./x, /x, ~/x, a/b/c, x/) is meant as a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/") or "\\" in name
+
+
 def load_model_config(cfg: Config):
     """The Hugging Face config of cfg.model.name with this task's labels; reads only config.json."""
     from transformers import AutoConfig
@@ -58,6 +66,11 @@ def load_model_config(cfg: Config):
     name = cfg.model.name
     if Path(name).exists() and not (Path(name) / "config.json").is_file():
         raise LoralabError(f"model folder {name} has no config.json")
+    if looks_like_path(name) and not Path(name).exists():
+        raise LoralabError(f"model folder {name} does not exist: check model.name (a local folder, or a hub id)")
+    bundled = HUB_CONFIGS / name
+    if not Path(name).exists() and (bundled / "config.json").is_file():
+        name = str(bundled)  # the hub model's own config.json, shipped: budgets need no network
     labels = cfg.data.label_names
     try:
         return AutoConfig.from_pretrained(
@@ -224,6 +237,5 @@ def check_budget(cfg: Config, breakdown: Breakdown, model: ModelShapes) -> None:
         rank = largest_fitting_rank(cfg, model)
         hint = f"the largest lora.r that fits is {rank}" if rank >= 1 else "no rank fits: shrink the scope or the head"
         raise LoralabError(
-            f"over budget: {breakdown.total:,} trainable parameters > lora.budget {cfg.lora.budget:,} ({hint})\n"
-            + breakdown.format()
+            f"over budget: {breakdown.total:,} trainable parameters > lora.budget {cfg.lora.budget:,} ({hint})"
         )

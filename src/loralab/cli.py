@@ -39,7 +39,7 @@ def cmd_budget(args) -> int:
     cfg = config.load(args.config, args.overrides, values)
     model = shapes_for(cfg)
     if args.plan:
-        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        layers = parse_layers(args.layers) if args.layers else None
         print(format_plan(plan_table(cfg, model, layers), cfg.lora.budget))
         return 0
     breakdown, _ = breakdown_for(cfg, model)
@@ -48,10 +48,21 @@ def cmd_budget(args) -> int:
     return 0 if breakdown.headroom >= 0 else 1
 
 
+def parse_layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise LoralabError(
+            f"--layers: '{text}' is not a comma-separated list of layer numbers, e.g. 8,9,10,11"
+        ) from None
+
+
 def cmd_eval(args) -> int:
     from .inference import evaluate_run
 
-    report = evaluate_run(args.run_dir, args.data, args.split, args.which, args.batch_size, args.precision)
+    report = evaluate_run(
+        args.run_dir, args.data, args.split, args.which, args.batch_size, args.precision, args.base_model
+    )
     if args.json:
         print(json.dumps(report))
         return 0
@@ -80,6 +91,7 @@ def cmd_predict(args) -> int:
         args.probs,
         args.batch_size,
         args.precision,
+        args.base_model,
     )
     print(f"wrote {rows} predictions to {args.out}")
     return 0
@@ -88,7 +100,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .inference import export_run
 
-    out = export_run(args.run_dir, args.out_dir, args.which, args.adapter_only)
+    out = export_run(args.run_dir, args.out_dir, args.which, args.adapter_only, args.base_model)
     print(f"exported {'adapter' if args.adapter_only else 'merged model'} to {out}")
     return 0
 
@@ -182,6 +194,13 @@ def _inference_arguments(parser: argparse.ArgumentParser) -> None:
     # 16 rows of similar length: on 2 CPU cores this ran 22% faster than 64 (cache-friendlier GEMMs).
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    _base_model_argument(parser)
+
+
+def _base_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--base-model", help="the pretrained model's folder or hub id, where the run's is not on this machine"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out_dir", metavar="OUT_DIR")
     export.add_argument("--which", choices=["best", "last"], default="best")
     export.add_argument("--adapter-only", action="store_true", help="the adapter and head files with a model card")
+    _base_model_argument(export)
     export.set_defaults(run=cmd_export)
 
     sweep = commands.add_parser("sweep", help="run a sweep file's trials (skips finished ones, resumes interrupted)")
@@ -270,13 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def attach_dash_values(argv: list[str]) -> list[str]:
+    """`--sort -peak_accuracy` as `--sort=-peak_accuracy`: argparse would take the value for an option."""
+    out = []
+    for arg in argv:
+        if out and out[-1] == "--sort" and arg.startswith("-") and not arg.startswith("--"):
+            out[-1] = f"--sort={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # a "Loading weights" bar per load; ours is the one that matters
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(attach_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.run(args)
     except LoralabError as err:
@@ -285,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `loralab runs | head`
         return 0
     except KeyboardInterrupt:
-        print("loralab: interrupted (resume with --resume)", file=sys.stderr)
+        print("\nloralab: interrupted (resume with --resume)", file=sys.stderr)  # below the progress bar
         return 130
 
 

@@ -194,6 +194,11 @@ def _validate(cfg: Config) -> None:
     require(t.max_grad_norm >= 0 and t.weight_decay >= 0, "train.max_grad_norm and train.weight_decay must be >= 0")
     require(t.early_stopping_patience >= 0, "train.early_stopping_patience: must be >= 0")
     require(0 <= t.label_smoothing < 1, f"train.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
+    name = cfg.output.name
+    require(
+        "/" not in name and "\\" not in name and name not in (".", ".."),
+        f"output.name: '{name}' is a path; name the run directory only (it goes inside output.dir '{cfg.output.dir}')",
+    )
     n_labels = len(cfg.data.label_names)
     require(
         t.class_weights is None or (len(t.class_weights) == n_labels and all(w > 0 for w in t.class_weights)),
@@ -246,10 +251,16 @@ def from_dict(tree: dict, overrides: list[str] = (), values: dict[str, Any] | No
         _set_dotted(tree, dotted, value)
     cfg = _build(Config, tree, "")
     _validate(cfg)
-    # Paths may start with ~ (as in shell); hub ids never do.
-    cfg.model.name = os.path.expanduser(cfg.model.name)
-    cfg.data.train = os.path.expanduser(cfg.data.train)
+    cfg.model.name = local_path_or_id(cfg.model.name)
+    cfg.data.train = local_path_or_id(cfg.data.train)
     return cfg
+
+
+def local_path_or_id(name: str) -> str:
+    """A local file or folder as an absolute path, so a saved run finds it from any directory; a hub
+    id as it is. Paths may start with ~ (as in a shell); hub ids never do."""
+    expanded = os.path.expanduser(name)
+    return str(Path(expanded).resolve()) if Path(expanded).exists() else expanded
 
 
 def is_key(dotted: str) -> bool:
@@ -262,6 +273,10 @@ def is_key(dotted: str) -> bool:
 def load(path: str | Path | None, overrides: list[str] = (), values: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file, then the overrides; the run name defaults to the file's stem."""
     tree = read_yaml(path) if path else {}
+    if path and not tree:
+        raise LoralabError(
+            f"config file {path} is empty: give it sections such as model:, lora:, train: (see configs/seed.yaml)"
+        )
     cfg = from_dict(tree, overrides, values)
     if not cfg.output.name:
         cfg.output.name = Path(path).stem if path else "run"

@@ -28,8 +28,13 @@ def _is_local(source: str) -> bool:
 
 def _original_ag_news_layout(path: Path, text_column: str, label_column: str) -> bool:
     """The published AG News CSV: no header; class index 1-4, title, description."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        first = next(csv.reader(handle), [])
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            first = next(csv.reader(handle), [])
+    except UnicodeDecodeError as err:
+        raise LoralabError(
+            f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): save it as UTF-8"
+        ) from None
     return text_column not in first and len(first) == 3 and first[0].strip().isdigit()
 
 
@@ -69,6 +74,12 @@ def _load_table(source: str, cfg: DataConfig, split: str):
             table = load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as err:  # pandas/arrow parse errors of many types
         cause = err.__cause__ or err
+        if "corresponds to no data" in str(err):
+            raise LoralabError(f"{path}: no rows (only a header, or empty): the file needs one row per text") from None
+        if isinstance(cause, UnicodeDecodeError):
+            raise LoralabError(
+                f"{path} is not UTF-8 text (at byte offset {cause.start} of a chunk): save it as UTF-8"
+            ) from None
         raise LoralabError(f"{path}: cannot parse as {builder}: {str(cause).splitlines()[0]}") from err
     if "class_index" in table.column_names:
         with quiet_datasets():
@@ -88,12 +99,28 @@ def load_labelled(source: str, cfg: DataConfig, split: str = "train") -> Labelle
     texts = _column_texts(table, cfg.text_column, source)
     if cfg.label_column not in table.column_names:
         raise LoralabError(f"{source}: no '{cfg.label_column}' column (columns: {', '.join(table.column_names)})")
-    labels = table[cfg.label_column]
-    n_labels = len(cfg.label_names)
-    for row, label in enumerate(labels):
-        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n_labels:
-            raise LoralabError(f"{source}: row {row} has label {label!r}, outside 0..{n_labels - 1}")
-    return LabelledTexts(texts, list(labels))
+    return LabelledTexts(
+        texts, [class_index(label, row, source, cfg) for row, label in enumerate(table[cfg.label_column])]
+    )
+
+
+def class_index(label, row: int, source: str, cfg: DataConfig) -> int:
+    """A label as a class index: an integer in range, an integer written as text, or a class name."""
+    names, last = cfg.label_names, len(cfg.label_names) - 1
+    if isinstance(label, str) and label.strip().lstrip("-").isdigit():
+        label = int(label)
+    elif isinstance(label, str) and label in names:
+        return names.index(label)
+    if isinstance(label, int) and not isinstance(label, bool):
+        if 0 <= label <= last:
+            return label
+        raise LoralabError(
+            f"{source}: row {row} has label {label}, outside 0..{last} (data.label_names has {last + 1} classes)"
+        )
+    raise LoralabError(
+        f"{source}: row {row} has label {label!r} in '{cfg.label_column}': use a class index 0..{last} "
+        f"or one of data.label_names ({', '.join(names)})"
+    )
 
 
 def _column_texts(table, column: str, source: str) -> list[str]:
@@ -108,8 +135,12 @@ def _column_texts(table, column: str, source: str) -> list[str]:
     return list(texts)
 
 
-def load_texts(source: str, text_column: str, allow_pickle: bool = False) -> list[str]:
-    """Unlabelled texts to classify: a data file, or a pickled `datasets.Dataset` if the user allows it."""
+ID_COLUMNS = ("id", "ID", "Id")
+
+
+def load_texts(source: str, text_column: str, allow_pickle: bool = False) -> tuple[list[str], list | None]:
+    """Unlabelled texts to classify, and the input's own row IDs where it has an id column (as Kaggle
+    files do): a data file, or a pickled `datasets.Dataset` if the user allows it."""
     if Path(source).suffix.lower() in (".pkl", ".pickle"):
         if not allow_pickle:
             raise LoralabError(
@@ -119,13 +150,19 @@ def load_texts(source: str, text_column: str, allow_pickle: bool = False) -> lis
             raise LoralabError(f"data file not found: {source}")
         import pickle
 
-        with open(source, "rb") as handle:
-            table = pickle.load(handle)
+        try:
+            with open(source, "rb") as handle:
+                table = pickle.load(handle)
+        except Exception as err:  # a damaged pickle raises many types
+            raise LoralabError(
+                f"cannot unpickle {source} ({type(err).__name__}: {err}): is it a saved datasets.Dataset?"
+            ) from None
         if not hasattr(table, "column_names"):
             raise LoralabError(f"{source}: the pickle holds a {type(table).__name__}, not a datasets.Dataset")
     else:
         table = _load_table(source, DataConfig(text_column=text_column), "test")
-    return _column_texts(table, text_column, source)
+    id_column = next((c for c in ID_COLUMNS if c in table.column_names), None)
+    return _column_texts(table, text_column, source), (list(table[id_column]) if id_column else None)
 
 
 def split_validation(rows: LabelledTexts, val_size: int, seed: int) -> tuple[LabelledTexts, LabelledTexts]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .budget import looks_like_path
 from .data import load_labelled, load_texts, split_validation
 from .errors import LoralabError
 from .evaluate import evaluation_report, predict_logits
@@ -44,11 +45,24 @@ def classify(model, tokenizer, texts: list[str], cfg, batch_size: int, precision
     return logits.softmax(-1)
 
 
-def evaluate_run(run_path: str, data: str | None, split: str, which: str, batch_size: int, precision: str) -> dict:
+def evaluate_run(
+    run_path: str,
+    data: str | None,
+    split: str,
+    which: str,
+    batch_size: int,
+    precision: str,
+    base_model: str | None = None,
+) -> dict:
     """Metrics of a run's adapter on its own validation rows, or on another labelled set."""
     run = RunDir(Path(run_path))
-    cfg, tokenizer, model = load_trained(run.path, which, merged=True)
+    cfg, tokenizer, model = load_trained(run.path, which, merged=True, base_model=base_model)
     if data is None:
+        if looks_like_path(cfg.data.train) and not Path(cfg.data.train).exists():
+            raise LoralabError(
+                f"run {run.path} drew its validation rows from {cfg.data.train}, which is not on this machine: "
+                "pass --data FILE to evaluate on a labelled file"
+            )
         rows = split_validation(load_labelled(cfg.data.train, cfg.data), cfg.data.val_size, cfg.data.split_seed)[1]
         tag = "val"
     else:
@@ -79,27 +93,30 @@ def predict_file(
     probs: bool = False,
     batch_size: int = 16,
     precision: str = "fp32",
+    base_model: str | None = None,
 ) -> int:
     """Write `ID,Label` (and probabilities if asked) for every input row, in input order."""
     if Path(out_path).is_dir():
         raise LoralabError(
             f"--out {out_path} is a directory: name the CSV file to write, e.g. {Path(out_path) / 'predictions.csv'}"
         )
-    texts = load_texts(input_path, text_column, allow_pickle)
-    cfg, tokenizer, model = load_trained(run_path, which, merged=True)
+    texts, ids = load_texts(input_path, text_column, allow_pickle)
+    cfg, tokenizer, model = load_trained(run_path, which, merged=True, base_model=base_model)
     probabilities = classify(model, tokenizer, texts, cfg, batch_size, precision)
     names = cfg.data.label_names
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["ID", "Label"] + ([f"prob_{name}" for name in names] if probs else []))
-    for row, p in enumerate(probabilities.tolist()):
+    for row, p in zip(ids or range(len(texts)), probabilities.tolist()):
         label = max(range(len(p)), key=p.__getitem__)
         writer.writerow([row, names[label] if label_names else label] + ([f"{x:.6f}" for x in p] if probs else []))
     write_text_atomic(Path(out_path), buffer.getvalue())
     return len(texts)
 
 
-def export_run(run_path: str, out_dir: str, which: str = "best", adapter_only: bool = False) -> Path:
+def export_run(
+    run_path: str, out_dir: str, which: str = "best", adapter_only: bool = False, base_model: str | None = None
+) -> Path:
     """A plain Hugging Face model folder (LoRA merged), or the adapter files with a model card."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -115,7 +132,7 @@ def export_run(run_path: str, out_dir: str, which: str = "best", adapter_only: b
             "cannot do: export it with --adapter-only"
         )
     # Loading also refuses a run that cannot be reproduced, for both kinds of export.
-    cfg, tokenizer, model = load_trained(run.path, which, merged=not adapter_only)
+    cfg, tokenizer, model = load_trained(run.path, which, merged=not adapter_only, base_model=base_model)
 
     def fill(tmp: Path) -> None:
         if adapter_only:

@@ -20,9 +20,30 @@ WEIGHT_FILES = (
 )
 
 
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "*.model")
+
+
+def check_model_folder(name: str) -> None:
+    """A local model folder must hold weights and a tokenizer (a hub id is checked when it loads)."""
+    folder = Path(name)
+    if folder.is_dir() and not any((folder / f).exists() for f in WEIGHT_FILES):
+        raise LoralabError(f"model folder {folder} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    check_tokenizer_files(folder)
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    if folder.is_dir() and not any(any(folder.glob(pattern)) for pattern in VOCABULARY_FILES):
+        # transformers would build a tokenizer of a few special tokens: every word [UNK], chance accuracy.
+        raise LoralabError(
+            f"model folder {folder} has no tokenizer ({', '.join(VOCABULARY_FILES)}): copy in the tokenizer "
+            "files of the model it was saved from (tokenizer.save_pretrained)"
+        )
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
+    check_tokenizer_files(Path(name))
     try:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:
@@ -97,9 +118,7 @@ def load_classifier(cfg: Config, model_config) -> tuple[torch.nn.Module, set[str
     """
     from transformers import AutoModelForSequenceClassification
 
-    folder = Path(cfg.model.name)
-    if folder.is_dir() and not any((folder / f).exists() for f in WEIGHT_FILES):
-        raise LoralabError(f"model folder {folder} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    check_model_folder(cfg.model.name)
     try:
         # A folder already fine-tuned for another label count: its head is replaced, not an error.
         model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -141,7 +160,7 @@ def build_model(cfg: Config, shapes: ModelShapes, plan: AdapterPlan, breakdown: 
     return model, frozen
 
 
-def load_trained(run_path: str | Path, which: str = "best", merged: bool = False):
+def load_trained(run_path: str | Path, which: str = "best", merged: bool = False, base_model: str | None = None):
     """A run's config, tokenizer and model with its saved adapter; merged into plain weights if asked.
 
     Refuses a run whose adapter sits on frozen random weights that were not saved with it (runs of
@@ -150,12 +169,20 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
     """
     from peft import PeftModel
 
-    from .budget import breakdown_for, shapes_for
+    from .budget import breakdown_for, looks_like_path, shapes_for
+    from .config import local_path_or_id
     from .store import RunDir, load_frozen_into, read_frozen
 
     run = RunDir(Path(run_path))
     folder = run.adapter(which)
     cfg = run.read_config()
+    if base_model:
+        cfg.model.name = local_path_or_id(base_model)
+    elif looks_like_path(cfg.model.name) and not Path(cfg.model.name).exists():
+        raise LoralabError(
+            f"run {run.path} was trained on the model folder {cfg.model.name}, which is not on this machine: "
+            "pass --base-model FOLDER (the same pretrained model)"
+        )
     shapes = shapes_for(cfg)
     base, fresh = load_classifier(cfg, shapes.config)
     needed = set(frozen_weights(base, fresh, breakdown_for(cfg, shapes)[1]))

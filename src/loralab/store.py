@@ -214,6 +214,20 @@ class RunDir:
     def checkpoint(self) -> Path:
         return self.path / "checkpoint"
 
+    def clean_interrupted_writes(self) -> None:
+        """Finish or drop what an interrupted replace_dir left: a `.NAME.old` whose NAME is gone is put
+        back (the kill fell between the two renames); temporary `.NAME.*` folders are removed."""
+        for old in self.path.glob(".*.old"):
+            target = self.path / old.name[1 : -len(".old")]
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, target)
+        for folder in ADAPTERS + ("checkpoint",):
+            for partial in self.path.glob(f".{folder}.*"):
+                if partial.is_dir():
+                    shutil.rmtree(partial, ignore_errors=True)
+
     def eval_dir(self, tag: str) -> Path:
         return self.path / "eval" / tag
 

@@ -133,9 +133,10 @@ def run_trial(sweep: Sweep, trial: Trial, runs_dir: str, on_eval=None) -> Summar
     run = RunDir(Path(cfg.output.dir) / cfg.output.name)
     if run.summary.exists():  # finished, but the worker died before telling Optuna
         return run.read_summary()
+    started = run.config.exists()  # an earlier attempt of this trial: continue from its checkpoint
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_origin(Origin(group=trial.group, axes=trial.axes, sweep=sweep.name, key=trial.key))
-    return train(cfg, resume=True, on_eval=on_eval)  # resume starts afresh where there is no checkpoint
+    return train(cfg, resume=started, on_eval=on_eval)
 
 
 def _is_duplicate(study, trial) -> bool:

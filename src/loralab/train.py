@@ -18,7 +18,7 @@ from .config import Config
 from .data import Encoded, collate, encode, load_labelled, split_validation, training_batches
 from .errors import LoralabError
 from .evaluate import Evaluation, evaluate
-from .model import build_model, load_tokenizer, optimizer_groups
+from .model import build_model, check_model_folder, load_tokenizer, optimizer_groups
 from .store import LoopState, Predictions, RunDir, Summary
 
 
@@ -39,8 +39,9 @@ def prepare(cfg: Config, log=print) -> Prepared:
     """Check budget, data and model; any bad input fails here, before anything is written."""
     shapes = shapes_for(cfg)
     breakdown, plan = breakdown_for(cfg, shapes)
-    log(breakdown.format())
+    log(breakdown.format())  # shown once, before the one-line error of a run over the budget
     check_budget(cfg, breakdown, shapes)
+    check_model_folder(cfg.model.name)
     tokenizer = load_tokenizer(cfg.model.name)
     rows = load_labelled(cfg.data.train, cfg.data)
     train_rows, val_rows = split_validation(rows, cfg.data.val_size, cfg.data.split_seed)
@@ -52,16 +53,33 @@ def prepare(cfg: Config, log=print) -> Prepared:
 
 
 def open_run_dir(cfg: Config, resume: bool) -> RunDir:
+    """The run directory, checked: new for a fresh run, the same configuration's for --resume."""
     run = RunDir(Path(cfg.output.dir) / cfg.output.name)
-    if run.path.exists() and not resume:
+    if not resume and run.path.exists() and any(p != run.origin for p in run.path.iterdir()):
         raise LoralabError(f"run directory {run.path} exists: pass --resume to continue it, or set output.name")
+    if resume and not run.config.exists():
+        raise LoralabError(
+            f"--resume: there is no run at {run.path} to resume (no config.yaml); drop --resume to start it"
+        )
     if resume and run.summary.exists():
         raise LoralabError(f"run {run.path} has already finished (summary.json exists)")
-    if resume and run.config.exists() and run.read_config() != cfg:
-        raise LoralabError(f"--resume: the config differs from {run.config}; resume with the same config")
+    if resume:
+        changed = config_differences(run.read_config(), cfg)
+        if changed:
+            raise LoralabError(
+                f"--resume: the config differs from {run.config} in {'; '.join(changed)}: resume with the same "
+                "config, or set output.name to start a new run"
+            )
+        run.clean_interrupted_writes()
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg)
     return run
+
+
+def config_differences(saved: Config, now: Config) -> list[str]:
+    """`key (saved X, now Y)` for every config key whose value differs."""
+    old, new = ({f"{s}.{k}": v for s, values in c.to_dict().items() for k, v in values.items()} for c in (saved, now))
+    return [f"{key} (saved {old[key]!r}, now {new[key]!r})" for key in old if old[key] != new[key]]
 
 
 def library_versions() -> dict:
