@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import types
 import typing
@@ -21,6 +22,9 @@ SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
 LORA_BIAS = ("none", "lora_only")
+# Accelerate's tracker names -> the module each needs.
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio", "aim": "aim",
+            "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}  # fmt: skip
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 
 
@@ -86,6 +90,11 @@ class TrainConfig:
     early_stopping_patience: int = doc("stop after this many evaluations without a new best accuracy (0: off)", 0)
     label_smoothing: float = doc("cross-entropy label smoothing", 0.0)
     class_weights: list[float] | None = doc("cross-entropy weight of each class (null: equal)", None)
+    report_to: list[str] = doc(
+        "experiment trackers, through Accelerate: tensorboard, mlflow, wandb, trackio, aim, comet_ml, clearml, "
+        "dvclive, swanlab (files go to the run's logs/ unless the tracker's own settings say otherwise)",
+        factory=list,
+    )
 
 
 @dataclass
@@ -199,6 +208,12 @@ def _validate(cfg: Config) -> None:
         "/" not in name and "\\" not in name and name not in (".", ".."),
         f"output.name: '{name}' is a path; name the run directory only (it goes inside output.dir '{cfg.output.dir}')",
     )
+    for tracker in t.report_to:
+        require(tracker in TRACKERS, f"train.report_to: '{tracker}' is not one of {', '.join(TRACKERS)}")
+        require(
+            importlib.util.find_spec(TRACKERS[tracker]) is not None,
+            f"train.report_to: {tracker} is not installed (pip install {TRACKERS[tracker]})",
+        )
     n_labels = len(cfg.data.label_names)
     require(
         t.class_weights is None or (len(t.class_weights) == n_labels and all(w > 0 for w in t.class_weights)),

@@ -156,7 +156,7 @@ def to_csv(rows: list[dict]) -> str:
 
 # Settings that change neither what is trained nor how: runs differing only in these and the seed
 # repeat one configuration.
-NOT_THE_CONFIGURATION = {"train": ("seed", "eval_batch_size", "log_every"), "output": ("dir", "name")}
+NOT_THE_CONFIGURATION = {"train": ("seed", "eval_batch_size", "log_every", "report_to"), "output": ("dir", "name")}
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (normal beyond).
 T_975 = [
     12.706,

@@ -20,6 +20,7 @@ from .errors import LoralabError
 from .evaluate import Evaluation, evaluate
 from .model import build_model, check_model_folder, load_tokenizer, optimizer_groups
 from .store import LoopState, Predictions, RunDir, Summary
+from .tracking import start_trackers
 
 
 @dataclass
@@ -112,14 +113,19 @@ def git_commit() -> str | None:
 def make_accelerator(cfg: Config):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import ProjectConfiguration
 
     # Accelerate keeps one precision per process; a sweep trains several configurations in one
     # process, so each run starts from a fresh state (the distributed part, PartialState, is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     t = cfg.train
+    run_path = Path(cfg.output.dir) / cfg.output.name
     try:
         return Accelerator(
-            mixed_precision={"fp32": "no"}.get(t.precision, t.precision), gradient_accumulation_steps=t.grad_accum
+            mixed_precision={"fp32": "no"}.get(t.precision, t.precision),
+            gradient_accumulation_steps=t.grad_accum,
+            log_with=t.report_to or None,
+            project_config=ProjectConfiguration(project_dir=str(run_path), logging_dir=str(run_path / "logs")),
         )
     except ValueError as err:
         raise LoralabError(f"train.precision '{t.precision}': {str(err).splitlines()[0]}") from err
@@ -172,6 +178,7 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     # Only the main process writes the run directory; the others wait until it exists.
     run = open_run_dir(cfg, resume) if main else RunDir(Path(cfg.output.dir) / cfg.output.name)
     accelerator.wait_for_everyone()
+    start_trackers(accelerator, run, cfg, prep.breakdown)
 
     # Setup: optimizer and schedule over the trainable parameters; model and optimizer wrapped for the
     # device(s). The schedule is not: Accelerate would step it once per process, and a step here is global.
@@ -213,6 +220,9 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
             # The mean over every process's micro-batches: the loss of the global batch.
             shown_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
             row = {"step": state.step, "split": "train", "loss": shown_loss, "lr": scheduler.get_last_lr()[0]}
+            accelerator.log(
+                {"train/loss": shown_loss, "train/lr": row["lr"], "train/samples_per_s": samples_per_s}, step=state.step
+            )
             if main:
                 run.append_metrics(row | {"samples_per_s": samples_per_s, "elapsed_s": time.perf_counter() - started})
             window_loss.zero_()
@@ -226,6 +236,7 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
             )  # fmt: skip
             state.elapsed_s = time.perf_counter() - started
             record_evaluation(state, result, t.early_stopping_patience)
+            accelerator.log({f"val/{key}": value for key, value in result.metrics().items()}, step=state.step)
             if main:
                 save_evaluation(run, plain, prep, state, result, optimizer, scheduler)
             if on_eval is not None:
@@ -252,6 +263,9 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
         versions=library_versions(),
         git_commit=git_commit(),
     )
+    accelerator.log({"peak_val_accuracy": summary.peak_val_accuracy, "peak_step": summary.peak_step}, step=state.step)
+    for tracker in accelerator.trackers:  # not end_training(): it would also end the caller's process group
+        tracker.finish()
     if main:
         run.write_summary(summary)  # last: its presence marks the run finished
         accelerator.print(
