@@ -241,3 +241,49 @@ def test_budget_derived_search_space_never_proposes_an_infeasible_trial(tmp_path
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(LoralabError, match="does not fit the budget at any rank"):
         run_search(str(path), 1, None, 1, str(tmp_path / "runs"), log=lambda *_: None)
+
+
+def test_dashboard_serves_the_sweeps_trials_over_http(tmp_path, model_dirs, tiny_data):
+    import json
+    import socket
+    import urllib.request
+
+    runs = tmp_path / "runs"
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, {"r": {"grid": {"lora.r": [2, 4]}}}, name="watched")
+    run_sweep(str(path), None, 1, str(runs), log=lambda *_: None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "loralab.cli", "dashboard", str(path), "--runs", str(runs), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline, studies = time.time() + 60, None
+        while studies is None and time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    studies = json.loads(response.read())["study_summaries"]
+            except OSError:
+                time.sleep(0.2)
+        (study,) = studies
+        assert study["study_name"] == "watched"
+        url = f"http://127.0.0.1:{port}/api/studies/{study['study_id']}?after=0"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            trials = json.loads(response.read())["trials"]
+        keys = [
+            next(a["value"] for a in t["user_attrs"] if a["key"] == "key") for t in trials if t["state"] == "Complete"
+        ]
+        assert sorted(keys) == ["r/r_2", "r/r_4"]
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_dashboard_before_the_sweep_started_is_refused(tmp_path, model_dirs, tiny_data, capsys):
+    from loralab.cli import main
+
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, {"r": {"grid": {"lora.r": [2]}}}, name="unstarted")
+    assert main(["dashboard", str(path), "--runs", str(tmp_path / "runs")]) == 2
+    assert "start it with `loralab sweep" in capsys.readouterr().err

@@ -171,6 +171,13 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    from .sweep import serve_dashboard
+
+    serve_dashboard(args.file, args.storage, args.runs, args.host, args.port)
+    return 0
+
+
 def _optuna_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="sweep or search YAML file")
     parser.add_argument(
@@ -255,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     _optuna_arguments(search)
     search.add_argument("--trials", type=int, required=True, help="trials to complete or prune, all workers together")
     search.set_defaults(run=cmd_search)
+
+    dashboard = commands.add_parser("dashboard", help="optuna-dashboard on a sweep's study: watch trials live")
+    dashboard.add_argument("file", nargs="?", help="the sweep or search file (its study is beside its runs)")
+    dashboard.add_argument("--storage", help="Optuna storage URL instead (e.g. postgresql://...)")
+    dashboard.add_argument("--runs", default="runs", help="folder of run directories")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.set_defaults(run=cmd_dashboard)
 
     runs = commands.add_parser("runs", help="table of finished runs (peak accuracy with its 95%% interval)")
     runs.add_argument("paths", nargs="*", metavar="DIR", help="run directories or folders of them (default: runs)")

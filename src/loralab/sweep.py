@@ -210,6 +210,27 @@ def run_sweep(path: str, storage: str | None, workers: int, runs_dir: str, heart
     return status
 
 
+def serve_dashboard(path: str | None, storage: str | None, runs_dir: str, host: str, port: int, log=print) -> None:
+    """optuna-dashboard on a sweep's or search's study, live while it runs (blocks until Ctrl-C)."""
+    import optuna_dashboard
+
+    if storage is None:
+        if path is None:
+            raise LoralabError("dashboard: name the sweep or search file, or pass --storage URL")
+        sweep = read_sweep(path, runs_dir)
+        database = Path(runs_dir) / safe_dirname(sweep.name) / "optuna.db"
+        if not database.exists():
+            raise LoralabError(f"dashboard: no study at {database} yet: start it with `loralab sweep {path}` first")
+        storage = default_storage(sweep, runs_dir)
+    log(f"optuna-dashboard on {storage}: http://{host}:{port}/ (Ctrl-C to stop)")
+    try:
+        optuna_dashboard.run_server(storage, host=host, port=port)
+    except OSError as err:
+        raise LoralabError(
+            f"dashboard: cannot serve on {host}:{port} ({err.strerror}): choose another --port"
+        ) from None
+
+
 def start_workers(
     workers: int, kind: str, path: str, storage: str, runs_dir: str, heartbeat_s: int, n_trials: int = 0
 ) -> None:
