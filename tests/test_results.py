@@ -1,4 +1,5 @@
 import json
+import shutil
 import xml.etree.ElementTree as ElementTree
 
 import pytest
@@ -89,7 +90,49 @@ def test_report_is_self_contained(imported, tmp_path):
     page = out.read_text()
     assert page.count("<svg") >= 5 and 'src="http' not in page and "dropout/val,.1" in page
     assert "no per-row predictions" in page
-    assert "Across seeds" in page and "mean 0.9141 of 1" in page  # the best run's four copies count once
+    # The best run is filed in four folders: one configurations row, never tested against itself.
+    assert page.count("(+3 copies)") == 1 and "No configuration was run with more than one seed" in page
+    from loralab.report import copies, significance
+
+    best_copies = {r.name for r in copies(list(imported.values()))[0]}
+    assert len(best_copies) == 4 and "dropout/val,.1" in best_copies
+    tests = significance(list(imported.values()))
+    assert tests and not any(t["b"] in best_copies for t in tests)
+    assert "<td>train.lr</td>" not in page  # the best run has the default learning rate
+
+
+@needs_study
+def test_report_in_a_real_browser(imported, tmp_path):
+    """Headless Chromium: no console errors, no horizontal overflow at 1280 px, every figure drawn, a
+    header click sorts its table."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    folder = str(next(iter(imported.values())).run.path.parent.parent)
+    out = tmp_path / "report.html"
+    assert main(["report", folder, "--out", str(out)]) == 0
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(out.as_uri())
+        assert errors == []
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+        sizes = page.evaluate("[...document.querySelectorAll('figure svg')].map(s => s.getBoundingClientRect().width)")
+        assert len(sizes) >= 5 and all(width > 100 for width in sizes)
+        table = "#configurations"
+        peaks = lambda: page.evaluate(  # noqa: E731
+            f'[...document.querySelector("{table}").tBodies[0].rows].map(r => Number(r.cells[9].dataset.sort))'
+        )
+        page.click(f"{table} th:has-text('peak') >> nth=0")
+        ascending = peaks()
+        assert ascending == sorted(ascending) and len(ascending) > 5
+        page.click(f"{table} th:has-text('peak') >> nth=0")
+        assert peaks() == sorted(ascending, reverse=True)
+        browser.close()
 
 
 def test_import_errors(tmp_path):

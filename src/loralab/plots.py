@@ -95,11 +95,12 @@ def plot_scope_bars(records: list[RunRecord], stem: Path, title: str) -> dict[st
         yerr=[[p - lo for p, (lo, _) in zip(peaks, intervals)], [hi - p for p, (_, hi) in zip(peaks, intervals)]],
         capsize=4,
     )
-    for i, peak in enumerate(peaks):
-        ax.text(i, peak + 0.002, f"{peak:.4f}", ha="center", va="bottom", fontsize=8)
+    top = max(hi for _, hi in intervals)
+    for i, (_, hi) in enumerate(intervals):  # above the error bar's cap, not on it
+        ax.text(i, hi + 0.004 * max(top, 0.1), f"{peaks[i]:.4f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(records)), labels, rotation=20, ha="right")
     ax.set_ylabel("peak validation accuracy (95% Wilson interval)")
-    ax.set_ylim(min(lo for lo, _ in intervals) - 0.02, min(1.0, max(hi for _, hi in intervals) + 0.02))
+    ax.set_ylim(max(0.0, min(lo for lo, _ in intervals) - 0.02), top + 0.03)
     ax.set_title(title)
     rows = []
     for record in records:
@@ -132,9 +133,11 @@ def plot_accuracy_curves(records: list[RunRecord], stem: Path, title: str) -> di
     ax.set_xlabel("step")
     ax.set_ylabel("validation accuracy (band: 95% Wilson interval)")
     ax.set_title(title)
-    after_first_eval = [a for r in records for a in r.curve("val", "accuracy")[1][1:]]
-    if after_first_eval:  # the first evaluation is often near chance and would flatten the rest
-        ax.set_ylim(max(0.0, min(after_first_eval) - 0.05), min(1.0, max(after_first_eval) + 0.03))
+    # Every point and band inside the axes, the first evaluation's too.
+    lows, highs = zip(
+        *[wilson_interval(round(a * r.val_rows), r.val_rows) for r in records for a in r.curve("val", "accuracy")[1]]
+    )
+    ax.set_ylim(max(0.0, min(lows) - 0.01), min(1.0, max(highs) + 0.01))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, stem)
@@ -148,6 +151,7 @@ def plot_losses(records: list[RunRecord], stem: Path, title: str) -> None:
         label = run_label(record)
         train_ax.plot(*record.curve("train", "loss"), label=label)
         val_ax.plot(*record.curve("val", "loss"), marker="o", markersize=3, label=label)
+    train_ax.set_ylabel("cross-entropy loss")
     for ax, name in ((train_ax, "training loss"), (val_ax, "validation loss")):
         ax.set_xlabel("step")
         ax.set_title(f"{title}: {name}")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import html
-import json
 import math
 import tempfile
 from pathlib import Path
 
+from .config import Config
 from .plots import plot_runs
-from .results import RunRecord, format_seed_groups, format_table, seed_groups, sort_rows
+from .results import RunRecord, configuration_key, seed_groups
 from .store import write_text_atomic
 
 
@@ -37,71 +37,166 @@ def compare(a: RunRecord, b: RunRecord) -> dict:
     return result | {"p_value": mcnemar_exact(only_a, only_b), "only_a": only_a, "only_b": only_b, "note": ""}
 
 
+def copies(records: list[RunRecord]) -> list[list[RunRecord]]:
+    """Runs grouped as copies of one experiment (same configuration and seed: the study filed its best
+    run in four folders), best first; each group's first run stands for it."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for record in sorted(records, key=lambda r: -r.peak):
+        groups.setdefault((configuration_key(record), record.config.train.seed), []).append(record)
+    return list(groups.values())
+
+
 def significance(records: list[RunRecord], top: int = 5) -> list[dict]:
-    """The best run against each of the next `top - 1`, paired on the same validation rows."""
-    ranked = sorted(records, key=lambda r: -r.peak)[:top]
+    """The best run against the best run of each of the next `top - 1` distinct configurations, paired
+    on the same validation rows (a configuration is never tested against a copy of itself)."""
+    best_of: dict[str, RunRecord] = {}
+    for record in sorted(records, key=lambda r: -r.peak):
+        best_of.setdefault(configuration_key(record), record)
+    ranked = list(best_of.values())[:top]
     return [compare(ranked[0], other) for other in ranked[1:]]
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def _cell(value, sort_key=None) -> str:
+    key = "" if sort_key is None else f' data-sort="{html.escape(str(sort_key))}"'
+    return f"<td{key}>{html.escape(str(value))}</td>"
+
+
+def _table(headers: list[str], rows: list[list[str]], table_id: str = "") -> str:
+    """A table whose rows sort by clicking a header; cells are plain values or ready `<td>` markup."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    body = "".join("<tr>" + "".join(c if str(c).startswith("<td") else _cell(c) for c in row) + "</tr>" for row in rows)
+    ident = f' id="{table_id}"' if table_id else ""
+    table = f'<table class="sortable"{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<div class="wide">{table}</div>'
+
+
+def configuration_rows(records: list[RunRecord]) -> list[list[str]]:
+    rows = []
+    for group in copies(records):
+        row = group[0].row()
+        extra = len(group) - 1
+        name = row["name"] + (f" (+{extra} {'copy' if extra == 1 else 'copies'})" if extra else "")
+        rows.append([
+            name, row["group"], row["scope"], row["head"], row["r"], f"{row['alpha']:g}", f"{row['lr']:g}",
+            row["steps"], _cell("-" if row["trainable"] is None else f"{row['trainable']:,}", row["trainable"] or 0),
+            _cell(f"{row['peak_accuracy']:.4f}", row["peak_accuracy"]),
+            _cell(f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]", row["ci_low"]), row["peak_step"],
+        ])  # fmt: skip
+    return rows
+
+
+def differences_from_defaults(cfg: Config) -> list[list[str]]:
+    """(setting, this run, default) for every setting that differs from loralab's defaults (the study's run)."""
+    mine, base = cfg.to_dict(), Config().to_dict()
+    return [
+        [f"{section}.{key}", _short(value), _short(base[section][key])]
+        for section, values in mine.items()
+        if section != "output"
+        for key, value in values.items()
+        if value != base[section][key]
+    ]
+
+
+def _short(value) -> str:
+    return (
+        ", ".join(map(str, value))
+        if isinstance(value, list)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
+
+
+SORT_SCRIPT = """
+document.querySelectorAll("table.sortable th").forEach((th) => th.addEventListener("click", () => {
+  const body = th.closest("table").tBodies[0], column = th.cellIndex;
+  const ascending = th.dataset.order !== "asc";
+  th.dataset.order = ascending ? "asc" : "desc";
+  const key = (row) => {
+    const cell = row.cells[column], text = cell.dataset.sort ?? cell.textContent, number = Number(text);
+    return text !== "" && !Number.isNaN(number) ? number : text.toLowerCase();
+  };
+  [...body.rows]
+    .sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (ascending ? 1 : -1))
+    .forEach((row) => body.appendChild(row));
+}));
+"""
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+.wide { max-width: 100%; overflow-x: auto; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; overflow-wrap: anywhere; }
+td:first-child, th:first-child { text-align: left; }
+th { background: #f0f0f0; cursor: pointer; user-select: none; }
+th[data-order="asc"]::after { content: " \\25B2"; }
+th[data-order="desc"]::after { content: " \\25BC"; }
+figure { display: inline-block; margin: 1em 0; max-width: 100%; }
+figure svg { max-width: 100%; height: auto; }
+"""
 
 
 def build_report(records: list[RunRecord], title: str = "loralab report") -> str:
-    rows = sort_rows([r.row() for r in records], "-peak_accuracy")
-    best = rows[0]
+    best = max(records, key=lambda r: r.peak)
+    row = best.row()
     with tempfile.TemporaryDirectory() as tmp:
         plotted = plot_runs(records, tmp)
         figures = []
         for stem in sorted(plotted) + sorted(p.stem for p in Path(tmp).glob("loss_*.svg")):
             svg = (Path(tmp) / f"{stem}.svg").read_text()
             figures.append(f"<figure>{svg[svg.index('<svg') :]}<figcaption>{html.escape(stem)}</figcaption></figure>")
-    tests = significance(records)
-    test_rows = [
-        [
-            t["a"],
-            t["b"],
-            f"{t['difference'] * 100:+.2f}",
-            "-" if t["p_value"] is None else f"{t['p_value']:.4f}",
-            "yes" if t["p_value"] is not None and t["p_value"] < 0.05 else "no" if t["p_value"] is not None else "-",
-            t["note"],
-        ]
-        for t in tests
-    ]
-    best_config = next(r for r in records if str(r.run.path) == best["path"]).config
+    tests = [
+        [t["a"], t["b"], _cell(f"{t['difference'] * 100:+.2f}", t["difference"]),
+         "-" if t["p_value"] is None else _cell(f"{t['p_value']:.4f}", t["p_value"]),
+         "-" if t["p_value"] is None else "yes" if t["p_value"] < 0.05 else "no", t["note"]]
+        for t in significance(records)
+    ]  # fmt: skip
+    seeded = [g for g in seed_groups(records) if len(g["seeds"]) > 1]
+    seed_rows = [
+        [g["configuration"], ", ".join(map(str, g["seeds"])), _cell(f"{g['mean']:.4f}", g["mean"]),
+         _cell(f"{g['sd']:.4f}", g["sd"]), f"[{g['ci_low']:.4f}, {g['ci_high']:.4f}]"]
+        for g in seeded
+    ]  # fmt: skip
+    settings = differences_from_defaults(best.config)
+    trainable = "-" if row["trainable"] is None else f"{row['trainable']:,}"
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
-th {{ background: #f0f0f0; }}
-figure {{ display: inline-block; margin: 1em; max-width: 100%; }}
-figure svg {{ max-width: 100%; height: auto; }}
-pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; }}
-</style></head><body>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{len(records)} runs. Accuracies are peak validation accuracy; intervals are 95% Wilson intervals over
-the validation rows ({best["ci_high"] - best["ci_low"]:.4f} wide for the best run).</p>
+<p>{len(records)} runs ({len(copies(records))} distinct). Accuracies are peak validation accuracy; intervals are 95%
+Wilson intervals over the validation rows ({row["ci_high"] - row["ci_low"]:.4f} wide for the best run).
+Click a column header to sort a table.</p>
 <h2>Best run</h2>
-<p><b>{html.escape(best["name"])}</b>: peak {best["peak_accuracy"]:.4f}
-[{best["ci_low"]:.4f}, {best["ci_high"]:.4f}] at step {best["peak_step"]},
-{best["trainable"] if best["trainable"] is None else f"{best['trainable']:,}"} trainable parameters.</p>
-<pre>{html.escape(json.dumps(best_config.to_dict(), indent=2))}</pre>
+<p><b>{html.escape(row["name"])}</b>: peak {row["peak_accuracy"]:.4f} [{row["ci_low"]:.4f}, {row["ci_high"]:.4f}]
+at step {row["peak_step"]}, {trainable} trainable parameters. Its settings that differ from loralab's defaults
+(the seed study's run):</p>
+{_table(["setting", "this run", "default"], settings) if settings else "<p>none: it is the study's configuration.</p>"}
 <h2>Is the best run really better?</h2>
-<p>Exact McNemar test on the rows where exactly one of the two runs is right (paired on the same
-validation rows, predictions at each run's peak). p &lt; 0.05 marks a difference unlikely to be noise.</p>
-{_table(["best", "other", "difference (points)", "p-value", "significant", "note"], test_rows)}
+<p>Exact McNemar test against the best run of each next configuration, on the rows where exactly one
+of the two is right (paired on the same validation rows, predictions at each run's peak).
+p &lt; 0.05 marks a difference unlikely to be noise.</p>
+{
+        _table(["best", "other", "difference (points)", "p-value", "significant", "note"], tests)
+        if tests
+        else "<p>Only one configuration.</p>"
+    }
 <h2>Across seeds</h2>
-<p>Runs that differ only in their seed, as one configuration: the mean of their peaks and a 95%
-t-interval over seeds (each seed is scored on the same validation rows).</p>
-<pre>{html.escape(format_seed_groups(seed_groups(records)))}</pre>
+{
+        _table(["configuration", "seeds", "mean peak", "sd", "95% CI over seeds"], seed_rows)
+        if seed_rows
+        else "<p>No configuration was run with more than one seed.</p>"
+    }
 <h2>Configurations</h2>
-<pre>{html.escape(format_table(rows))}</pre>
+{
+        _table(
+            ["name", "group", "scope", "head", "r", "alpha", "lr", "steps", "trainable", "peak", "95% CI", "peak step"],
+            configuration_rows(records),
+            "configurations",
+        )
+    }
 <h2>Figures</h2>
 {"".join(figures)}
+<script>{SORT_SCRIPT}</script>
 </body></html>
 """
 
