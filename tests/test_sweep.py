@@ -287,3 +287,24 @@ def test_dashboard_before_the_sweep_started_is_refused(tmp_path, model_dirs, tin
     path = tiny_sweep(tmp_path, model_dirs, tiny_data, {"r": {"grid": {"lora.r": [2]}}}, name="unstarted")
     assert main(["dashboard", str(path), "--runs", str(tmp_path / "runs")]) == 2
     assert "start it with `loralab sweep" in capsys.readouterr().err
+
+
+def test_workers_are_placed_round_robin_on_the_visible_gpus(tmp_path, model_dirs, tiny_data):
+    from loralab.sweep import worker_count
+
+    assert worker_count(4, None, ["0", "1"]) == 4 and worker_count(1, 3, ["2", "5"]) == 6
+    with pytest.raises(LoralabError, match="--per-gpu: no CUDA GPU is visible"):
+        worker_count(1, 2, [])
+    # On this CPU machine, pretend two GPUs named 7 and 9: each worker must be given one of them.
+    runs = tmp_path / "runs"
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, FOUR, name="placed")
+    status = run_sweep(str(path), None, 1, str(runs), log=lambda *_: None, per_gpu=1, gpus=["7", "9"])
+    assert status["finished"] == 4
+    trials = [
+        t for t in optuna_trials(f"sqlite:///{runs / 'placed' / 'optuna.db'}", "placed") if t.state.name == "COMPLETE"
+    ]
+    assert len(trials) == 4 and {t.user_attrs["gpu"] for t in trials} <= {"7", "9"}
+    by_worker = {}
+    for t in trials:  # a worker keeps the GPU it was given
+        by_worker.setdefault(t.user_attrs["worker"], set()).add(t.user_attrs["gpu"])
+    assert all(len(gpus) == 1 for gpus in by_worker.values())

@@ -160,14 +160,14 @@ def cmd_report(args) -> int:
 def cmd_sweep(args) -> int:
     from .sweep import run_sweep
 
-    status = run_sweep(args.file, args.storage, args.workers, args.runs, args.heartbeat)
+    status = run_sweep(args.file, args.storage, args.workers, args.runs, args.heartbeat, per_gpu=args.per_gpu)
     return 0 if status["unfinished"] == 0 else 1
 
 
 def cmd_search(args) -> int:
     from .sweep import run_search
 
-    run_search(args.file, args.trials, args.storage, args.workers, args.runs, args.heartbeat)
+    run_search(args.file, args.trials, args.storage, args.workers, args.runs, args.heartbeat, per_gpu=args.per_gpu)
     return 0
 
 
@@ -186,6 +186,7 @@ def _optuna_arguments(parser: argparse.ArgumentParser) -> None:
         "postgresql://... lets workers on many machines share one study",
     )
     parser.add_argument("--workers", type=int, default=1, help="trials run in parallel on this machine")
+    parser.add_argument("--per-gpu", type=int, help="instead of --workers: this many workers on each visible GPU")
     parser.add_argument("--runs", default="runs", help="folder of run directories")
     parser.add_argument(
         "--heartbeat",

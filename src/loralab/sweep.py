@@ -172,6 +172,8 @@ def work(sweep: Sweep, storage_url: str, runs_dir: str, heartbeat_s: int) -> Non
             trial.set_user_attr("duplicate", True)
             raise optuna.TrialPruned()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPU start_workers placed this worker on
+            trial.set_user_attr("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
         return run_trial(sweep, by_key[key], runs_dir).peak_val_accuracy
 
     while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -186,7 +188,16 @@ def sweep_status(study, trials: list[Trial]) -> dict[str, int]:
     return {"finished": done, "unfinished": len(trials) - done}
 
 
-def run_sweep(path: str, storage: str | None, workers: int, runs_dir: str, heartbeat_s: int = 30, log=print) -> dict:
+def run_sweep(
+    path: str,
+    storage: str | None,
+    workers: int,
+    runs_dir: str,
+    heartbeat_s: int = 30,
+    log=print,
+    per_gpu: int | None = None,
+    gpus: list[str] | None = None,
+) -> dict:
     """Check every trial, queue the missing ones, run them on `workers` processes, report the state."""
     sweep = read_sweep(path, runs_dir)
     feasible, rejected = check_budgets(sweep, runs_dir)
@@ -200,10 +211,12 @@ def run_sweep(path: str, storage: str | None, workers: int, runs_dir: str, heart
         f"sweep {sweep.name}: {len(feasible)} trials within the budget, {to_run} to run "
         f"({queued} newly queued), {len(rejected)} rejected"
     )
+    gpus = visible_gpus() if gpus is None else gpus
+    workers = worker_count(workers, per_gpu, gpus)
     if workers <= 1:
         work(sweep, storage, runs_dir, heartbeat_s)
     else:
-        start_workers(workers, "sweep", str(path), storage, runs_dir, heartbeat_s)
+        start_workers(workers, "sweep", str(path), storage, runs_dir, heartbeat_s, gpus=gpus)
     status = sweep_status(study, feasible) | {"rejected": len(rejected)}
     counts = f"{status['finished']} finished, {status['unfinished']} unfinished, {status['rejected']} rejected"
     log(f"sweep {sweep.name}: {counts}")
@@ -231,17 +244,58 @@ def serve_dashboard(path: str | None, storage: str | None, runs_dir: str, host: 
         ) from None
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (all of them where it is unset)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (
+        listed.split(",")[: torch.cuda.device_count()] if listed else [str(i) for i in range(torch.cuda.device_count())]
+    )
+
+
+def worker_count(workers: int, per_gpu: int | None, gpus: list[str]) -> int:
+    """--per-gpu M: M workers on each visible GPU; otherwise --workers."""
+    if per_gpu is None:
+        return workers
+    if not gpus:
+        raise LoralabError("--per-gpu: no CUDA GPU is visible here; use --workers N to run N workers on the CPU")
+    if per_gpu < 1:
+        raise LoralabError(f"--per-gpu: must be >= 1, got {per_gpu}")
+    return per_gpu * len(gpus)
+
+
 def start_workers(
-    workers: int, kind: str, path: str, storage: str, runs_dir: str, heartbeat_s: int, n_trials: int = 0
+    workers: int,
+    kind: str,
+    path: str,
+    storage: str,
+    runs_dir: str,
+    heartbeat_s: int,
+    n_trials: int = 0,
+    gpus: list[str] | None = None,
 ) -> None:
-    """N worker processes on this machine, the CPU threads shared between them; each takes trials
-    from the study until none is left. Spawned, not forked: a fork would copy this process's threads."""
+    """N worker processes on this machine, each taking trials from the study until none is left.
+
+    Where GPUs are visible, worker i gets GPU i mod their number (several workers share a GPU: one
+    small-batch training leaves most of it idle); the CPU threads are shared between the workers.
+    Spawned, not forked: a fork would copy this process's threads and CUDA state.
+    """
     import multiprocessing
 
+    gpus = visible_gpus() if gpus is None else gpus
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    args = (kind, path, storage, runs_dir, heartbeat_s, n_trials, threads)
-    processes = [context.Process(target=_worker, args=args, name=f"loralab-{kind}-worker-{i}") for i in range(workers)]
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(kind, path, storage, runs_dir, heartbeat_s, n_trials, threads, gpus[i % len(gpus)] if gpus else None),
+            name=f"loralab-{kind}-worker-{i}",
+        )
+        for i in range(workers)
+    ]
     for process in processes:
         process.start()
     codes = []
@@ -252,10 +306,14 @@ def start_workers(
         raise LoralabError(f"{sum(1 for c in codes if c)} of {workers} workers failed (exit codes {codes})")
 
 
-def _worker(kind: str, path: str, storage: str, runs_dir: str, heartbeat_s: int, n_trials: int, threads: int) -> None:
-    """A worker process's body: its share of the CPU, then the sweep's or search's trial loop."""
+def _worker(
+    kind: str, path: str, storage: str, runs_dir: str, heartbeat_s: int, n_trials: int, threads: int, gpu: str | None
+) -> None:
+    """A worker process's body: its GPU and share of the CPU, then the sweep's or search's trial loop."""
     import sys
 
+    if gpu is not None:  # before anything touches CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
 
     torch.set_num_threads(threads)
@@ -294,6 +352,7 @@ def run_search(
     heartbeat_s: int = 30,
     worker: bool = False,
     log=print,
+    per_gpu: int | None = None,
 ) -> dict:
     """TPE over the declared space; over-budget samples are pruned untrained; evaluations feed pruning."""
     import optuna
@@ -302,9 +361,11 @@ def run_search(
 
     sweep = read_sweep(path, runs_dir)
     storage = storage or default_storage(sweep, runs_dir)
+    gpus = [] if worker else visible_gpus()
+    workers = worker_count(workers, per_gpu, gpus)
     if workers > 1 and not worker:
         open_study(sweep, storage, heartbeat_s)
-        start_workers(workers, "search", str(path), storage, runs_dir, heartbeat_s, n_trials)
+        start_workers(workers, "search", str(path), storage, runs_dir, heartbeat_s, n_trials, gpus=gpus)
     else:
         study = open_study(sweep, storage, heartbeat_s)
         study.sampler = optuna.samplers.TPESampler(seed=None if worker else 0)
