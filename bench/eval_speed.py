@@ -29,6 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+    import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
@@ -36,7 +37,7 @@ def main() -> None:
     from loralab.inference import predict_file
     from loralab.model import load_trained
 
-    texts = load_texts(args.data, "text")[: args.rows]
+    texts = load_texts(args.data, "text")[0][: args.rows]
     with tempfile.TemporaryDirectory() as workdir:
         subset = Path(workdir) / "rows.csv"
         Dataset.from_dict({"text": texts}).to_csv(subset, index=False)
@@ -56,7 +57,12 @@ def main() -> None:
         )
         trainer = Trainer(
             model=model,
-            args=TrainingArguments(output_dir=workdir, per_device_eval_batch_size=64, report_to="none", use_cpu=True),
+            args=TrainingArguments(
+                output_dir=workdir,
+                per_device_eval_batch_size=64,
+                report_to="none",
+                use_cpu=not torch.cuda.is_available(),
+            ),
         )
         trainer.predict(dataset)
         theirs = len(texts) / (time.perf_counter() - started)

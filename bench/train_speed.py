@@ -13,6 +13,7 @@ Prints samples/s of each (optimizer steps x batch size / seconds spent in them) 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -37,7 +38,7 @@ def loralab_samples_per_s(args, workdir: str) -> float:
             "output.name=bench",
         ],
     )
-    return train(cfg)["train_samples_per_s"]
+    return train(cfg).train_samples_per_s
 
 
 def study_recipe_samples_per_s(args, workdir: str) -> float:
@@ -80,7 +81,7 @@ def study_recipe_samples_per_s(args, workdir: str) -> float:
         report_to="none",
         dataloader_num_workers=4,
         bf16=args.precision == "bf16",
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = Trainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer)
@@ -99,11 +100,16 @@ def main() -> None:
         default="v",
         help="the value projection's name in the recipe ('v' for MPNet, 'value' for RoBERTa)",
     )
+    parser.add_argument("--only", choices=["loralab", "recipe"], help="measure one side (a fresh process for each)")
+    parser.add_argument("--json", action="store_true", help="print {side: samples/s} as one JSON object")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     with tempfile.TemporaryDirectory() as workdir:
-        ours = loralab_samples_per_s(args, workdir)
-        theirs = study_recipe_samples_per_s(args, workdir)
+        ours = loralab_samples_per_s(args, workdir) if args.only != "recipe" else None
+        theirs = study_recipe_samples_per_s(args, workdir) if args.only != "loralab" else None
+    if args.json or args.only:
+        print(json.dumps({"loralab": ours, "recipe": theirs}))
+        return
     print(f"model {args.model}, {args.steps} steps of batch 16, {args.precision}", file=sys.stderr)
     print(f"loralab       {ours:8.2f} samples/s")
     print(f"study recipe  {theirs:8.2f} samples/s")

@@ -39,6 +39,7 @@ def combinations():
                 yield f"{family}-{head}-{pooling}", family, [f"model.head={head}", f"model.pooling={pooling}"]
     for name, overrides in VARIANTS.items():
         yield f"variant-{name}", "roberta", ["model.head=out_proj", *overrides]
+    yield "full-finetune", "roberta", ["model.finetune=full", "train.lr=1e-3"]
 
 
 def fresh_python(script: str, cwd: Path | None = None, block_peft: bool = False) -> list:
@@ -94,6 +95,8 @@ def test_frozen_random_weights_are_saved_where_a_head_depends_on_them(trained):
     from safetensors.torch import load_file
 
     for name, run in trained.items():
+        if name == "full-finetune":
+            continue
         family, head, _ = name.rsplit("-", 2) if not name.startswith("variant") else ("roberta", "out_proj", "")
         saved = run / "best" / FROZEN_WEIGHTS
         if head != "full" and family in expected:
@@ -185,6 +188,9 @@ def snippet(card: str) -> str:
 def test_adapter_only_export_loads_the_way_its_model_card_says(trained, val_texts, tmp_path):
     folders, loaders = {}, {}
     for name, run in trained.items():
+        if name == "full-finetune":  # no adapter to export
+            assert main(["export", str(run), str(tmp_path / name), "--adapter-only"]) == 2
+            continue
         folders[name] = tmp_path / name
         assert main(["export", str(run), str(folders[name]), "--adapter-only"]) == 0
         loaders[name] = snippet((folders[name] / "README.md").read_text())
@@ -220,6 +226,21 @@ def test_a_run_saved_without_its_frozen_weights_is_refused(trained, tmp_path, ca
     assert not (old / "eval").exists()
     # A full-head run needs no saved frozen weights: one without the file still loads.
     assert main(["eval", str(trained["roberta-full-first"])]) == 0
+
+
+def test_full_finetuning_trains_every_weight_with_no_budget(trained, model_dirs):
+    from transformers import AutoModelForSequenceClassification
+
+    summary = RunDir(trained["full-finetune"]).read_summary()
+    every = sum(
+        p.numel()
+        for p in AutoModelForSequenceClassification.from_pretrained(model_dirs["roberta"], num_labels=4).parameters()
+    )
+    assert summary.trainable["total"] == every and summary.trainable["budget"] is None
+    assert summary.trainable["headroom"] is None and summary.trainable["rows"] == {
+        "every weight (full fine-tuning)": every
+    }
+    assert not (trained["full-finetune"] / "best" / "adapter_config.json").exists()
 
 
 def test_summary_reads_back_as_written_and_ignores_unknown_keys(tmp_path):

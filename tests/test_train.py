@@ -65,9 +65,11 @@ def test_run_directory_contents(tiny_overrides):
         assert not (folder / "frozen_weights.safetensors").exists()
 
 
-@pytest.mark.parametrize("head", ["full", "out_proj", "lora"])
+@pytest.mark.parametrize("head", ["full", "out_proj", "lora", "finetune=full"])
 def test_resume_after_kill_ends_like_an_uninterrupted_run(tiny_overrides, monkeypatch, head):
-    tiny_overrides = tiny_overrides + [f"model.head={head}"]
+    tiny_overrides = tiny_overrides + (
+        [f"model.head={head}"] if "=" not in head else ["model.finetune=full", "train.lr=1e-3"]
+    )
     whole = train_module.train(config.load(SEED_CONFIG, tiny_overrides))
     whole_rows = run_dir(tiny_overrides).read_metrics()
 

@@ -108,21 +108,27 @@ class Breakdown:
 
     rows: list[tuple[str, int]]
     total: int
-    budget: int
+    budget: int | None  # None: full fine-tuning, no budget applies
 
     @property
-    def headroom(self) -> int:
-        return self.budget - self.total
+    def headroom(self) -> int | None:
+        return None if self.budget is None else self.budget - self.total
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget is not None and self.total > self.budget
 
     def as_dict(self) -> dict:
         return {"rows": dict(self.rows), "total": self.total, "budget": self.budget, "headroom": self.headroom}
 
     def format(self) -> str:
         width = max(len(label) for label, _ in self.rows + [("headroom", 0)])
-        lines = [f"trainable parameters (budget {self.budget:,})"]
+        title = "no budget: full fine-tuning" if self.budget is None else f"budget {self.budget:,}"
+        lines = [f"trainable parameters ({title})"]
         lines += [f"  {label:<{width}}  {count:>11,}" for label, count in self.rows]
         lines.append(f"  {'total':<{width}}  {self.total:>11,}")
-        lines.append(f"  {'headroom':<{width}}  {self.headroom:>11,}")
+        if self.budget is not None:
+            lines.append(f"  {'headroom':<{width}}  {self.headroom:>11,}")
         return "\n".join(lines)
 
 
@@ -159,6 +165,9 @@ def count(plan: AdapterPlan, model: ModelShapes, cfg: Config) -> Breakdown:
 
 def breakdown_for(cfg: Config, model: ModelShapes | None = None) -> tuple[Breakdown, AdapterPlan]:
     model = model or shapes_for(cfg)
+    if cfg.model.finetune == "full":
+        every = model.modules[""].params  # the root module: every weight of encoder and head
+        return Breakdown([("every weight (full fine-tuning)", every)], every, None), AdapterPlan()
     plan = plan_adapters(cfg, model.model_type, list(model.modules))
     return count(plan, model, cfg), plan
 
@@ -233,7 +242,7 @@ def format_plan(rows: list[dict], budget: int) -> str:
 
 
 def check_budget(cfg: Config, breakdown: Breakdown, model: ModelShapes) -> None:
-    if breakdown.total > cfg.lora.budget:
+    if breakdown.over_budget:
         rank = largest_fitting_rank(cfg, model)
         hint = f"the largest lora.r that fits is {rank}" if rank >= 1 else "no rank fits: shrink the scope or the head"
         raise LoralabError(

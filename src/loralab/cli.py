@@ -44,8 +44,9 @@ def cmd_budget(args) -> int:
         return 0
     breakdown, _ = breakdown_for(cfg, model)
     print(breakdown.format())
-    print(f"largest uniform lora.r within the budget: {largest_fitting_rank(cfg, model)}")
-    return 0 if breakdown.headroom >= 0 else 1
+    if breakdown.budget is not None:
+        print(f"largest uniform lora.r within the budget: {largest_fitting_rank(cfg, model)}")
+    return 1 if breakdown.over_budget else 0
 
 
 def parse_layers(text: str) -> list[int]:

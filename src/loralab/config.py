@@ -18,6 +18,7 @@ from .errors import LoralabError
 SCOPE_WORDS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
 HEAD_MODES = ("full", "out_proj", "lora")
 POOLINGS = ("first", "mean")
+FINETUNE = ("lora", "full")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
@@ -39,6 +40,11 @@ class ModelConfig:
     head: str = doc("classification head: full (all trainable), out_proj (only the output projection), lora", "full")
     pooling: str = doc(
         "what the head reads: first (token, as Hugging Face heads do) or mean (of the real tokens)", "first"
+    )
+    finetune: str = doc(
+        "lora (adapters and head within lora.budget), or full (every weight trains, no budget: the reference "
+        "that shows what the budget costs)",
+        "lora",
     )
 
 
@@ -180,6 +186,7 @@ def _validate(cfg: Config) -> None:
             raise LoralabError(message)
 
     require(cfg.model.head in HEAD_MODES, f"model.head: '{cfg.model.head}' is not one of {', '.join(HEAD_MODES)}")
+    require(cfg.model.finetune in FINETUNE, f"model.finetune: '{cfg.model.finetune}' is not one of lora, full")
     require(cfg.model.pooling in POOLINGS, f"model.pooling: '{cfg.model.pooling}' is not one of {', '.join(POOLINGS)}")
     require(bool(cfg.lora.scope), "lora.scope: name at least one module")
     require(cfg.lora.r >= 1, f"lora.r: must be >= 1, got {cfg.lora.r}")

@@ -126,6 +126,10 @@ def export_run(
     run = RunDir(Path(run_path))
     folder = run.adapter(which)
     cfg = run.read_config()
+    if adapter_only and cfg.model.finetune == "full":
+        raise LoralabError(
+            f"run {run_path} fine-tuned every weight: it has no adapter; export it without --adapter-only"
+        )
     if not adapter_only and cfg.model.pooling != "first":
         raise LoralabError(
             f"run {run_path} pools the {cfg.model.pooling} of the last layer, which a plain transformers head "

@@ -152,12 +152,25 @@ def build_model(cfg: Config, shapes: ModelShapes, plan: AdapterPlan, breakdown: 
     from peft import get_peft_model
 
     base, fresh = load_classifier(cfg, shapes.config)
-    frozen = frozen_weights(base, fresh, plan)
-    model = get_peft_model(base, peft_config(cfg, plan))
+    if cfg.model.finetune == "full":  # every weight trains: nothing is frozen, no adapter
+        model, frozen = base, {}
+    else:
+        frozen = frozen_weights(base, fresh, plan)
+        model = get_peft_model(base, peft_config(cfg, plan))
     built = trainable_params(model)
     if built != breakdown.total:
         raise LoralabError(f"bug: the built model trains {built:,} parameters but the plan counted {breakdown.total:,}")
     return model, frozen
+
+
+def load_full(cfg: Config, folder: Path):
+    """A fully fine-tuned run's saved model, pooled as it was trained."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    if cfg.model.pooling == "mean":
+        pool_mean_into_first_token(model)
+    return model
 
 
 def load_trained(run_path: str | Path, which: str = "best", merged: bool = False, base_model: str | None = None):
@@ -183,6 +196,8 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
             f"run {run.path} was trained on the model folder {cfg.model.name}, which is not on this machine: "
             "pass --base-model FOLDER (the same pretrained model)"
         )
+    if cfg.model.finetune == "full":  # the saved folder is the whole model
+        return cfg, load_tokenizer(cfg.model.name), load_full(cfg, folder).eval()
     shapes = shapes_for(cfg)
     base, fresh = load_classifier(cfg, shapes.config)
     needed = set(frozen_weights(base, fresh, breakdown_for(cfg, shapes)[1]))

@@ -53,7 +53,7 @@ class RunRecord:
         return {
             "name": self.name,
             "group": self.group,
-            "scope": ",".join(cfg.lora.scope),
+            "scope": "every weight" if cfg.model.finetune == "full" else ",".join(cfg.lora.scope),
             "head": cfg.model.head,
             "pooling": cfg.model.pooling,
             "r": cfg.lora.r,

@@ -290,7 +290,7 @@ class RunDir:
         if not self.config.is_file():
             raise LoralabError(f"{self.path} is not a run directory (no config.yaml)")
         folder = self.path / which
-        if not (folder / ADAPTER_CONFIG).is_file():
+        if not (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():  # a full fine-tuning
             raise LoralabError(f"run {self.path} has no adapter in {which}/ (did it finish an evaluation?)")
         return folder
 
@@ -321,8 +321,13 @@ class RunDir:
         from safetensors.torch import load_file
 
         folder = self.checkpoint / "adapter"
-        load_frozen_into(model.get_base_model(), read_frozen(folder))
-        set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+        frozen = read_frozen(folder)
+        if frozen:
+            load_frozen_into(model.get_base_model(), frozen)
+        if (folder / ADAPTER_WEIGHTS).exists():
+            set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+        else:  # full fine-tuning: the checkpoint holds the whole model
+            model.load_state_dict(load_file(str(folder / "model.safetensors")))
         saved = torch.load(self.checkpoint / "state.pt", weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

@@ -387,7 +387,7 @@ def run_search(
             trial.set_user_attr("key", run.key)
             breakdown, _ = breakdown_for(trial_config(sweep, run, runs_dir), model)
             trial.set_user_attr("trainable", breakdown.total)
-            if breakdown.headroom < 0:
+            if breakdown.over_budget:
                 trial.set_user_attr("rejected", f"{breakdown.total:,} trainable > budget {breakdown.budget:,}")
                 raise optuna.TrialPruned()
 

@@ -202,7 +202,7 @@ def check_budgets(sweep: Sweep, runs_dir: str) -> tuple[list[Trial], list[tuple[
         except LoralabError as err:
             rejected.append((trial, str(err)))
             continue
-        if breakdown.total > cfg.lora.budget:
+        if breakdown.over_budget:
             rejected.append((trial, f"{breakdown.total:,} trainable > budget {cfg.lora.budget:,}"))
         else:
             feasible.append(trial)

@@ -1,0 +1,174 @@
+"""The device check of the GPU issue, in one command: on a bare machine with nothing downloaded,
+build roberta-base's shape with random weights (same compute as the real one) and a byte-level BPE
+tokenizer trained on the data, then measure, each in a fresh process:
+
+- training samples/s of loralab and of the seed study's recipe (bench/train_speed.py), bf16 and fp32;
+- the study's whole run (1,200 steps, an evaluation every 100, adapters saved), wall time;
+- inference rows/s on 7,600 rows (bf16, length-sorted, as `loralab predict` does);
+- a sweep's throughput with K workers on the device against one worker;
+
+and print one JSON summary (also written to OUT/summary.json). Without a GPU it runs the same steps
+at a few steps each, so the script itself is tested on CPU: the numbers then mean nothing.
+
+    bash bench/gpu_check.sh                  # what the device call runs
+    python bench/gpu_check.py --data ../shared/data/ag_news/train.csv --out /tmp/check --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_model(folder: Path, texts: list[str], vocab_size: int) -> Path:
+    """roberta-base's config with random weights, and a tokenizer trained on `texts` with `tokenizers`."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoConfig, AutoModel, RobertaTokenizerFast
+
+    backend = ByteLevelBPETokenizer()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    backend.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=specials)
+    folder.mkdir(parents=True, exist_ok=True)
+    backend.save_model(str(folder))
+    RobertaTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt")).save_pretrained(
+        folder
+    )
+    torch.manual_seed(0)
+    AutoModel.from_config(AutoConfig.from_pretrained(ROOT / "configs" / "models" / "roberta-base")).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def run(command: list[str], log) -> tuple[str, float]:
+    """Run a fresh process; its stdout and wall seconds. A failure is recorded, not raised."""
+    started = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    log.write(
+        f"$ {' '.join(command)}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}\nexit {out.returncode}, {wall:.1f}s\n\n"
+    )
+    log.flush()
+    if out.returncode != 0:
+        raise RuntimeError(f"{command[:4]} failed with exit {out.returncode}: {out.stderr.strip().splitlines()[-1:]}")
+    return out.stdout, wall
+
+
+def measured(name: str, summary: dict, step) -> None:
+    """Record one measurement; a failing one is reported in the summary and the rest still run."""
+    try:
+        summary[name] = step()
+    except Exception as err:  # noqa: BLE001 - one device call must bring back everything it can
+        summary[name] = {"error": str(err)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="labelled CSV (label,text)")
+    parser.add_argument("--out", required=True, help="folder for summary.json and check.log")
+    parser.add_argument("--quick", action="store_true", help="a few steps of everything (CPU: tests the script)")
+    parser.add_argument("--workers", type=int, default=6, help="concurrent sweep workers on the device")
+    args = parser.parse_args()
+    import torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    gpu = torch.cuda.is_available()
+    quick = args.quick or not gpu
+    steps, study_steps, rows = (4, 4, 64) if quick else (600, 1200, 7600)
+    summary = {
+        "device": torch.cuda.get_device_name(0) if gpu else "cpu",
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
+        "quick": quick,
+    }
+    log = open(out / "check.log", "w")
+    texts = [line.split(",", 1)[1] for line in Path(args.data).read_text().splitlines()[1:]]
+    model = build_model(work / "roberta-base-random", texts, 1000 if quick else 30000)
+    py = sys.executable
+
+    def train_speed(side: str, precision: str):
+        script = [py, str(ROOT / "bench" / "train_speed.py"), "--model", str(model), "--data", args.data]
+        options = ["--steps", str(steps), "--precision", precision, "--value-module", "value", "--only", side]
+        stdout, _ = run(script + options, log)
+        return json.loads(stdout.strip().splitlines()[-1])[side]
+
+    for precision in ("bf16", "fp32"):
+        for side in ("loralab", "recipe"):
+            measured(f"train_{side}_{precision}_samples_per_s", summary, lambda s=side, p=precision: train_speed(s, p))
+    for precision in ("bf16", "fp32"):
+        ours, theirs = (
+            summary[f"train_loralab_{precision}_samples_per_s"],
+            summary[f"train_recipe_{precision}_samples_per_s"],
+        )
+        if isinstance(ours, float) and isinstance(theirs, float):
+            summary[f"train_ratio_{precision}"] = ours / theirs
+
+    def study_run():
+        overrides = [f"model.name={model}", f"data.train={args.data}", "train.precision=bf16",
+                     f"train.steps={study_steps}", f"train.eval_every={max(1, study_steps // 12)}",
+                     f"output.dir={work / 'runs'}", "output.name=study"]  # fmt: skip
+        _, wall = run(["loralab", "train", "--config", str(ROOT / "configs" / "seed.yaml"), *overrides], log)
+        saved = json.loads((work / "runs" / "study" / "summary.json").read_text())
+        return {
+            "process_wall_s": wall,
+            "train_wall_s": saved["wall_time_s"],
+            "peak_val_accuracy": saved["peak_val_accuracy"],
+        }
+
+    measured("study_run", summary, study_run)
+
+    def inference():
+        script = f"""
+import json, time, torch
+from loralab.data import load_texts
+from loralab.inference import classify
+from loralab.model import load_trained
+texts = load_texts({args.data!r}, "text")[0][:{rows}]
+cfg, tokenizer, model = load_trained({str(work / "runs" / "study")!r}, merged=True)
+precision = "bf16" if torch.cuda.is_available() else "fp32"
+classify(model, tokenizer, texts[:256], cfg, 64, precision)  # warm-up
+if torch.cuda.is_available(): torch.cuda.synchronize()
+started = time.perf_counter()
+classify(model, tokenizer, texts, cfg, 64, precision)
+rate = len(texts) / (time.perf_counter() - started)
+print(json.dumps({{"rows": len(texts), "rows_per_s": rate, "precision": precision}}))
+"""
+        stdout, _ = run([py, "-c", script], log)
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    measured("inference", summary, inference)
+
+    def sweep_throughput():
+        trials = args.workers
+        spec = {"base": str(ROOT / "configs" / "seed.yaml"), "name": "concurrent",
+                "overrides": [f"model.name={model}", f"data.train={args.data}", "train.precision=bf16",
+                              f"train.steps={steps}", f"train.eval_every={steps}"],
+                "groups": {"seeds": {"grid": {"train.seed": list(range(trials))}}}}  # fmt: skip
+        results = {}
+        for name, extra in (
+            ("one_worker", ["--workers", "1"]),
+            ("concurrent", ["--per-gpu", str(trials)] if gpu else ["--workers", "2"]),
+        ):
+            spec["name"] = name
+            path = work / f"{name}.json"
+            path.write_text(json.dumps(spec))  # JSON is YAML
+            _, wall = run(["loralab", "sweep", str(path), "--runs", str(work / "sweeps"), *extra], log)
+            results[f"{name}_samples_per_s"] = trials * steps * 16 / wall
+        results["ratio"] = results["concurrent_samples_per_s"] / results["one_worker_samples_per_s"]
+        return results
+
+    measured("sweep", summary, sweep_throughput)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
