@@ -308,3 +308,30 @@ def test_workers_are_placed_round_robin_on_the_visible_gpus(tmp_path, model_dirs
     for t in trials:  # a worker keeps the GPU it was given
         by_worker.setdefault(t.user_attrs["worker"], set()).add(t.user_attrs["gpu"])
     assert all(len(gpus) == 1 for gpus in by_worker.values())
+
+
+def test_budget_curve_sweep_takes_the_largest_rank_and_plots_against_full_finetuning(tmp_path, model_dirs, tiny_data):
+    from loralab.budget import largest_fitting_rank, shapes_for
+    from loralab.plots import plot_runs
+
+    groups = {
+        "curve": {"grid": {"lora.budget": [2000, 4000, 8000]}, "set": {"lora.r": "max_fit", "lora.alpha": "r*2"}},
+        "full": {"variants": {"full": {"model.finetune": "full"}}},
+    }
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, groups, name="curve")
+    runs = tmp_path / "runs"
+    assert run_sweep(str(path), None, 1, str(runs), log=lambda *_: None)["finished"] == 4
+    records = find_runs([str(runs)])
+    curve = sorted((r for r in records if "lora.budget" in r.axes), key=lambda r: r.config.lora.budget)
+    ranks = [r.config.lora.r for r in curve]
+    assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
+    for record in curve:  # the largest rank: one more would not fit
+        cfg = record.config
+        assert record.summary.trainable["total"] <= cfg.lora.budget and cfg.lora.alpha == 2 * cfg.lora.r
+        assert largest_fitting_rank(cfg, shapes_for(cfg)) == cfg.lora.r
+    plotted = plot_runs(records, tmp_path / "figures")
+    full = next(r for r in records if r.config.model.finetune == "full")
+    assert plotted["fig_budget"] == {f"{r.summary.trainable['total']:,} params": r.peak for r in curve} | {
+        f"full fine-tuning ({full.summary.trainable['total']:,} params)": full.peak
+    }
+    assert (tmp_path / "figures" / "fig_budget.svg").exists()

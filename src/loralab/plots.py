@@ -176,6 +176,43 @@ def plot_runs(records: list[RunRecord], out_dir: str | Path) -> dict[str, dict[s
         draw = plot_scope_bars if axis == "lora.scope" else plot_accuracy_curves
         plotted[stem] = draw(members, out / stem, f"{title} ({group})")
         plot_losses(members, out / f"loss_{group}", group)
+    on_curve = [r for r in records if "lora.budget" in r.axes or r.config.model.finetune == "full"]
+    if any("lora.budget" in r.axes for r in on_curve):
+        plotted["fig_budget"] = plot_budget_curve(on_curve, out / "fig_budget")
+    return plotted
+
+
+def plot_budget_curve(records: list[RunRecord], stem: Path) -> dict[str, float]:
+    """Peak accuracy against trainable parameters (log scale), with 95% Wilson bars: what the budget costs.
+    Full fine-tuning, where present, is the reference line."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    budgeted = sorted(
+        (r for r in records if r.config.model.finetune != "full"), key=lambda r: r.summary.trainable["total"]
+    )
+    xs = [r.summary.trainable["total"] for r in budgeted]
+    peaks = [r.peak for r in budgeted]
+    bands = [wilson_interval(round(p * r.val_rows), r.val_rows) for p, r in zip(peaks, budgeted)]
+    lows, highs = [p - lo for p, (lo, _) in zip(peaks, bands)], [hi - p for p, (_, hi) in zip(peaks, bands)]
+    ax.errorbar(
+        xs, peaks, yerr=[lows, highs], marker="o", capsize=4, label="LoRA at the largest rank the budget allows"
+    )
+    plotted = {f"{x:,} params": p for x, p in zip(xs, peaks)}
+    for r in (r for r in records if r.config.model.finetune == "full"):
+        total = r.summary.trainable["total"]
+        low, high = wilson_interval(round(r.peak * r.val_rows), r.val_rows)
+        ax.axhspan(low, high, color="grey", alpha=0.15)
+        ax.axhline(r.peak, color="grey", linestyle="--", label=f"full fine-tuning ({total:,} params): {r.peak:.4f}")
+        plotted[f"full fine-tuning ({total:,} params)"] = r.peak
+        bands.append((low, high))
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("peak validation accuracy (95% Wilson interval)")
+    ax.set_ylim(max(0.0, min(lo for lo, _ in bands) - 0.01), min(1.0, max(hi for _, hi in bands) + 0.01))
+    ax.set_title("Accuracy against the parameter budget")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    save_figure(fig, stem)
     return plotted
 
 

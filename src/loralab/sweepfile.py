@@ -165,7 +165,8 @@ def read_sweep(path: str | Path, runs_dir: str = "runs") -> Sweep:
         for group, group_spec in spec["groups"].items():
             for label, values, axes in expand_group(str(group), group_spec, spec.get("seeds")):
                 where = f"{path}: trial {group}/{label}"
-                values = resolve_alpha(values, values.get("lora.r", base_cfg.lora.r), where)
+                if values.get("lora.r") != MAX_FIT:  # a max_fit rank, and its alpha, resolve when the trial runs
+                    values = resolve_alpha(values, values.get("lora.r", base_cfg.lora.r), where)
                 axes = {k: values[k] for k in axes}
                 sweep.trials.append(Trial(str(group), safe_dirname(label), values, axes))
         keys = [t.key for t in sweep.trials]
@@ -177,27 +178,36 @@ def read_sweep(path: str | Path, runs_dir: str = "runs") -> Sweep:
     else:
         raise LoralabError(f"{path}: needs 'groups' (a sweep) or 'space' (a search)")
     for trial in sweep.trials:
-        trial_config(sweep, trial, runs_dir)  # type errors and bad values surface now, naming the trial
+        # Type errors and bad values surface now, naming the trial (a max_fit rank is probed at 1: no model read).
+        trial_config(sweep, trial, runs_dir, resolve=False)
     return sweep
 
 
-def trial_config(sweep: Sweep, trial: Trial, runs_dir: str) -> Config:
+def trial_config(sweep: Sweep, trial: Trial, runs_dir: str, resolve: bool = True) -> Config:
+    """The trial's config; `lora.r: max_fit` becomes the largest rank its budget allows (reads config.json)."""
     values = trial.values | {
         "output.dir": str(Path(runs_dir) / safe_dirname(sweep.name) / safe_dirname(trial.group)),
         "output.name": trial.label,
     }
+    where = f"{sweep.path}: trial {trial.key}"
     try:
+        if values.get("lora.r") == MAX_FIT:
+            probe = config_io.load(sweep.base, sweep.overrides, resolve_alpha(values | {"lora.r": 1}, 1, where))
+            rank = largest_fitting_rank(probe, shapes_for(probe)) if resolve else 1
+            if rank < 1:
+                raise LoralabError(f"no rank fits lora.budget {probe.lora.budget:,} with this scope and head")
+            values = resolve_alpha(values | {"lora.r": rank}, rank, where)
         return config_io.load(sweep.base, sweep.overrides, values)
     except LoralabError as err:
-        raise LoralabError(f"{sweep.path}: trial {trial.key}: {err}") from None
+        raise LoralabError(f"{where}: {err}") from None
 
 
 def check_budgets(sweep: Sweep, runs_dir: str) -> tuple[list[Trial], list[tuple[Trial, str]]]:
     """Split trials into those within the budget and those refused, with the reason."""
     feasible, rejected = [], []
     for trial in sweep.trials:
-        cfg = trial_config(sweep, trial, runs_dir)
         try:
+            cfg = trial_config(sweep, trial, runs_dir)
             breakdown, _ = breakdown_for(cfg, shapes_for(cfg))
         except LoralabError as err:
             rejected.append((trial, str(err)))
