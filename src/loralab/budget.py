@@ -80,7 +80,8 @@ def load_model_config(cfg: Config):
             label2id={label: i for i, label in enumerate(labels)},
         )
     except (OSError, ValueError) as err:
-        raise LoralabError(f"cannot read the model config of '{name}': {str(err).splitlines()[0]}") from err
+        where = "" if Path(name).exists() else " (no local folder of that name either: check model.name)"
+        raise LoralabError(f"cannot read the model config of '{name}'{where}: {str(err).splitlines()[0]}") from err
 
 
 def module_shapes(model_config) -> dict[str, ModuleShape]:
