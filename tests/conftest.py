@@ -131,3 +131,27 @@ def tiny_overrides(model_dirs, tiny_data, tmp_path) -> list[str]:
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_CONFIG = ROOT / "configs" / "seed.yaml"
+
+
+def train_tiny(model_dir, data, out_dir, name, *extra):
+    """Eight steps of a tiny model on the synthetic task: a finished run in a second or two."""
+    overrides = [
+        f"model.name={model_dir}",
+        f"data.train={data}",
+        "data.val_size=64",
+        "data.max_length=32",
+        "lora.scope=[query,value]",
+        "lora.r=4",
+        "train.steps=8",
+        "train.batch_size=16",
+        "train.eval_every=4",
+        "train.warmup_steps=0",
+        "train.lr=2e-2",
+        f"output.dir={out_dir}",
+        f"output.name={name}",
+        *extra,
+    ]
+    from loralab import config
+    from loralab.train import train
+
+    return train(config.load(SEED_CONFIG, overrides))

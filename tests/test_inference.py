@@ -6,34 +6,12 @@ import sys
 
 import pytest
 import torch
-from conftest import FAMILIES, SEED_CONFIG, synthetic_rows, write_csv
+from conftest import FAMILIES, synthetic_rows, train_tiny, write_csv
 
-from loralab import config
 from loralab.cli import main
 from loralab.evaluate import first_token_after_last_attention, wilson_interval
 from loralab.inference import evaluation_report
 from loralab.model import load_trained
-from loralab.train import train
-
-
-def train_tiny(model_dir, data, out_dir, name, *extra):
-    overrides = [
-        f"model.name={model_dir}",
-        f"data.train={data}",
-        "data.val_size=64",
-        "data.max_length=32",
-        "lora.scope=[query,value]",
-        "lora.r=4",
-        "train.steps=8",
-        "train.batch_size=16",
-        "train.eval_every=4",
-        "train.warmup_steps=0",
-        "train.lr=2e-2",
-        f"output.dir={out_dir}",
-        f"output.name={name}",
-        *extra,
-    ]
-    return train(config.load(SEED_CONFIG, overrides))
 
 
 @pytest.fixture(scope="module")

@@ -154,7 +154,7 @@ def test_mcnemar_exact():
 
 def test_report_tests_our_runs_on_the_same_rows(tmp_path, model_dirs, tiny_data):
     """Runs trained here save per-row predictions at their peak, so the report can pair them."""
-    from test_inference import train_tiny
+    from conftest import train_tiny
 
     from loralab.report import significance
 

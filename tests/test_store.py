@@ -9,13 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAMILIES, ROOT, SEED_CONFIG
+from conftest import FAMILIES, ROOT, train_tiny
 
-from loralab import config
 from loralab.cli import main
 from loralab.data import load_labelled, split_validation
 from loralab.store import FROZEN_WEIGHTS, RunDir, Summary
-from loralab.train import train
 
 HEADS = ["full", "out_proj", "lora"]
 POOLINGS = ["first", "mean"]
@@ -57,24 +55,7 @@ def trained(model_dirs, tiny_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("matrix")
     runs = {}
     for name, family, extra in combinations():
-        overrides = [
-            f"model.name={model_dirs[family]}",
-            f"data.train={tiny_data}",
-            "data.val_size=64",
-            "data.max_length=32",
-            "lora.scope=[query,value]",
-            "lora.r=4",
-            "train.steps=8",
-            "train.batch_size=16",
-            "train.eval_every=4",
-            "train.warmup_steps=0",
-            "train.lr=2e-2",
-            "train.eval_batch_size=64",
-            f"output.dir={root}",
-            f"output.name={name}",
-            *extra,
-        ]
-        train(config.load(SEED_CONFIG, overrides))
+        train_tiny(model_dirs[family], tiny_data, root, name, "train.eval_batch_size=64", *extra)
         runs[name] = root / name
     return runs
 
