@@ -308,3 +308,24 @@ def test_two_processes_resume_after_kill(tiny_overrides):
     rows = run.read_metrics()
     assert [r["step"] for r in rows if r["split"] == "val"] == list(range(20, 201, 20))
     assert run.read_summary().steps_done == 200
+
+
+def test_bf16_casts_frozen_linears_once_with_the_same_arithmetic(tiny_overrides, monkeypatch):
+    overrides = tiny_overrides + ["train.precision=bf16", "model.head=out_proj", "lora.scope=[query,value]"]
+    cast = train_module.cast_frozen_linears
+    seen = {}
+
+    def cast_and_look(model, precision):
+        cast(model, precision)
+        seen["dtypes"] = {(p.requires_grad, p.dtype) for p in model.parameters()}
+
+    monkeypatch.setattr(train_module, "cast_frozen_linears", cast_and_look)
+    train_module.train(config.load(SEED_CONFIG, overrides + ["output.name=cast"]))
+    # Frozen Linear weights in bf16, everything that trains in fp32 (the optimizer's copy).
+    assert (False, torch.bfloat16) in seen["dtypes"] and (True, torch.float32) in seen["dtypes"]
+    assert (True, torch.bfloat16) not in seen["dtypes"]
+    monkeypatch.setattr(train_module, "cast_frozen_linears", lambda model, precision: None)
+    train_module.train(config.load(SEED_CONFIG, overrides + ["output.name=autocast"]))
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("elapsed_s", "samples_per_s")} for r in rows]  # noqa: E731
+    cast_rows = strip(run_dir(overrides + ["output.name=cast"]).read_metrics())
+    assert cast_rows == strip(run_dir(overrides + ["output.name=autocast"]).read_metrics())  # bit for bit

@@ -140,6 +140,19 @@ def frozen_weights(model, fresh: set[str], plan: AdapterPlan) -> dict[str, torch
     return {name: params[name].detach().clone() for name in sorted(fresh) if not name.startswith(trained)}
 
 
+def cast_frozen_linears(model, precision: str) -> None:
+    """Under bf16/fp16 autocast every Linear weight is cast to half precision at every step, one cast
+    per weight per forward (transformers#15026); a frozen one can be cast once instead. Autocast runs
+    Linear layers in half precision anyway, so the arithmetic is the same. Not with DoRA, which takes
+    norms of the base weight outside autocast's casts."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and not any(p.requires_grad for p in module.parameters()):
+            module.to(dtype)
+
+
 def trainable_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

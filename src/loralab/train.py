@@ -18,7 +18,7 @@ from .config import Config
 from .data import Encoded, collate, encode, load_labelled, split_validation, training_batches
 from .errors import LoralabError
 from .evaluate import Evaluation, evaluate
-from .model import build_model, check_model_folder, load_tokenizer, optimizer_groups
+from .model import build_model, cast_frozen_linears, check_model_folder, load_tokenizer, optimizer_groups
 from .store import LoopState, Predictions, RunDir, Summary
 from .tracking import start_trackers
 
@@ -180,6 +180,8 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     accelerator.wait_for_everyone()
     start_trackers(accelerator, run, cfg, prep.breakdown)
 
+    if not cfg.lora.use_dora:  # half-precision autocast: frozen Linear weights cast once, not every step
+        cast_frozen_linears(prep.model, cfg.train.precision)
     # Setup: optimizer and schedule over the trainable parameters; model and optimizer wrapped for the
     # device(s). The schedule is not: Accelerate would step it once per process, and a step here is global.
     optimizer, scheduler = optimizer_and_schedule(prep.model, cfg)
