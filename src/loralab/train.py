@@ -213,14 +213,16 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
         step_started = time.perf_counter()
         window_loss += optimizer_step(accelerator, model, optimizer, scheduler, batches, state.step, cfg, class_weights)
         state.step += 1
-        state.train_time_s += time.perf_counter() - step_started
         window_steps += 1
+        log_now = state.step % t.log_every == 0 or state.step == t.steps
+        if log_now:  # the mean over every process's micro-batches: the global batch's loss
+            # .item() waits for the device to finish the queued steps: timed as training below.
+            shown_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
+        state.train_time_s += time.perf_counter() - step_started
         samples_per_s = state.step * samples_per_step / max(state.train_time_s, 1e-9)
 
         # Log the mean training loss of the window since the last log.
-        if state.step % t.log_every == 0 or state.step == t.steps:
-            # The mean over every process's micro-batches: the loss of the global batch.
-            shown_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
+        if log_now:
             row = {"step": state.step, "split": "train", "loss": shown_loss, "lr": scheduler.get_last_lr()[0]}
             accelerator.log(
                 {"train/loss": shown_loss, "train/lr": row["lr"], "train/samples_per_s": samples_per_s}, step=state.step
