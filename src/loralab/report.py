@@ -77,7 +77,8 @@ def configuration_rows(records: list[RunRecord]) -> list[list[str]]:
         extra = len(group) - 1
         name = row["name"] + (f" (+{extra} {'copy' if extra == 1 else 'copies'})" if extra else "")
         rows.append([
-            name, row["group"], row["scope"], row["head"], row["r"], f"{row['alpha']:g}", f"{row['lr']:g}",
+            name, row["group"], row["scope"], row["head"] or "-", row["r"] or "-",
+            "-" if row["alpha"] is None else f"{row['alpha']:g}", f"{row['lr']:g}",
             row["steps"], _cell("-" if row["trainable"] is None else f"{row['trainable']:,}", row["trainable"] or 0),
             _cell(f"{row['peak_accuracy']:.4f}", row["peak_accuracy"]),
             _cell(f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]", row["ci_low"]), row["peak_step"],

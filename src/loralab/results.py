@@ -49,16 +49,17 @@ class RunRecord:
 
     def row(self) -> dict:
         cfg, summary = self.config, self.summary
+        lora = cfg.model.finetune != "full"  # LoRA settings mean nothing for a full fine-tuning
         low, high = wilson_interval(round(self.peak * self.val_rows), self.val_rows)
         return {
             "name": self.name,
             "group": self.group,
             "scope": "every weight" if cfg.model.finetune == "full" else ",".join(cfg.lora.scope),
-            "head": cfg.model.head,
+            "head": cfg.model.head if lora else None,
             "pooling": cfg.model.pooling,
-            "r": cfg.lora.r,
-            "alpha": cfg.lora.alpha,
-            "dropout": cfg.lora.dropout,
+            "r": cfg.lora.r if lora else None,
+            "alpha": cfg.lora.alpha if lora else None,
+            "dropout": cfg.lora.dropout if lora else None,
             "lr": cfg.train.lr,
             "steps": summary.steps_done,
             "trainable": (summary.trainable or {}).get("total"),
