@@ -132,12 +132,16 @@ def load_classifier(cfg: Config, model_config) -> tuple[torch.nn.Module, set[str
     return model, fresh & {name for name, _ in model.named_parameters()}
 
 
-def frozen_weights(model, fresh: set[str], plan: AdapterPlan) -> dict[str, torch.Tensor]:
+def frozen_names(fresh: set[str], plan: AdapterPlan) -> list[str]:
     """The randomly initialised parameters that will not train (e.g. RoBERTa's `classifier.dense` under
     `head: out_proj` or `lora`): a reload would draw them anew, so a run saves them with its adapter."""
     trained = tuple(f"{module}." for module in plan.trained_whole)
+    return [name for name in sorted(fresh) if not name.startswith(trained)]
+
+
+def frozen_weights(model, fresh: set[str], plan: AdapterPlan) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
-    return {name: params[name].detach().clone() for name in sorted(fresh) if not name.startswith(trained)}
+    return {name: params[name].detach().clone() for name in frozen_names(fresh, plan)}
 
 
 def cast_frozen_linears(model, precision: str) -> None:
@@ -190,7 +194,7 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
     """A run's config, tokenizer and model with its saved adapter; merged into plain weights if asked.
 
     Refuses a run whose adapter sits on frozen random weights that were not saved with it (runs of
-    loralab 0.1 with `head: out_proj` or `lora` on RoBERTa, MPNet, DeBERTa-v2 or DistilBERT): a reload
+    loralab 0.1 with `head: out_proj` or `lora` on RoBERTa, MPNet or DeBERTa-v2): a reload
     would draw new ones and answer wrongly without a word.
     """
     from peft import PeftModel
@@ -213,9 +217,8 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
         return cfg, load_tokenizer(cfg.model.name), load_full(cfg, folder).eval()
     shapes = shapes_for(cfg)
     base, fresh = load_classifier(cfg, shapes.config)
-    needed = set(frozen_weights(base, fresh, breakdown_for(cfg, shapes)[1]))
     saved = read_frozen(folder)
-    missing = sorted(needed - set(saved))
+    missing = [name for name in frozen_names(fresh, breakdown_for(cfg, shapes)[1]) if name not in saved]
     if missing:
         raise LoralabError(
             f"run {run.path} cannot be reproduced: its adapter was trained on randomly initialised frozen weights "
