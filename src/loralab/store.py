@@ -6,9 +6,11 @@ summary.json           Summary: written last, so its presence means the run fini
 origin.json            Origin: which sweep or import a run came from (optional)
 best/, last/           PEFT adapters (LoRA weights and trained head) + frozen_weights.safetensors
                        (weights the base checkpoint lacks, drawn at random and frozen, which the
-                       adapter was trained on top of) + val_predictions.json (Predictions)
+                       adapter was trained on top of) + val_predictions.json (Predictions);
+                       for model.finetune: full, the whole model (config.json, model.safetensors)
 checkpoint/            adapter/ (as above) and state.pt (optimizer, scheduler, RNG, LoopState)
 eval/<data>-<which>/   what `loralab eval` wrote
+logs/                  what train.report_to's trackers write
 """
 
 from __future__ import annotations
