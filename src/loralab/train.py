@@ -135,7 +135,9 @@ def optimizer_and_schedule(model, cfg: Config):
     from transformers import get_scheduler
 
     t = cfg.train
-    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg), lr=t.lr, weight_decay=t.weight_decay)
+    # Fused: one kernel updates every tensor, where the default launches several per tensor (a LoRA
+    # model has up to hundreds of small ones). Same weights to float rounding: bench/optimizer_speed.py.
+    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg), lr=t.lr, weight_decay=t.weight_decay, fused=True)
     scheduler = get_scheduler(
         t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
         optimizer,
