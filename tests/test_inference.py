@@ -216,3 +216,26 @@ def test_first_token_trim_keeps_logits(family, model_dirs):
     # DistilBERT adds the attention residual outside its attention module: it must run whole.
     assert trimmed == (family != "distilbert")
     assert block_output_tokens == [batch["input_ids"].shape[1], 1 if trimmed else batch["input_ids"].shape[1]]
+
+
+def test_bf16_predict_casts_linears_once_with_the_same_probabilities(runs, texts_file, tmp_path, monkeypatch):
+    import loralab.inference as inference_module
+
+    args = ["predict", str(runs / "out_proj"), "--input", str(texts_file), "--probs", "--precision", "bf16"]
+    cast = inference_module.cast_frozen_linears
+    seen = {}
+
+    def cast_and_look(model, precision):
+        cast(model, precision)
+        seen["dtypes"] = {p.dtype for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()}
+
+    monkeypatch.setattr(inference_module, "cast_frozen_linears", cast_and_look)
+    assert main([*args, "--out", str(tmp_path / "cast.csv")]) == 0
+    assert seen["dtypes"] == {torch.bfloat16}  # every Linear of the merged model, head included
+    monkeypatch.setattr(inference_module, "cast_frozen_linears", lambda model, precision: None)
+    assert main([*args, "--out", str(tmp_path / "autocast.csv")]) == 0
+    # Autocast would run the same Linear layers in bf16 from fp32 weights: the same numbers, bit for bit.
+    assert (tmp_path / "cast.csv").read_text() == (tmp_path / "autocast.csv").read_text()
+    fp32 = tmp_path / "fp32.csv"
+    assert main([*args[:-2], "--out", str(fp32)]) == 0
+    assert fp32.read_text() != (tmp_path / "cast.csv").read_text()  # bf16 really ran: the comparison is not vacuous

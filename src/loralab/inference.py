@@ -14,7 +14,7 @@ from .budget import looks_like_path
 from .data import load_labelled, load_texts, split_validation
 from .errors import LoralabError
 from .evaluate import evaluation_report, predict_logits
-from .model import load_trained
+from .model import cast_frozen_linears, load_trained
 from .plots import plot_confusion
 from .store import (
     ADAPTER_CONFIG,
@@ -40,6 +40,9 @@ def device() -> torch.device:
 def classify(model, tokenizer, texts: list[str], cfg, batch_size: int, precision: str) -> torch.Tensor:
     """Class probabilities of each text, in input order, truncated and pooled as the run was trained."""
     ids = tokenizer(texts, truncation=True, max_length=cfg.data.max_length)["input_ids"]
+    # Nothing trains here: under autocast every Linear weight would be cast again for every batch.
+    model.requires_grad_(False)
+    cast_frozen_linears(model, precision)
     model.to(device())
     logits = predict_logits(model, tokenizer, ids, batch_size, device(), autocast_for(precision), cfg.model.pooling)
     return logits.softmax(-1)
