@@ -117,6 +117,8 @@ CASES = {
     "head for distilbert": (lambda e: [*e.fresh, f"model.name={e.distilbert}", "model.head=out_proj"], "not available"),
     "lr 0": (lambda e: [*e.fresh, "train.lr=0"], "train.lr: must be > 0"),
     "lr text": (lambda e: [*e.fresh, "train.lr=fast"], "train.lr: expected float"),
+    "layer decay 0": (lambda e: [*e.fresh, "train.layer_lr_decay=0"], "train.layer_lr_decay: must be in (0, 1]"),
+    "layer decay 1.2": (lambda e: [*e.fresh, "train.layer_lr_decay=1.2"], "train.layer_lr_decay: must be in (0, 1]"),
     "steps 0": (lambda e: [*e.fresh, "train.steps=0"], "train.steps: must be >= 1"),
     "precision": (lambda e: [*e.fresh, "train.precision=fp8"], "train.precision"),
     "scheduler": (lambda e: [*e.fresh, "train.scheduler=step"], "train.scheduler"),

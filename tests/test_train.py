@@ -178,6 +178,7 @@ def test_bad_yaml_from_the_command_line(tmp_path, capsys):
         ["train.precision=bf16"],
         ["train.scheduler=cosine"],
         ["train.weight_decay=0.01"],
+        ["train.layer_lr_decay=0.8"],
     ],
     ids=lambda v: v[0],
 )
@@ -202,8 +203,44 @@ def test_lora_plus_gives_b_matrices_a_larger_learning_rate(model_dirs):
     model_config = load_model_config(cfg)
     breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
     groups = optimizer_groups(build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0], cfg)
-    assert groups[1]["lr"] == pytest.approx(1.6e-3) and "lr" not in groups[0]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1.6e-3])
     assert sum(p.numel() for g in groups for p in g["params"]) == breakdown.total
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_layer_lr_decay_lowers_the_rate_layer_by_layer(model_dirs, finetune):
+    from loralab.budget import ModelShapes, breakdown_for, load_model_config
+    from loralab.model import build_model, optimizer_groups
+
+    cfg = config.from_dict(
+        {
+            "model": {"name": str(model_dirs["roberta"]), "finetune": finetune},
+            "lora": {"plus_ratio": 4.0 if finetune == "lora" else 0.0},
+            "train": {"lr": 1e-3, "layer_lr_decay": 0.5},
+        }
+    )
+    model_config = load_model_config(cfg)
+    breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
+    model = build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0]
+    rate = {id(p): g["lr"] for g in optimizer_groups(model, cfg) for p in g["params"]}
+    named = {name: rate[id(p)] for name, p in model.named_parameters() if p.requires_grad}
+    assert len(named) == len(rate)  # every trainable tensor in exactly one group
+    top = model_config.num_hidden_layers - 1
+
+    def lr_of(fragment: str) -> float:
+        (found,) = {lr for name, lr in named.items() if fragment in name}
+        return found
+
+    assert lr_of("out_proj") == pytest.approx(1e-3)  # the head: the full rate
+    for layer in range(top + 1):
+        scale = 0.5 ** (top - layer)
+        if finetune == "lora":
+            assert lr_of(f"layer.{layer}.attention.self.value.lora_A") == pytest.approx(1e-3 * scale)
+            assert lr_of(f"layer.{layer}.attention.self.value.lora_B") == pytest.approx(4e-3 * scale)  # LoRA+ too
+        else:
+            assert lr_of(f"layer.{layer}.output.dense.weight") == pytest.approx(1e-3 * scale)
+    if finetune == "full":
+        assert lr_of("embeddings.word_embeddings") == pytest.approx(1e-3 * 0.5 ** (top + 1))
 
 
 def free_port() -> int:

@@ -89,6 +89,11 @@ class TrainConfig:
     grad_accum: int = doc("micro-batches accumulated per optimizer step", 1)
     max_grad_norm: float = doc("gradient clipping norm (0: off)", 1.0)
     weight_decay: float = doc("AdamW weight decay", 0.0)
+    layer_lr_decay: float = doc(
+        "layer-wise learning-rate decay: encoder layer i trains at lr x this^(top layer - i), the head at lr "
+        "(1: off; 0.8-0.95 is usual)",
+        1.0,
+    )
     precision: str = doc("fp32, or bf16/fp16 autocast", "fp32")
     seed: int = doc("seed for initialisation, dropout and data order", 42)
     eval_every: int = doc("evaluate, checkpoint and log validation metrics every this many steps", 100)
@@ -208,6 +213,7 @@ def _validate(cfg: Config) -> None:
     require(t.scheduler in SCHEDULERS, f"train.scheduler: '{t.scheduler}' is not one of {', '.join(SCHEDULERS)}")
     require(t.precision in PRECISIONS, f"train.precision: '{t.precision}' is not one of {', '.join(PRECISIONS)}")
     require(t.max_grad_norm >= 0 and t.weight_decay >= 0, "train.max_grad_norm and train.weight_decay must be >= 0")
+    require(0 < t.layer_lr_decay <= 1, f"train.layer_lr_decay: must be in (0, 1], got {t.layer_lr_decay}")
     require(t.early_stopping_patience >= 0, "train.early_stopping_patience: must be >= 0")
     require(0 <= t.label_smoothing < 1, f"train.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
     name = cfg.output.name

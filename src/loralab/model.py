@@ -10,7 +10,7 @@ import torch
 from .budget import Breakdown, ModelShapes
 from .config import Config
 from .errors import LoralabError
-from .scope import AdapterPlan
+from .scope import LAYER_NAME, AdapterPlan
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -70,13 +70,23 @@ def peft_config(cfg: Config, plan: AdapterPlan):
 
 
 def optimizer_groups(model, cfg: Config) -> list[dict]:
-    """AdamW parameter groups; with LoRA+ the B matrices get their own, larger learning rate."""
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if cfg.lora.plus_ratio <= 0:
-        return [{"params": [p for _, p in trainable]}]
-    b_matrices = [p for name, p in trainable if ".lora_B." in name]
-    others = [p for name, p in trainable if ".lora_B." not in name]
-    return [{"params": others}, {"params": b_matrices, "lr": cfg.train.lr * cfg.lora.plus_ratio}]
+    """AdamW parameter groups, one per learning rate: LoRA+ trains the B matrices at lr x plus_ratio;
+    layer-wise decay trains encoder layer i at lr x decay^(top layer - i) and the embeddings one step
+    below layer 0, the head at lr (the lower a layer, the more general its features: change it less)."""
+    decay = cfg.train.layer_lr_decay
+    layers = [int(m["index"]) for name, _ in model.named_modules() if (m := LAYER_NAME.match(name))]
+    top = max(layers, default=0)
+    by_scale: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = cfg.lora.plus_ratio if cfg.lora.plus_ratio > 0 and ".lora_B." in name else 1.0
+        if (m := LAYER_NAME.match(name)) is not None:
+            scale *= decay ** (top - int(m["index"]))
+        elif ".embeddings." in name:
+            scale *= decay ** (top + 1)
+        by_scale.setdefault(scale, []).append(p)
+    return [{"params": params, "lr": cfg.train.lr * scale} for scale, params in by_scale.items()]
 
 
 def pool_mean_into_first_token(model) -> None:
