@@ -11,7 +11,7 @@ from conftest import SEED_CONFIG
 
 from loralab.errors import LoralabError
 from loralab.results import find_runs
-from loralab.sweep import read_sweep, run_search, run_sweep
+from loralab.sweep import read_sweep, run_search, run_sweep, workers_failed
 
 POSTGRES_URL = os.environ.get("LORALAB_TEST_POSTGRES", "postgresql://loralab:loralab@127.0.0.1:5432/loralab")
 
@@ -335,3 +335,10 @@ def test_budget_curve_sweep_takes_the_largest_rank_and_plots_against_full_finetu
         f"full fine-tuning ({full.summary.trainable['total']:,} params)": full.peak
     }
     assert (tmp_path / "figures" / "fig_budget.svg").exists()
+
+
+def test_a_killed_worker_is_reported_with_the_likely_cause_and_the_fix():
+    killed = workers_failed([0, -9], "sweep")
+    assert killed.startswith("1 of 2 workers failed (exit codes [0, -9]); a worker killed with signal 9")
+    assert "out of memory" in killed and "fewer --workers" in killed and "resume from their checkpoints" in killed
+    assert workers_failed([1, 0, 0], "search") == "1 of 3 workers failed (exit codes [1, 0, 0])"

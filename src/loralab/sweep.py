@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -303,7 +304,19 @@ def start_workers(
         process.join()
         codes.append(process.exitcode)
     if any(codes):
-        raise LoralabError(f"{sum(1 for c in codes if c)} of {workers} workers failed (exit codes {codes})")
+        raise LoralabError(workers_failed(codes, kind))
+
+
+def workers_failed(codes: list[int], kind: str) -> str:
+    """The one-line error for workers that exited badly; a kill (-9) is most often the kernel out of memory."""
+    failed = sum(1 for c in codes if c)
+    line = f"{failed} of {len(codes)} workers failed (exit codes {codes})"
+    if any(c == -signal.SIGKILL for c in codes):
+        line += (
+            "; a worker killed with signal 9 is most often out of memory: run the same command again with fewer "
+            f"--workers (the {kind} goes on, its lost trials resume from their checkpoints)"
+        )
+    return line
 
 
 def _worker(
