@@ -9,8 +9,7 @@ from loralab.cli import main
 from loralab.errors import LoralabError
 from loralab.hf_import import import_hf
 from loralab.plots import plot_runs
-from loralab.report import mcnemar_exact
-from loralab.results import find_runs
+from loralab.results import find_runs, mcnemar_exact
 from loralab.store import RunDir
 
 needs_study = pytest.mark.skipif(not SEED_STUDY.exists(), reason="../shared/data/seed-study is not beside the repo")
@@ -196,3 +195,64 @@ def test_seed_groups_mean_spread_and_interval(tmp_path):
     assert a["mean"] == pytest.approx(0.91) and a["sd"] == pytest.approx(0.01)
     assert a["ci_high"] - a["mean"] == pytest.approx(4.303 * 0.01 / 3**0.5)
     assert b["peaks"] == [0.80] and b["sd"] is None and b["ci_low"] is None
+
+
+def test_seed_groups_name_the_settings_that_tell_configurations_apart(tmp_path):
+    from loralab import config as config_io
+    from loralab.results import RunRecord, seed_groups
+    from loralab.store import Origin, Summary
+
+    def record(name, peak, **train):
+        cfg = config_io.from_dict({"train": {"lr": 1e-3, **train}})
+        summary = Summary(
+            name=name, peak_val_accuracy=peak, peak_step=100, final=None, steps_done=1200, val_rows=640, trainable=None
+        )
+        return RunRecord(RunDir(tmp_path / name), cfg, summary, [], Origin())
+
+    decayed, plain = seed_groups([record("decay", 0.92, layer_lr_decay=0.9), record("plain", 0.91)])
+    assert decayed["configuration"].endswith("lr=0.001 steps=1200 precision=fp32 train.layer_lr_decay=0.9")
+    assert plain["configuration"].endswith("train.layer_lr_decay=1.0")
+    # Settings every configuration shares stay out of the line.
+    assert "label_smoothing" not in decayed["configuration"]
+
+
+def test_runs_against_pairs_each_run_with_the_reference_of_its_seed(tmp_path, model_dirs, tiny_data, capsys):
+    """`loralab runs DIRS --against REF`: each run meets the reference run of its own seed, on the same rows."""
+    from conftest import train_tiny
+
+    from loralab.results import against_references
+
+    for seed in (1, 2):
+        train_tiny(
+            model_dirs["roberta"], tiny_data, tmp_path / "ref", f"seed{seed}", f"train.seed={seed}", "train.lr=1e-9"
+        )
+        train_tiny(model_dirs["roberta"], tiny_data, tmp_path / "new", f"seed{seed}", f"train.seed={seed}")
+    train_tiny(model_dirs["roberta"], tiny_data, tmp_path / "new", "seed3", "train.seed=3")
+
+    rows = {
+        r["a"]: r for r in against_references(find_runs([str(tmp_path / "new")]), find_runs([str(tmp_path / "ref")]))
+    }
+    assert rows["seed3"]["p_value"] is None and rows["seed3"]["note"] == "no reference run with seed 3"
+    for seed in (1, 2):
+        row = rows[f"seed{seed}"]
+        new, ref = (RunDir(tmp_path / side / f"seed{seed}").read_predictions("best") for side in ("new", "ref"))
+        only_new = sum(p == y != q for p, q, y in zip(new.predictions, ref.predictions, new.labels))
+        only_ref = sum(q == y != p for p, q, y in zip(new.predictions, ref.predictions, new.labels))
+        assert (row["seed"], row["only_a"], row["only_b"]) == (seed, only_new, only_ref)
+        assert row["p_value"] == mcnemar_exact(only_new, only_ref)
+        assert only_new > only_ref  # lr 2e-2 learned the task, lr 1e-9 did not
+
+    capsys.readouterr()  # what training printed
+    assert main(["runs", str(tmp_path / "new"), "--against", str(tmp_path / "ref")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["run", "seed", "peak"] and len(lines) == 4
+    assert "no reference run with seed 3" in lines[3]
+
+    # A reference folder holding two configurations of one seed is ambiguous: one line, exit 2.
+    train_tiny(model_dirs["roberta"], tiny_data, tmp_path / "ref", "other", "train.seed=1", "train.lr=1e-3")
+    capsys.readouterr()
+    assert main(["runs", str(tmp_path / "new"), "--against", str(tmp_path / "ref")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("loralab: error: --against:") and "two configurations with seed 1" in err
+    assert main(["runs", str(tmp_path / "new"), "--against", str(tmp_path / "new" / "missing")]) == 2
+    assert "no such run directory" in capsys.readouterr().err

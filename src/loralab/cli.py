@@ -107,11 +107,28 @@ def cmd_export(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .results import find_runs, format_seed_groups, format_table, seed_groups, sort_rows, to_csv
+    from .results import (
+        against_references,
+        find_runs,
+        format_against,
+        format_seed_groups,
+        format_table,
+        seed_groups,
+        sort_rows,
+        to_csv,
+    )
 
     records = find_runs(args.paths)
     rows = sort_rows([r.row() for r in records], args.sort)
-    if args.by_seed:
+    if args.against:
+        references = find_runs([args.against])
+        if not references:
+            raise LoralabError(
+                f"--against: no finished run under {args.against}; name a run directory or a folder of runs"
+            )
+        compared = against_references(records, references)
+        print(format_against(compared) if compared else "no finished runs to compare (only the reference)")
+    elif args.by_seed:
         print(
             format_seed_groups(seed_groups(records))
             if records
@@ -282,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--by-seed",
         action="store_true",
         help="one line per configuration: mean peak over its seeds, spread, 95%% interval",
+    )
+    runs.add_argument(
+        "--against",
+        metavar="REF",
+        help="compare each run with the reference run of its seed (a run directory or a folder of one "
+        "configuration's seeds): difference, exact McNemar test on the same validation rows",
     )
     runs.set_defaults(run=cmd_runs)
 

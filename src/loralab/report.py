@@ -3,38 +3,13 @@
 from __future__ import annotations
 
 import html
-import math
 import tempfile
 from pathlib import Path
 
 from .config import Config
 from .plots import plot_runs
-from .results import RunRecord, configuration_key, seed_groups
+from .results import RunRecord, compare, configuration_key, seed_groups
 from .store import write_text_atomic
-
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value: of the rows exactly one run gets right, is the split 50/50?"""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
-def compare(a: RunRecord, b: RunRecord) -> dict:
-    # Per-row validation predictions saved at each run's peak (our runs have them; imported ones do not).
-    pa, pb = a.run.read_predictions("best"), b.run.read_predictions("best")
-    result = {"a": a.name, "b": b.name, "difference": a.peak - b.peak}
-    if pa is None or pb is None:
-        return result | {"p_value": None, "note": "no per-row predictions (imported run)"}
-    if pa.labels != pb.labels:
-        return result | {"p_value": None, "note": "different validation rows: not paired"}
-    right_a = [p == y for p, y in zip(pa.predictions, pa.labels)]
-    right_b = [p == y for p, y in zip(pb.predictions, pb.labels)]
-    only_a = sum(x and not y for x, y in zip(right_a, right_b))
-    only_b = sum(y and not x for x, y in zip(right_a, right_b))
-    return result | {"p_value": mcnemar_exact(only_a, only_b), "only_a": only_a, "only_b": only_b, "note": ""}
 
 
 def copies(records: list[RunRecord]) -> list[list[RunRecord]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,12 +194,31 @@ T_975 = [
 ]
 
 
+def _configuration(record: RunRecord) -> dict[str, object]:
+    """The settings that make the configuration, as `section.key`: value."""
+    return {
+        f"{section}.{key}": value
+        for section, values in record.config.to_dict().items()
+        for key, value in values.items()
+        if key not in NOT_THE_CONFIGURATION.get(section, ())
+    }
+
+
 def configuration_key(record: RunRecord) -> str:
-    trimmed = record.config.to_dict()
-    for section, keys in NOT_THE_CONFIGURATION.items():
-        for key in keys:
-            trimmed.get(section, {}).pop(key, None)
-    return json.dumps(trimmed, sort_keys=True)
+    return json.dumps(_configuration(record), sort_keys=True)
+
+
+# What a configuration line of `runs --by-seed` always shows (row column: its setting).
+DESCRIBED = {
+    "scope": "lora.scope",
+    "head": "model.head",
+    "pooling": "model.pooling",
+    "r": "lora.r",
+    "alpha": "lora.alpha",
+    "dropout": "lora.dropout",
+    "lr": "train.lr",
+    "steps": "train.steps",
+}
 
 
 def seed_groups(records: list[RunRecord]) -> list[dict]:
@@ -212,8 +232,14 @@ def seed_groups(records: list[RunRecord]) -> list[dict]:
         # The same configuration and seed twice is one experiment copied (the study filed its best run
         # under four folders), not two draws.
         groups.setdefault(configuration_key(record), {}).setdefault(record.config.train.seed, record)
+    # Beyond the usual columns, a line names every other setting in which the configurations differ
+    # (a layer-wise decay or label smoothing would otherwise leave two lines looking the same).
+    settings = [_configuration(next(iter(by_seed.values()))) for by_seed in groups.values()]
+    varying = sorted(
+        k for k in set().union(*settings) if k not in DESCRIBED.values() and len({repr(c.get(k)) for c in settings}) > 1
+    )
     summaries = []
-    for by_seed in groups.values():
+    for by_seed, setting in zip(groups.values(), settings):
         members = list(by_seed.values())
         peaks = [m.peak for m in members]
         mean = statistics.fmean(peaks)
@@ -223,9 +249,10 @@ def seed_groups(records: list[RunRecord]) -> list[dict]:
         summaries.append(
             {
                 "configuration": " ".join(
-                    f"{k}={first[k]}" for k in ("scope", "head", "pooling", "r", "alpha", "dropout", "lr", "steps")
-                )
-                + f" precision={members[0].config.train.precision}",
+                    [f"{k}={first[k]}" for k in DESCRIBED]
+                    + [f"precision={members[0].config.train.precision}"]
+                    + [f"{k}={_text(setting.get(k))}" for k in varying if k != "train.precision"]
+                ),
                 "seeds": [m.config.train.seed for m in members],
                 "peaks": peaks,
                 "mean": mean,
@@ -237,6 +264,10 @@ def seed_groups(records: list[RunRecord]) -> list[dict]:
     return sorted(summaries, key=lambda g: -g["mean"])
 
 
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def format_seed_groups(groups: list[dict]) -> str:
     lines = []
     for g in groups:
@@ -246,3 +277,85 @@ def format_seed_groups(groups: list[dict]) -> str:
         peaks = ", ".join(f"{s}: {p:.4f}" for s, p in zip(g["seeds"], g["peaks"]))
         lines.append(f"{g['configuration']}\n  mean {g['mean']:.4f} of {len(g['peaks'])} (seed: peak {peaks}){spread}")
     return "\n".join(lines)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: of the rows exactly one run gets right, is the split 50/50?"""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def compare(a: RunRecord, b: RunRecord) -> dict:
+    """Run a against run b on the validation rows both scored: the difference of their peaks, and the
+    exact McNemar test on the rows exactly one of them gets right (predictions at each run's peak)."""
+    # Per-row validation predictions saved at each run's peak (our runs have them; imported ones do not).
+    pa, pb = a.run.read_predictions("best"), b.run.read_predictions("best")
+    result = {"a": a.name, "b": b.name, "difference": a.peak - b.peak}
+    if pa is None or pb is None:
+        return result | {"p_value": None, "note": "no per-row predictions (imported run)"}
+    if pa.labels != pb.labels:
+        return result | {"p_value": None, "note": "different validation rows: not paired"}
+    right_a = [p == y for p, y in zip(pa.predictions, pa.labels)]
+    right_b = [p == y for p, y in zip(pb.predictions, pb.labels)]
+    only_a = sum(x and not y for x, y in zip(right_a, right_b))
+    only_b = sum(y and not x for x, y in zip(right_a, right_b))
+    return result | {"p_value": mcnemar_exact(only_a, only_b), "only_a": only_a, "only_b": only_b, "note": ""}
+
+
+def against_references(records: list[RunRecord], references: list[RunRecord]) -> list[dict]:
+    """Each run compared with the reference run of its own seed (`loralab runs DIRS --against REF`).
+
+    Pairing by seed keeps the training randomness out of the comparison as far as it can be: a
+    configuration on seed 43 meets the reference on seed 43, on the same validation rows.
+    """
+    by_seed: dict[int, RunRecord] = {}
+    for ref in references:
+        seed = ref.config.train.seed
+        if seed in by_seed and configuration_key(by_seed[seed]) != configuration_key(ref):
+            raise LoralabError(
+                f"--against: {by_seed[seed].run.path} and {ref.run.path} are two configurations with seed {seed}; "
+                "name one run directory, or a folder holding one configuration"
+            )
+        by_seed.setdefault(seed, ref)
+    reference_paths = {ref.run.path.resolve() for ref in references}
+    rows = []
+    for record in records:
+        if record.run.path.resolve() in reference_paths:
+            continue
+        seed = record.config.train.seed
+        if seed not in by_seed:
+            rows.append({"a": _label(record), "b": "-", "seed": seed, "difference": None, "p_value": None,
+                         "note": f"no reference run with seed {seed}"})  # fmt: skip
+            continue
+        ref = by_seed[seed]
+        rows.append(
+            compare(record, ref)
+            | {"a": _label(record), "b": _label(ref), "seed": seed, "peak": record.peak, "reference": ref.peak}
+        )
+    return rows
+
+
+def _label(record: RunRecord) -> str:
+    # Sweeps name trials by their axis values (lr_0.001), which repeat across groups.
+    return f"{record.group}/{record.name}" if record.group else record.name
+
+
+def format_against(rows: list[dict]) -> str:
+    """One line per run: its peak, the reference's, the difference, who alone was right how often, p."""
+    table = [["run", "seed", "peak", "reference", "ref peak", "diff (points)", "only run / only ref right", "p", ""]]
+    for row in rows:
+        if row["difference"] is None:
+            table.append([row["a"], str(row["seed"]), "-", "-", "-", "-", "-", "-", row["note"]])
+            continue
+        paired = row["p_value"] is not None
+        table.append([
+            row["a"], str(row["seed"]), f"{row['peak']:.4f}", row["b"], f"{row['reference']:.4f}",
+            f"{row['difference'] * 100:+.2f}", f"{row['only_a']} / {row['only_b']}" if paired else "-",
+            f"{row['p_value']:.3f}" if paired else "-",
+            row["note"] or ("significant at 0.05" if row["p_value"] < 0.05 else ""),
+        ])  # fmt: skip
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in table)
