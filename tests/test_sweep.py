@@ -154,6 +154,43 @@ def test_interrupted_sweep_resumes_the_killed_trial_from_its_checkpoint(tmp_path
     assert (killed_run / "summary.json").exists()
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child nobody has reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_workers_stop_when_the_sweep_is_killed(tmp_path, model_dirs, tiny_data):
+    """kill -9 of a sweep takes its workers with it: orphans would go on taking trials beside the next sweep."""
+    runs = tmp_path / "runs"
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, FOUR, steps=100_000, name="orphans")
+    command = [sys.executable, "-m", "loralab.cli", "sweep", str(path), "--runs", str(runs), "--workers", "2"]
+    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    storage = f"sqlite:///{runs / 'orphans' / 'optuna.db'}"
+    workers = []
+    deadline = time.time() + 120
+    while len(workers) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            workers = [int(t.user_attrs["worker"].rpartition(":")[2]) for t in optuna_trials(storage, "orphans")
+                       if "worker" in t.user_attrs]  # fmt: skip
+        except Exception:  # noqa: BLE001 - the study is not created yet
+            workers = []
+    assert len(workers) == 2 and all(map(_running, workers))
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    deadline = time.time() + 30
+    while any(map(_running, workers)) and time.time() < deadline:
+        time.sleep(0.2)
+    alive = [pid for pid in workers if _running(pid)]
+    for pid in alive:  # leave nothing behind if the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the workers outlived the sweep"
+
+
 def test_search_never_trains_over_budget_and_prunes_on_evaluations(tmp_path, model_dirs, tiny_data):
     spec = yaml.safe_load(tiny_sweep(tmp_path, model_dirs, tiny_data, {"x": {"grid": {"lora.r": [1]}}}).read_text())
     del spec["groups"]

@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +321,23 @@ def workers_failed(codes: list[int], kind: str) -> str:
     return line
 
 
+def stop_with_parent(every_s: float = 1.0) -> None:
+    """End this worker when the sweep that started it ends, however it was killed (even with -9).
+
+    Left running, an orphaned worker would finish its trial and then take the next queued ones, next
+    to the workers of the sweep started again: twice the processes on the same CPU, GPU and memory.
+    The trial it leaves resumes from its checkpoint when the sweep runs again.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # a child whose parent died is handed to another process
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
 def _worker(
     kind: str, path: str, storage: str, runs_dir: str, heartbeat_s: int, n_trials: int, threads: int, gpu: str | None
 ) -> None:
@@ -327,6 +346,7 @@ def _worker(
 
     if gpu is not None:  # before anything touches CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    stop_with_parent()
     import torch
 
     torch.set_num_threads(threads)
