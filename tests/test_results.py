@@ -247,6 +247,14 @@ def test_runs_against_pairs_each_run_with_the_reference_of_its_seed(tmp_path, mo
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["run", "seed", "peak"] and len(lines) == 4
     assert "no reference run with seed 3" in lines[3]
+    # References kept in several folders: --against once for each.
+    train_tiny(model_dirs["roberta"], tiny_data, tmp_path / "ref3", "seed3", "train.seed=3", "train.lr=1e-9")
+    capsys.readouterr()
+    assert (
+        main(["runs", str(tmp_path / "new"), "--against", str(tmp_path / "ref"), "--against", str(tmp_path / "ref3")])
+        == 0
+    )
+    assert "no reference" not in capsys.readouterr().out
 
     # A reference folder holding two configurations of one seed is ambiguous: one line, exit 2.
     train_tiny(model_dirs["roberta"], tiny_data, tmp_path / "ref", "other", "train.seed=1", "train.lr=1e-3")

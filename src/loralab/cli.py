@@ -121,10 +121,10 @@ def cmd_runs(args) -> int:
     records = find_runs(args.paths)
     rows = sort_rows([r.row() for r in records], args.sort)
     if args.against:
-        references = find_runs([args.against])
+        references = find_runs(args.against)
         if not references:
             raise LoralabError(
-                f"--against: no finished run under {args.against}; name a run directory or a folder of runs"
+                f"--against: no finished run under {', '.join(args.against)}; name a run directory or a folder of runs"
             )
         compared = against_references(records, references)
         print(format_against(compared) if compared else "no finished runs to compare (only the reference)")
@@ -303,8 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument(
         "--against",
         metavar="REF",
+        action="append",
         help="compare each run with the reference run of its seed (a run directory or a folder of one "
-        "configuration's seeds): difference, exact McNemar test on the same validation rows",
+        "configuration's seeds; repeat for seeds kept apart): difference, exact McNemar test on the same rows",
     )
     runs.set_defaults(run=cmd_runs)
 
