@@ -3,11 +3,20 @@ import json
 import pytest
 from conftest import AG_NEWS_CSV, make_tokenizer, synthetic_rows, write_csv
 
-from loralab.config import DataConfig
-from loralab.data import encode, eval_batches, load_labelled, split_validation, training_batches
+from loralab.config import AG_NEWS_LABELS, DataConfig
+from loralab.data import (
+    LabelledTexts,
+    check_label_fit,
+    encode,
+    eval_batches,
+    label_names_of,
+    load_labelled,
+    split_validation,
+    training_batches,
+)
 from loralab.errors import LoralabError
 
-CFG = DataConfig()
+CFG = DataConfig(label_names=list(AG_NEWS_LABELS))
 
 
 def test_csv_with_header(tmp_path):
@@ -37,9 +46,12 @@ def test_jsonl_and_parquet(tmp_path):
     [
         ('label,text\n0,"unclosed\n1,ok\n', "cannot parse as csv"),
         ("label,body\n0,hello\n", "no 'text' column"),
-        ("label,text\n7,hello\n", "row 0 has label 7, outside 0..3"),
-        ("label,text\n0,hello\n1,\n", "row 1 has an empty 'text'"),
-        ("label,text\n0,hello\n1,   \n", "row 1 has an empty 'text'"),
+        ("label,text\n7,hello\n", "line 2 has label 7, outside 0..3"),
+        ("label,text\n0,hello\n1,\n", "line 3 has an empty 'text'"),
+        ("label,text\n0,hello\n1,   \n", "line 3 has an empty 'text'"),
+        # Lines as an editor counts them: over a quoted line break and a blank line.
+        ('label,text\n0,"two\nlines"\n\n7,x\n', "line 5 has label 7"),
+        ("label,text\n0,a\n2.5,b\n", "line 3 has label 2.5 in 'label', a fraction"),
     ],
 )
 def test_bad_csv(tmp_path, content, message):
@@ -47,6 +59,60 @@ def test_bad_csv(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(LoralabError, match=message):
         load_labelled(str(path), CFG)
+
+
+def test_jsonl_errors_name_the_file_line(tmp_path, capfd):
+    good = "".join(json.dumps({"label": i % 4, "text": f"row {i}"}) + "\n" for i in range(4999))
+    (tmp_path / "bad.jsonl").write_text(good + '{"label": 1, "text": "unclosed}\n' + good)
+    with pytest.raises(LoralabError, match="bad.jsonl: line 5000 is not valid JSON"):
+        load_labelled(str(tmp_path / "bad.jsonl"), CFG)
+    assert capfd.readouterr().err == ""  # no stray log line before the one error
+    (tmp_path / "fraction.jsonl").write_text(good + '\n{"label": 0.5, "text": "x"}\n')
+    with pytest.raises(LoralabError, match="line 5001 has label 0.5"):  # blank line 5000 counted
+        load_labelled(str(tmp_path / "fraction.jsonl"), CFG)
+
+
+def test_texts_that_pandas_would_read_as_missing_are_texts(tmp_path):
+    words = ["NA", "nan", "None", "null", "n/a", "NULL", "N/A"]
+    rows = load_labelled(str(write_csv(tmp_path / "na.csv", [(i % 4, w) for i, w in enumerate(words)])), CFG)
+    assert rows.texts == words and rows.labels == [0, 1, 2, 3, 0, 1, 2]
+
+
+def test_whole_float_labels_are_class_indices(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [0.0, 1.0, 2.0, 3.0]}).to_parquet(tmp_path / "f.parquet")
+    assert load_labelled(str(tmp_path / "f.parquet"), CFG).labels == [0, 1, 2, 3]
+    pd.DataFrame({"text": ["a", "b"], "label": [0.0, 0.25]}).to_parquet(tmp_path / "g.parquet")
+    with pytest.raises(LoralabError, match="row 1 has label 0.25 in 'label', a fraction"):
+        load_labelled(str(tmp_path / "g.parquet"), CFG)
+
+
+def test_the_label_set_comes_from_the_data_where_not_named(tmp_path):
+    binary = write_csv(tmp_path / "binary.csv", [(i % 2, f"text {i}") for i in range(10)])
+    from_data = DataConfig(train=str(binary))
+    assert label_names_of(from_data) == ["0", "1"]
+    assert load_labelled(str(binary), from_data).labels == [i % 2 for i in range(10)]
+    named = write_csv(tmp_path / "named.csv", [("pos", "good"), ("neg", "bad"), ("pos", "fine")])
+    assert label_names_of(DataConfig(train=str(named))) == ["neg", "pos"]
+    assert load_labelled(str(named), DataConfig(train=str(named))).labels == [1, 0, 1]
+    # A gap in the indices is a class without rows: it still gets its index.
+    gap = write_csv(tmp_path / "gap.csv", [(0, "a"), (2, "b")])
+    assert label_names_of(DataConfig(train=str(gap))) == ["0", "1", "2"]
+    mixed = write_csv(tmp_path / "mixed.csv", [(0, "a"), ("pos", "b")])
+    with pytest.raises(LoralabError, match="mixes class indices"):
+        label_names_of(DataConfig(train=str(mixed)))
+    # The default data's names ship with loralab: no network needed for them.
+    assert label_names_of(DataConfig()) == AG_NEWS_LABELS
+
+
+def test_label_sets_that_do_not_fit_the_data_are_said():
+    train = LabelledTexts(["a", "b", "c"], [0, 1, 0])
+    val = LabelledTexts(["d", "e"], [1, 2])
+    problems = check_label_fit(DataConfig(train="x.csv", label_names=["w", "x", "y", "z"]), train, val)
+    assert len(problems) == 2
+    assert "no row of z" in problems[0] and "class y occurs only in the validation rows" in problems[1]
+    assert check_label_fit(DataConfig(label_names=["w", "x", "y"]), LabelledTexts(["a"] * 3, [0, 1, 2]), val) == []
 
 
 def test_missing_file(tmp_path):
@@ -85,8 +151,6 @@ def test_eval_batches_sorted_and_complete():
 
 def test_encode_truncates():
     tokenizer = make_tokenizer()
-    from loralab.data import LabelledTexts
-
     encoded = encode(tokenizer, LabelledTexts(["f1 " * 50, "f2"], [0, 1]), max_length=10)
     assert encoded.lengths == [10, 3]
 

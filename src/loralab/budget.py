@@ -38,8 +38,10 @@ class ModelShapes:
 
 
 def shapes_for(cfg: Config) -> ModelShapes:
-    """The shapes of cfg's model with cfg's labels: read once per process, then cached."""
-    return _cached_shapes(cfg.model.name, tuple(cfg.data.label_names))
+    """The shapes of cfg's model with cfg's labels (named, or from the data): read once per process, cached."""
+    from .data import label_names_of
+
+    return _cached_shapes(cfg.model.name, tuple(label_names_of(cfg.data)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -71,7 +73,9 @@ def load_model_config(cfg: Config):
     bundled = HUB_CONFIGS / name
     if not Path(name).exists() and (bundled / "config.json").is_file():
         name = str(bundled)  # the hub model's own config.json, shipped: budgets need no network
-    labels = cfg.data.label_names
+    from .data import label_names_of
+
+    labels = label_names_of(cfg.data)
     try:
         return AutoConfig.from_pretrained(
             name,

@@ -71,8 +71,11 @@ class LoraConfig:
 class DataConfig:
     train: str = doc("training data: hub dataset id, or a local .csv/.jsonl/.json/.parquet file", "fancyzhx/ag_news")
     text_column: str = doc("column holding the text", "text")
-    label_column: str = doc("column holding the integer label", "label")
-    label_names: list[str] = doc("class names, in label order", factory=lambda: list(AG_NEWS_LABELS))
+    label_column: str = doc("column holding the label: a class index, or a class name", "label")
+    label_names: list[str] = doc(
+        "class names, in label order (empty: from the data: its class names sorted, or 0..K-1 for class indices)",
+        factory=list,
+    )
     val_size: int = doc("rows held out of the training data for validation", 640)
     split_seed: int = doc("seed of the train/validation split", 42)
     max_length: int = doc("tokens kept per text (longer texts are truncated)", 512)
@@ -202,7 +205,7 @@ def _validate(cfg: Config) -> None:
     require(cfg.lora.plus_ratio >= 0, f"lora.plus_ratio: must be >= 0, got {cfg.lora.plus_ratio}")
     require(cfg.lora.init in LORA_INITS, f"lora.init: '{cfg.lora.init}' is not one of {', '.join(LORA_INITS)}")
     require(cfg.lora.bias in LORA_BIAS, f"lora.bias: '{cfg.lora.bias}' is not one of {', '.join(LORA_BIAS)}")
-    require(len(cfg.data.label_names) >= 2, "data.label_names: need at least two classes")
+    require(len(cfg.data.label_names) != 1, "data.label_names: need at least two classes")
     require(cfg.data.val_size >= 1, f"data.val_size: must be >= 1, got {cfg.data.val_size}")
     require(cfg.data.max_length >= 2, f"data.max_length: must be >= 2, got {cfg.data.max_length}")
     t = cfg.train
@@ -227,11 +230,14 @@ def _validate(cfg: Config) -> None:
             importlib.util.find_spec(TRACKERS[tracker]) is not None,
             f"train.report_to: {tracker} is not installed (pip install {TRACKERS[tracker]})",
         )
-    n_labels = len(cfg.data.label_names)
-    require(
-        t.class_weights is None or (len(t.class_weights) == n_labels and all(w > 0 for w in t.class_weights)),
-        f"train.class_weights: need {n_labels} positive weights, one per label",
-    )
+    if cfg.data.label_names:  # otherwise checked once the data has named them
+        check_class_weights(cfg)
+
+
+def check_class_weights(cfg: Config) -> None:
+    n_labels, weights = len(cfg.data.label_names), cfg.train.class_weights
+    if weights is not None and (len(weights) != n_labels or not all(w > 0 for w in weights)):
+        raise LoralabError(f"train.class_weights: need {n_labels} positive weights, one per label")
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -244,13 +250,38 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a repeated key: plain YAML keeps the last one, so a second `model:` section
+    silently drops every key of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise LoralabError(
+                    f"duplicate key '{key}' at lines {seen[key]} and {line}: keep one (merge a repeated section "
+                    "into the first)"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def yaml_load(text: str) -> Any:
+    """YAML as safe_load reads it, except that a repeated key is an error naming both lines."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`section.key=value`, the value read as YAML (so lists and numbers work)."""
     key, sep, raw = text.partition("=")
     if not sep or "." not in key:
         raise LoralabError(f"override '{text}': expected section.key=value")
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), yaml_load(raw)
+    except LoralabError as err:
+        raise LoralabError(f"override '{text}': {err}") from None
     except yaml.YAMLError as err:
         raise LoralabError(f"override '{text}': bad value ({err.__class__.__name__})") from err
 
@@ -260,7 +291,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise LoralabError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml_load(path.read_text()) or {}
+    except LoralabError as err:
+        raise LoralabError(f"bad config {path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
+import itertools
+import json
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DataConfig
+from .config import AG_NEWS_LABELS, DataConfig
 from .errors import LoralabError
 
 LOCAL_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -22,34 +26,85 @@ class LabelledTexts:
     labels: list[int]
 
 
+# The class names of hub datasets as their ClassLabel features give them, shipped (as roberta-base's
+# config.json is) so that the default configuration's budget needs no network.
+HUB_LABELS = {"fancyzhx/ag_news": AG_NEWS_LABELS, "ag_news": AG_NEWS_LABELS}
+
+
 def _is_local(source: str) -> bool:
     return Path(source).exists() or Path(source).suffix.lower() in LOCAL_SUFFIXES or source.startswith((".", "/"))
 
 
-def _original_ag_news_layout(path: Path, text_column: str, label_column: str) -> bool:
-    """The published AG News CSV: no header; class index 1-4, title, description."""
+def _read_first_record(path: Path) -> list[str]:
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            first = next(csv.reader(handle), [])
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            return next(csv.reader(handle), [])
     except UnicodeDecodeError as err:
         raise LoralabError(
             f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): save it as UTF-8"
         ) from None
+
+
+def _original_ag_news_layout(path: Path, text_column: str, label_column: str) -> bool:
+    """The published AG News CSV: no header; class index 1-4, title, description."""
+    first = _read_first_record(path)
     return text_column not in first and len(first) == 3 and first[0].strip().isdigit()
+
+
+def row_place(source: str, row: int, cfg: DataConfig) -> str:
+    """Where data row `row` (counted from 0) is, as an editor shows it: the line of a CSV or JSONL file
+    (after the header, over blank lines and quoted line breaks); the row number of other sources."""
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if not path.is_file() or suffix not in (".csv", ".jsonl"):
+        return f"row {row}"
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        if suffix == ".jsonl":
+            lines = (number for number, line in enumerate(handle, 1) if line.strip())
+            return f"line {next(itertools.islice(lines, row, None), '?')}"
+        reader = csv.reader(handle)
+        skip = 0 if _original_ag_news_layout(path, cfg.text_column, cfg.label_column) else 1
+        starts = []
+        last = 0
+        for record in reader:
+            if record:  # pandas skips blank lines
+                starts.append(last + 1)
+            last = reader.line_num
+            if len(starts) > row + skip:
+                return f"line {starts[row + skip]}"
+    return f"row {row}"
 
 
 @contextmanager
 def quiet_datasets():
-    """No "Generating train split" bars for a local file: it is read in a moment (hub downloads keep theirs)."""
+    """No "Generating train split" bars or logged parse errors for a local file: it is read in a moment
+    (hub downloads keep their bars), and its errors are ours to say in one line."""
     from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+    from datasets.utils import logging as datasets_logging
 
-    was_enabled = is_progress_bar_enabled()
+    was_enabled, verbosity = is_progress_bar_enabled(), datasets_logging.get_verbosity()
     disable_progress_bars()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)
     try:
         yield
     finally:
+        datasets_logging.set_verbosity(verbosity)
         if was_enabled:
             enable_progress_bars()
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """`line N: message` of a JSONL file's first line that is not a JSON object, if any."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                if not isinstance(json.loads(line), dict):
+                    return f"line {number} is not a JSON object"
+            except json.JSONDecodeError as err:
+                return f"line {number} is not valid JSON ({err.msg} at column {err.colno})"
+    return None
 
 
 def _load_table(source: str, cfg: DataConfig, split: str):
@@ -67,8 +122,11 @@ def _load_table(source: str, cfg: DataConfig, split: str):
     if builder is None:
         raise LoralabError(f"{path}: unsupported file type (use {', '.join(LOCAL_SUFFIXES)})")
     options = {}
-    if builder == "csv" and _original_ag_news_layout(path, cfg.text_column, cfg.label_column):
-        options = {"column_names": ["class_index", "title", "description"], "header": None}
+    if builder == "csv":
+        # A text column holds text: pandas would read NA, nan, None, null or n/a as missing values.
+        options = {"na_filter": False}
+        if _original_ag_news_layout(path, cfg.text_column, cfg.label_column):
+            options |= {"column_names": ["class_index", "title", "description"], "header": None}
     try:
         with quiet_datasets():
             table = load_dataset(builder, data_files=str(path), split="train", **options)
@@ -80,6 +138,9 @@ def _load_table(source: str, cfg: DataConfig, split: str):
             raise LoralabError(
                 f"{path} is not UTF-8 text (at byte offset {cause.start} of a chunk): save it as UTF-8"
             ) from None
+        bad_line = _first_bad_json_line(path) if path.suffix.lower() == ".jsonl" else None
+        if bad_line:
+            raise LoralabError(f"{path}: {bad_line}: fix or remove it") from None
         raise LoralabError(f"{path}: cannot parse as {builder}: {str(cause).splitlines()[0]}") from err
     if "class_index" in table.column_names:
         with quiet_datasets():
@@ -93,37 +154,88 @@ def _load_table(source: str, cfg: DataConfig, split: str):
     return table
 
 
+def _label_column(table, source: str, cfg: DataConfig) -> list:
+    if cfg.label_column not in table.column_names:
+        raise LoralabError(f"{source}: no '{cfg.label_column}' column (columns: {', '.join(table.column_names)})")
+    return table[cfg.label_column]
+
+
+def label_names_of(cfg: DataConfig) -> list[str]:
+    """The class names: data.label_names where given, else what the data holds (its ClassLabel names,
+    its class names sorted, or 0..K-1 for class indices)."""
+    if cfg.label_names:
+        return list(cfg.label_names)
+    return list(_labels_in_data(cfg.train, cfg.text_column, cfg.label_column))
+
+
+@functools.lru_cache(maxsize=8)
+def _labels_in_data(source: str, text_column: str, label_column: str) -> tuple[str, ...]:
+    if source in HUB_LABELS:
+        return tuple(HUB_LABELS[source])
+    cfg = DataConfig(train=source, text_column=text_column, label_column=label_column)
+    table = _load_table(source, cfg, "train")
+    values = _label_column(table, source, cfg)
+    feature = table.features[label_column]
+    if getattr(feature, "names", None):  # a datasets ClassLabel
+        return tuple(feature.names)
+    indices = [_whole_number(value, row, source, cfg) for row, value in enumerate(values)]
+    if all(i is not None for i in indices):
+        return tuple(str(i) for i in range(max(max(indices), 0) + 1))
+    if all(i is None and isinstance(v, str) for i, v in zip(indices, values)):
+        return tuple(sorted(set(values)))
+    raise LoralabError(
+        f"{source}: '{label_column}' mixes class indices and other values: name the classes in data.label_names"
+    )
+
+
+def _whole_number(label, row: int, source: str, cfg: DataConfig) -> int | None:
+    """A label that is a class index (an integer, a whole float such as a parquet's 3.0, or digits as
+    text) as an int; None for anything else. A fraction is refused: it is a score, not a class."""
+    if isinstance(label, bool):
+        return None
+    if isinstance(label, int):
+        return label
+    if isinstance(label, float):
+        if label.is_integer():
+            return int(label)
+        raise LoralabError(
+            f"{source}: {row_place(source, row, cfg)} has label {label!r} in '{cfg.label_column}', a fraction: "
+            "class labels are whole class indices or class names"
+        )
+    if isinstance(label, str) and label.strip().lstrip("-").isdigit():
+        return int(label)
+    return None
+
+
 def load_labelled(source: str, cfg: DataConfig, split: str = "train") -> LabelledTexts:
     """Rows of text and integer label, checked: both columns present, labels in range, no empty text."""
     table = _load_table(source, cfg, split)
-    texts = _column_texts(table, cfg.text_column, source)
-    if cfg.label_column not in table.column_names:
-        raise LoralabError(f"{source}: no '{cfg.label_column}' column (columns: {', '.join(table.column_names)})")
-    return LabelledTexts(
-        texts, [class_index(label, row, source, cfg) for row, label in enumerate(table[cfg.label_column])]
-    )
+    texts = _column_texts(table, cfg.text_column, source, cfg)
+    values = _label_column(table, source, cfg)
+    return LabelledTexts(texts, [class_index(label, row, source, cfg) for row, label in enumerate(values)])
 
 
 def class_index(label, row: int, source: str, cfg: DataConfig) -> int:
-    """A label as a class index: an integer in range, an integer written as text, or a class name."""
-    names, last = cfg.label_names, len(cfg.label_names) - 1
-    if isinstance(label, str) and label.strip().lstrip("-").isdigit():
-        label = int(label)
-    elif isinstance(label, str) and label in names:
+    """A label as a class index: an integer in range (whole floats and digits as text count), or a class name."""
+    names = label_names_of(cfg)
+    last = len(names) - 1
+    index = _whole_number(label, row, source, cfg)
+    if index is None and isinstance(label, str) and label in names:
         return names.index(label)
-    if isinstance(label, int) and not isinstance(label, bool):
-        if 0 <= label <= last:
-            return label
+    if index is not None:
+        if 0 <= index <= last:
+            return index
         raise LoralabError(
-            f"{source}: row {row} has label {label}, outside 0..{last} (data.label_names has {last + 1} classes)"
+            f"{source}: {row_place(source, row, cfg)} has label {index}, outside 0..{last} "
+            f"(data.label_names has {last + 1} classes)"
         )
     raise LoralabError(
-        f"{source}: row {row} has label {label!r} in '{cfg.label_column}': use a class index 0..{last} "
-        f"or one of data.label_names ({', '.join(names)})"
+        f"{source}: {row_place(source, row, cfg)} has label {label!r} in '{cfg.label_column}': use a class index "
+        f"0..{last} or one of data.label_names ({', '.join(names)})"
     )
 
 
-def _column_texts(table, column: str, source: str) -> list[str]:
+def _column_texts(table, column: str, source: str, cfg: DataConfig) -> list[str]:
     if column not in table.column_names:
         raise LoralabError(f"{source}: no '{column}' column (columns: {', '.join(table.column_names)})")
     texts = table[column]
@@ -131,7 +243,7 @@ def _column_texts(table, column: str, source: str) -> list[str]:
         raise LoralabError(f"{source}: no rows")
     for row, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
-            raise LoralabError(f"{source}: row {row} has an empty '{column}'")
+            raise LoralabError(f"{source}: {row_place(source, row, cfg)} has an empty '{column}'")
     return list(texts)
 
 
@@ -162,7 +274,66 @@ def load_texts(source: str, text_column: str, allow_pickle: bool = False) -> tup
     else:
         table = _load_table(source, DataConfig(text_column=text_column), "test")
     id_column = next((c for c in ID_COLUMNS if c in table.column_names), None)
-    return _column_texts(table, text_column, source), (list(table[id_column]) if id_column else None)
+    texts = _column_texts(table, text_column, source, DataConfig(text_column=text_column))
+    return texts, (list(table[id_column]) if id_column else None)
+
+
+@dataclass
+class DataIdentity:
+    """What identifies the data a run was trained on (data.json), so that evaluating or resuming it on
+    data that changed since is refused instead of silently scoring other rows."""
+
+    source: str
+    rows: int
+    rows_sha256: str  # every row's text and label, in order: the same for a file and for a hub dataset
+    val_rows: int
+    val_sha256: str  # the validation rows the run was scored on
+    file_sha256: str | None = None  # the bytes of a local file
+
+
+def rows_sha256(rows: LabelledTexts) -> str:
+    digest = hashlib.sha256()
+    for text, label in zip(rows.texts, rows.labels):
+        digest.update(f"{label}\t{len(text)}\t{text}\n".encode())  # the length keeps the fields apart
+    return digest.hexdigest()
+
+
+def file_sha256(source: str) -> str | None:
+    path = Path(source)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def identify(source: str, rows: LabelledTexts, val: LabelledTexts) -> DataIdentity:
+    return DataIdentity(
+        source, len(rows.texts), rows_sha256(rows), len(val.texts), rows_sha256(val), file_sha256(source)
+    )
+
+
+def check_label_fit(cfg: DataConfig, train: LabelledTexts, val: LabelledTexts) -> list[str]:
+    """What about the label set does not fit the data, as sentences: named classes without any row, and
+    classes only the validation rows have (the model never sees them trained)."""
+    names = label_names_of(cfg)
+    in_train, in_val = set(train.labels), set(val.labels)
+    problems = []
+    unused = [names[i] for i in range(len(names)) if i not in in_train | in_val]
+    if unused:
+        problems.append(
+            f"data.label_names names {len(names)} classes, but {cfg.train} has no row of {', '.join(unused)}: "
+            "the head still gets an output for each (name only the data's classes)"
+        )
+    only_val = sorted(in_val - in_train)
+    if only_val:
+        problems.append(
+            f"class {', '.join(names[i] for i in only_val)} occurs only in the validation rows: "
+            "the model is never trained on it (more rows of it, or another data.split_seed)"
+        )
+    return problems
 
 
 def split_validation(rows: LabelledTexts, val_size: int, seed: int) -> tuple[LabelledTexts, LabelledTexts]:

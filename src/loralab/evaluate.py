@@ -111,19 +111,32 @@ def first_token_after_last_attention(model):
 
 @torch.no_grad()
 def predict_logits(
-    model, tokenizer, input_ids: list[list[int]], batch_size: int, device, autocast=nullcontext, pooling: str = "first"
+    model,
+    tokenizer,
+    input_ids: list[list[int]],
+    batch_size: int,
+    device,
+    autocast=nullcontext,
+    pooling: str = "first",
+    progress: bool = False,
 ) -> torch.Tensor:
-    """Logits of every row, in the rows' order; batches are length-sorted so padding stays small."""
+    """Logits of every row, in the rows' order; batches are length-sorted so padding stays small.
+
+    `progress`: a bar (rows, rows/s, ETA) on a terminal; nothing where stderr is a file or a pipe."""
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     # Kept on the device until the end: one copy to the host, not a wait per batch.
     logits = torch.empty(len(input_ids), model.config.num_labels, device=device)
     # Mean pooling reads every token of the last layer, so nothing can be trimmed.
-    with first_token_after_last_attention(model) if pooling == "first" else nullcontext():
+    bar = tqdm(total=len(input_ids), unit="rows", disable=None if progress else True, dynamic_ncols=True)
+    with first_token_after_last_attention(model) if pooling == "first" else nullcontext(), bar:
         for indices in eval_batches([len(ids) for ids in input_ids], batch_size):
             batch = tokenizer.pad({"input_ids": [input_ids[i] for i in indices]}, return_tensors="pt").to(device)
             with autocast():
                 logits[torch.tensor(indices, device=device)] = model(**batch).logits.float()
+            bar.update(len(indices))
     model.train(was_training)
     return logits.cpu()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from .budget import looks_like_path
-from .data import load_labelled, load_texts, split_validation
-from .errors import LoralabError
+from .data import LabelledTexts, load_labelled, load_texts, rows_sha256, split_validation
+from .errors import LoralabError, warn
 from .evaluate import evaluation_report, predict_logits
 from .model import cast_frozen_linears, load_trained
 from .plots import plot_confusion
@@ -44,7 +44,9 @@ def classify(model, tokenizer, texts: list[str], cfg, batch_size: int, precision
     model.requires_grad_(False)
     cast_frozen_linears(model, precision)
     model.to(device())
-    logits = predict_logits(model, tokenizer, ids, batch_size, device(), autocast_for(precision), cfg.model.pooling)
+    logits = predict_logits(
+        model, tokenizer, ids, batch_size, device(), autocast_for(precision), cfg.model.pooling, progress=True
+    )
     return logits.softmax(-1)
 
 
@@ -60,20 +62,22 @@ def evaluate_run(
     """Metrics of a run's adapter on its own validation rows, or on another labelled set."""
     run = RunDir(Path(run_path))
     cfg, tokenizer, model = load_trained(run.path, which, merged=True, base_model=base_model)
+    report = {"run": str(run_path), "adapter": which, "data": data or f"{cfg.data.train} (validation rows)"}
     if data is None:
-        if looks_like_path(cfg.data.train) and not Path(cfg.data.train).exists():
-            raise LoralabError(
-                f"run {run.path} drew its validation rows from {cfg.data.train}, which is not on this machine: "
-                "pass --data FILE to evaluate on a labelled file"
-            )
-        rows = split_validation(load_labelled(cfg.data.train, cfg.data), cfg.data.val_size, cfg.data.split_seed)[1]
+        rows = validation_rows(run, cfg)
         tag = "val"
     else:
         rows = load_labelled(data, cfg.data, split)
         tag = f"{Path(data).stem if Path(data).exists() else data.replace('/', '_')}-{split}"
+        seen = training_rows_in(cfg, rows)
+        if seen:
+            warn(
+                f"{seen} of the {len(rows.texts)} rows of {data} were training rows of this run: its accuracy on "
+                "them is not a held-out estimate (without --data, eval scores the run's validation rows)"
+            )
+        report["training_rows"] = seen
     probs = classify(model, tokenizer, rows.texts, cfg, batch_size, precision)
     predictions = probs.argmax(-1).tolist()
-    report = {"run": str(run_path), "adapter": which, "data": data or f"{cfg.data.train} (validation rows)"}
     report |= evaluation_report(rows.labels, predictions, cfg.data.label_names)
 
     folder = run.eval_dir(f"{tag}-{which}")
@@ -83,6 +87,40 @@ def evaluate_run(
     plot_confusion(report["confusion_matrix"], cfg.data.label_names, folder / "confusion", title)
     report["saved_in"] = str(folder)
     return report
+
+
+def validation_rows(run: RunDir, cfg) -> LabelledTexts:
+    """The rows the run was validated on, drawn again from its training data and checked to be the same
+    rows (data.json): a training file that changed since would give other rows under the same name."""
+    if looks_like_path(cfg.data.train) and not Path(cfg.data.train).exists():
+        raise LoralabError(
+            f"run {run.path} drew its validation rows from {cfg.data.train}, which is not on this machine: "
+            "pass --data FILE to evaluate on a labelled file the run did not train on"
+        )
+    everything = load_labelled(cfg.data.train, cfg.data)
+    rows = split_validation(everything, cfg.data.val_size, cfg.data.split_seed)[1]
+    saved = run.read_data_identity()
+    if saved is None:
+        warn(
+            f"run {run.path} records no identity of its data (trained before loralab 0.3): the validation rows "
+            f"drawn again from {cfg.data.train} cannot be checked to be the ones it was scored on"
+        )
+    elif rows_sha256(rows) != saved.val_sha256:
+        raise LoralabError(
+            f"the validation rows of run {run.path} are no longer in {cfg.data.train}: the data changed since it "
+            f"trained ({saved.rows} rows then, {len(everything.texts)} now); restore it, or pass --data FILE with "
+            "labelled rows the run did not train on"
+        )
+    return rows
+
+
+def training_rows_in(cfg, rows: LabelledTexts) -> int | None:
+    """How many of `rows` the run trained on (by text), where its training data is on this machine."""
+    if not looks_like_path(cfg.data.train) or not Path(cfg.data.train).exists():
+        return None
+    trained = split_validation(load_labelled(cfg.data.train, cfg.data), cfg.data.val_size, cfg.data.split_seed)[0]
+    seen = set(trained.texts)
+    return sum(text in seen for text in rows.texts)
 
 
 def predict_file(

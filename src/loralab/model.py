@@ -9,7 +9,7 @@ import torch
 
 from .budget import Breakdown, ModelShapes
 from .config import Config
-from .errors import LoralabError
+from .errors import LoralabError, warn
 from .scope import LAYER_NAME, AdapterPlan
 
 WEIGHT_FILES = (
@@ -48,6 +48,38 @@ def load_tokenizer(name: str):
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise LoralabError(f"cannot load the tokenizer of '{name}': {str(err).splitlines()[0]}") from err
+
+
+# Families whose position ids start after the padding index (RoBERTa's scheme): max_position_embeddings
+# includes padding_idx + 1 positions no token uses (roberta-base: 514, of which 512 are usable).
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "data2vec-text", "longformer")
+
+
+def position_limit(model_config) -> int | None:
+    """The most tokens one input can have; None where positions are only relative (DeBERTa-v2/v3)."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions is None or getattr(model_config, "position_biased_input", True) is False:
+        return None
+    if model_config.model_type in OFFSET_POSITIONS:
+        positions -= (model_config.pad_token_id or 0) + 1
+    return positions
+
+
+def check_max_length(cfg: Config, model_config, tokenizer) -> None:
+    """data.max_length within the model's positions (past them the first long batch crashes), checked
+    before anything is written; a tokenizer that declares a shorter limit is told, not silently overridden."""
+    limit, length = position_limit(model_config), cfg.data.max_length
+    if limit is not None and length > limit:
+        raise LoralabError(
+            f"data.max_length {length} is more than {cfg.model.name} can read ({limit} token positions): "
+            f"set data.max_length={limit} or lower"
+        )
+    declared = getattr(tokenizer, "model_max_length", None)
+    if declared is not None and declared < min(length, 1_000_000):  # transformers' "no limit" is 1e30
+        warn(
+            f"the tokenizer of {cfg.model.name} declares model_max_length {declared}, below data.max_length "
+            f"{length}: texts are cut at {length} tokens, as data.max_length says"
+        )
 
 
 def peft_config(cfg: Config, plan: AdapterPlan):
@@ -223,9 +255,11 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
             f"run {run.path} was trained on the model folder {cfg.model.name}, which is not on this machine: "
             "pass --base-model FOLDER (the same pretrained model)"
         )
-    if cfg.model.finetune == "full":  # the saved folder is the whole model
-        return cfg, load_tokenizer(cfg.model.name), load_full(cfg, folder).eval()
     shapes = shapes_for(cfg)
+    tokenizer = load_tokenizer(cfg.model.name)
+    check_max_length(cfg, shapes.config, tokenizer)  # a run saved before this check could still exceed it
+    if cfg.model.finetune == "full":  # the saved folder is the whole model
+        return cfg, tokenizer, load_full(cfg, folder).eval()
     base, fresh = load_classifier(cfg, shapes.config)
     saved = read_frozen(folder)
     missing = [name for name in frozen_names(fresh, breakdown_for(cfg, shapes)[1]) if name not in saved]
@@ -241,4 +275,4 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
             model = model.merge_and_unload()
         except Exception as err:  # PEFT raises several types for layers it cannot merge
             raise LoralabError(f"cannot merge the adapter of {run_path} into {cfg.model.name}: {err}") from err
-    return cfg, load_tokenizer(cfg.model.name), model.eval()
+    return cfg, tokenizer, model.eval()

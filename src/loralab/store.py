@@ -4,6 +4,9 @@ config.yaml            the resolved Config
 metrics.jsonl          one row per log or evaluation
 summary.json           Summary: written last, so its presence means the run finished
 origin.json            Origin: which sweep or import a run came from (optional)
+data.json              DataIdentity: hashes of the data and of the validation rows the run was trained on
+owner.json             the process that trains (or last trained) the run; the lock itself is an OS lock on
+                       the folder, held while it trains and released by the kernel however the process ends
 best/, last/           PEFT adapters (LoRA weights and trained head) + frozen_weights.safetensors
                        (weights the base checkpoint lacks, drawn at random and frozen, which the
                        adapter was trained on top of) + val_predictions.json (Predictions);
@@ -16,12 +19,17 @@ logs/                  what train.report_to's trackers write
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import random
 import re
 import shutil
+import socket
+import sys
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +38,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .data import DataIdentity
 from .errors import LoralabError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -205,6 +214,14 @@ class RunDir:
         return self.path / "origin.json"
 
     @property
+    def data(self) -> Path:
+        return self.path / "data.json"
+
+    @property
+    def owner(self) -> Path:
+        return self.path / "owner.json"
+
+    @property
     def best(self) -> Path:
         return self.path / "best"
 
@@ -229,6 +246,46 @@ class RunDir:
             for partial in self.path.glob(f".{folder}.*"):
                 if partial.is_dir():
                     shutil.rmtree(partial, ignore_errors=True)
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> RunDir:
+        """Where a configuration's run lives: output.dir/output.name."""
+        return cls(Path(cfg.output.dir) / cfg.output.name)
+
+    # --- one writer at a time ------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self):
+        """Hold the run directory's OS lock (an flock on the folder itself, so taking it writes nothing).
+        A second writer is refused at once, naming the holder; the kernel releases the lock when the
+        holding process ends, killed or not, so a killed run can be resumed straight away."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LoralabError(
+                    f"run {self.path} is being trained by {self.holder()}: wait for it to finish or stop it "
+                    "(a stopped run continues with --resume); two writers would mix their steps in one run"
+                ) from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def write_owner(self) -> None:
+        """Who holds the lock, for the message a second writer gets."""
+        command = " ".join(["loralab", *sys.argv[1:]]) if sys.argv else "loralab"
+        write_json_atomic(
+            self.owner, {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "command": command}
+        )
+
+    def holder(self) -> str:
+        try:
+            owner = json.loads(self.owner.read_text())
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner["since"]))
+            return f"process {owner['pid']} on {owner['host']} (`{owner['command']}`, since {since})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
 
     def eval_dir(self, tag: str) -> Path:
         return self.path / "eval" / tag
@@ -259,6 +316,13 @@ class RunDir:
 
     def write_origin(self, origin: Origin) -> None:
         write_json_atomic(self.origin, dataclasses.asdict(origin))
+
+    def read_data_identity(self) -> DataIdentity | None:
+        """None for a run saved before loralab recorded its data."""
+        return _from_json(DataIdentity, _read_json(self.data), self.data) if self.data.exists() else None
+
+    def write_data_identity(self, identity: DataIdentity) -> None:
+        write_json_atomic(self.data, dataclasses.asdict(identity))
 
     # --- metrics -------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -27,6 +28,14 @@ from .sweepfile import (
     resolve_alpha,
     trial_config,
 )
+
+# user:password@ in a URL: the password is never shown, in a message, a log or a saved file.
+URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of any URL in it replaced by ***."""
+    return URL_PASSWORD.sub(r"\1***@", text)
 
 
 def default_storage(sweep: Sweep, runs_dir: str) -> str:
@@ -55,7 +64,8 @@ def open_study(sweep: Sweep, storage_url: str, heartbeat_s: int):
             serialize_sqlite_transactions(storage.engine)
         return optuna.create_study(study_name=sweep.name, storage=storage, direction="maximize", load_if_exists=True)
     except Exception as err:  # SQLAlchemy raises many types for a bad URL or an unreachable server
-        raise LoralabError(f"cannot open the Optuna storage {storage_url}: {str(err).splitlines()[0]}") from err
+        line = f"cannot open the Optuna storage {storage_url}: {str(err).splitlines()[0]}"
+        raise LoralabError(redact(line)) from None
 
 
 def serialize_sqlite_transactions(engine) -> None:
@@ -133,7 +143,7 @@ def run_trial(sweep: Sweep, trial: Trial, runs_dir: str, on_eval=None) -> Summar
     from .train import train
 
     cfg = trial_config(sweep, trial, runs_dir)
-    run = RunDir(Path(cfg.output.dir) / cfg.output.name)
+    run = RunDir.for_config(cfg)
     if run.summary.exists():  # finished, but the worker died before telling Optuna
         return run.read_summary()
     started = run.config.exists()  # an earlier attempt of this trial: continue from its checkpoint
@@ -238,7 +248,7 @@ def serve_dashboard(path: str | None, storage: str | None, runs_dir: str, host: 
         if not database.exists():
             raise LoralabError(f"dashboard: no study at {database} yet: start it with `loralab sweep {path}` first")
         storage = default_storage(sweep, runs_dir)
-    log(f"optuna-dashboard on {storage}: http://{host}:{port}/ (Ctrl-C to stop)")
+    log(f"optuna-dashboard on {redact(storage)}: http://{host}:{port}/ (Ctrl-C to stop)")
     try:
         optuna_dashboard.run_server(storage, host=host, port=port)
     except OSError as err:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +15,29 @@ import torch
 import torch.nn.functional as F
 
 from .budget import Breakdown, breakdown_for, check_budget, shapes_for
-from .config import Config
-from .data import Encoded, collate, encode, load_labelled, split_validation, training_batches
-from .errors import LoralabError
+from .config import Config, check_class_weights
+from .data import (
+    DataIdentity,
+    Encoded,
+    check_label_fit,
+    collate,
+    encode,
+    identify,
+    label_names_of,
+    load_labelled,
+    split_validation,
+    training_batches,
+)
+from .errors import LoralabError, warn
 from .evaluate import Evaluation, evaluate
-from .model import build_model, cast_frozen_linears, check_model_folder, load_tokenizer, optimizer_groups
+from .model import (
+    build_model,
+    cast_frozen_linears,
+    check_max_length,
+    check_model_folder,
+    load_tokenizer,
+    optimizer_groups,
+)
 from .store import LoopState, Predictions, RunDir, Summary
 from .tracking import start_trackers
 
@@ -34,29 +53,39 @@ class Prepared:
     frozen: dict[str, torch.Tensor]  # random frozen weights the adapter depends on, saved with it
     train_set: Encoded
     val_set: Encoded
+    data: DataIdentity
 
 
 def prepare(cfg: Config, log=print) -> Prepared:
-    """Check budget, data and model; any bad input fails here, before anything is written."""
+    """Check data, budget and model; any bad input fails here, before anything is written."""
+    # Data first: the label set comes from it where data.label_names does not name one, and the
+    # budget counts one head output per class.
+    rows = load_labelled(cfg.data.train, cfg.data)
+    cfg.data.label_names = label_names_of(cfg.data)
+    check_class_weights(cfg)
+    train_rows, val_rows = split_validation(rows, cfg.data.val_size, cfg.data.split_seed)
+    for problem in check_label_fit(cfg.data, train_rows, val_rows):
+        warn(problem)
     shapes = shapes_for(cfg)
     breakdown, plan = breakdown_for(cfg, shapes)
     log(breakdown.format())  # shown once, before the one-line error of a run over the budget
     check_budget(cfg, breakdown, shapes)
     check_model_folder(cfg.model.name)
     tokenizer = load_tokenizer(cfg.model.name)
-    rows = load_labelled(cfg.data.train, cfg.data)
-    train_rows, val_rows = split_validation(rows, cfg.data.val_size, cfg.data.split_seed)
+    check_max_length(cfg, shapes.config, tokenizer)
     train_set = encode(tokenizer, train_rows, cfg.data.max_length)
     val_set = encode(tokenizer, val_rows, cfg.data.max_length)
     torch.manual_seed(cfg.train.seed)  # the head's random initialisation
     model, frozen = build_model(cfg, shapes, plan, breakdown)
-    return Prepared(cfg, breakdown, tokenizer, model, frozen, train_set, val_set)
+    return Prepared(
+        cfg, breakdown, tokenizer, model, frozen, train_set, val_set, identify(cfg.data.train, rows, val_rows)
+    )
 
 
-def open_run_dir(cfg: Config, resume: bool) -> RunDir:
-    """The run directory, checked: new for a fresh run, the same configuration's for --resume."""
-    run = RunDir(Path(cfg.output.dir) / cfg.output.name)
-    if not resume and run.path.exists() and any(p != run.origin for p in run.path.iterdir()):
+def check_run_dir(run: RunDir, resume: bool) -> None:
+    """What the run directory allows, said before any model or data loads: new for a fresh run, an
+    unfinished run for --resume."""
+    if not resume and run.path.exists() and any(p not in (run.origin, run.owner) for p in run.path.iterdir()):
         raise LoralabError(f"run directory {run.path} exists: pass --resume to continue it, or set output.name")
     if resume and not run.config.exists():
         raise LoralabError(
@@ -64,6 +93,13 @@ def open_run_dir(cfg: Config, resume: bool) -> RunDir:
         )
     if resume and run.summary.exists():
         raise LoralabError(f"run {run.path} has already finished (summary.json exists)")
+
+
+def start_run_dir(run: RunDir, prep: Prepared, resume: bool) -> None:
+    """Under the run's lock: a resumed run must have the same configuration and the same data; then the
+    configuration, the data's identity and the owner are written."""
+    check_run_dir(run, resume)  # again: another process may have filled it while this one loaded
+    cfg = prep.cfg
     if resume:
         changed = config_differences(run.read_config(), cfg)
         if changed:
@@ -71,10 +107,16 @@ def open_run_dir(cfg: Config, resume: bool) -> RunDir:
                 f"--resume: the config differs from {run.config} in {'; '.join(changed)}: resume with the same "
                 "config, or set output.name to start a new run"
             )
+        saved = run.read_data_identity()
+        if saved is not None and saved.rows_sha256 != prep.data.rows_sha256:
+            raise LoralabError(
+                f"--resume: the training data {cfg.data.train} changed since the run started ({saved.rows} rows "
+                f"then, {prep.data.rows} now): restore it, or set output.name to start a new run on the new data"
+            )
         run.clean_interrupted_writes()
-    run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg)
-    return run
+    run.write_data_identity(prep.data)
+    run.write_owner()
 
 
 def config_differences(saved: Config, now: Config) -> list[str]:
@@ -119,7 +161,7 @@ def make_accelerator(cfg: Config):
     # process, so each run starts from a fresh state (the distributed part, PartialState, is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     t = cfg.train
-    run_path = Path(cfg.output.dir) / cfg.output.name
+    run_path = RunDir.for_config(cfg).path
     try:
         return Accelerator(
             mixed_precision={"fp32": "no"}.get(t.precision, t.precision),
@@ -171,15 +213,31 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     `on_eval(step, accuracy)` is called after each evaluation's checkpoint; a search uses it to
     prune a trial by raising.
     """
+    accelerator = make_accelerator(cfg)
+    run = RunDir.for_config(cfg)
+    # Only the main process writes the run directory, and it holds the directory's lock while it does.
+    with ExitStack() as ownership:
+        if accelerator.is_main_process:
+            check_run_dir(run, resume)  # cheap checks first: nothing loads for a run that cannot start
+            if resume:
+                ownership.enter_context(run.lock())
+        prep = prepare(cfg, accelerator.print)
+        if accelerator.is_main_process:
+            if not resume:
+                run.path.mkdir(parents=True, exist_ok=True)
+                ownership.enter_context(run.lock())
+            start_run_dir(run, prep, resume)
+        accelerator.wait_for_everyone()  # the others start once the directory exists
+        return run_loop(accelerator, run, prep, resume, on_eval)
+
+
+def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) -> Summary:
+    """The training loop of a prepared run in its claimed directory, to the end or to early stopping."""
     from tqdm.auto import tqdm
 
+    cfg = prep.cfg
     t = cfg.train
-    accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
-    prep = prepare(cfg, accelerator.print)
-    # Only the main process writes the run directory; the others wait until it exists.
-    run = open_run_dir(cfg, resume) if main else RunDir(Path(cfg.output.dir) / cfg.output.name)
-    accelerator.wait_for_everyone()
     start_trackers(accelerator, run, cfg, prep.breakdown)
 
     if not cfg.lora.use_dora:  # half-precision autocast: frozen Linear weights cast once, not every step
