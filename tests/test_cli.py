@@ -1,6 +1,7 @@
 """Bad input, table-driven: every case ends in one `loralab: error:` line naming the problem, exit 2,
 and nothing written (the whole test folder is the same before and after)."""
 
+import csv
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +44,12 @@ def env(tmp_path_factory, model_dirs, tiny_data):
         "sweep-zip.yaml": f"base: {SEED_CONFIG}\ngroups: {{g: {{zip: {{lora.r: [1, 2], lora.alpha: [1]}}}}}}\n",
         "sweep-alpha.yaml": f"base: {SEED_CONFIG}\ngroups: {{g: {{set: {{lora.alpha: r*x}}}}}}\n",
         "search-space.yaml": f"base: {SEED_CONFIG}\nspace: {{train.lr: {{low: 1e-5}}}}\n",
+        "sweep-ok.yaml": f"base: {SEED_CONFIG}\ngroups: {{g: {{grid: {{lora.r: [1]}}}}}}\n",
+        "duplicate.yaml": "model:\n  head: full\nlora:\n  r: 2\nmodel:\n  name: x\n",
+        "duplicate-key.yaml": "train:\n  lr: 1.0e-3\n  steps: 2\n  lr: 2.0e-3\n",
+        "fraction.jsonl": '{"label": 0, "text": "a"}\n{"label": 0.5, "text": "b"}\n',
+        "badline.jsonl": '{"label": 0, "text": "a"}\n{"label": 1, "text": \n',
+        "mixed.csv": "label,text\n0,a\npos,b\n",
     }
     for name, text in files.items():
         (root / name).write_text(text)
@@ -77,6 +84,20 @@ def env(tmp_path_factory, model_dirs, tiny_data):
     shutil.copytree(e.run / "best", e.half / "best")
     e.out = root / "runs-out"
     e.fresh = tiny_args(e, e.out)
+    # A run on a file that then changes (200 rows appended), and an unfinished copy of it.
+    e.changing = root / "changing.csv"
+    shutil.copy(e.data, e.changing)
+    e.changing_args = [*tiny_args(e, root / "runs-changing"), f"data.train={e.changing}"]
+    train(config.load(SEED_CONFIG, e.changing_args[3:]))
+    e.changed_run = root / "runs-changing" / "tiny"
+    unfinished = root / "runs-changing" / "unfinished"
+    shutil.copytree(e.changed_run, unfinished)
+    (unfinished / "summary.json").unlink()
+    (unfinished / "config.yaml").write_text(
+        (unfinished / "config.yaml").read_text().replace("name: tiny", "name: unfinished")
+    )
+    with open(e.changing, "a", newline="") as handle:
+        csv.writer(handle).writerows(synthetic_rows(200, seed=9))
     return e
 
 
@@ -129,6 +150,12 @@ CASES = {
     "val size all": (lambda e: [*e.fresh, "data.val_size=100000"], "leaves no training rows"),
     "one class": (lambda e: [*e.fresh, "data.label_names=[a]"], "at least two classes"),
     "max length 1": (lambda e: [*e.fresh, "data.max_length=1"], "data.max_length"),
+    "max length above the positions": (lambda e: [*e.fresh, "data.max_length=100"], "data.max_length 100 is more than"),
+    "duplicate key in an override": (lambda e: [*e.fresh, "lora.rank_pattern={1: 2, 1: 3}"], "duplicate key '1'"),
+    "class weights against the data's classes": (
+        lambda e: [*e.fresh, "data.label_names=[]", "train.class_weights=[1, 2, 3]"],
+        "train.class_weights: need 4",
+    ),
     "name escapes": (lambda e: [*e.fresh, "output.name=../escape"], "output.name: '../escape' is a path"),
     "name with slash": (lambda e: [*e.fresh, "output.name=a/b"], "output.name: 'a/b' is a path"),
     # config files
@@ -140,6 +167,14 @@ CASES = {
     "bad yaml file": (lambda e: ["train", "--config", str(e.root / "bad.yaml")], "bad YAML"),
     "empty config": (lambda e: ["train", "--config", str(e.root / "empty.yaml")], "is empty"),
     "missing config": (lambda e: ["train", "--config", str(e.root / "nope.yaml")], "config file not found"),
+    "repeated section": (
+        lambda e: ["train", "--config", str(e.root / "duplicate.yaml")],
+        "duplicate key 'model' at lines 1 and 5",
+    ),
+    "repeated key": (
+        lambda e: ["train", "--config", str(e.root / "duplicate-key.yaml")],
+        "duplicate key 'lr' at lines 2 and 4",
+    ),
     # data files
     "missing data": (lambda e: with_data(e, "nope.csv"), "data file not found"),
     "unsupported data": (lambda e: with_data(e, "data.txt"), "unsupported file type"),
@@ -152,6 +187,12 @@ CASES = {
     "header only": (lambda e: with_data(e, "header.csv"), "no rows"),
     "not utf-8": (lambda e: with_data(e, "latin1.csv"), "is not UTF-8 text"),
     "jsonl string label": (lambda e: with_data(e, "strings.jsonl"), "label 'foo'"),
+    "fractional label": (lambda e: with_data(e, "fraction.jsonl"), "line 2 has label 0.5 in 'label', a fraction"),
+    "malformed jsonl line": (lambda e: with_data(e, "badline.jsonl"), "line 2 is not valid JSON"),
+    "labels mixing indices and names": (
+        lambda e: [*with_data(e, "mixed.csv"), "data.label_names=[]"],
+        "mixes class indices",
+    ),
     # model folders
     "no weights": (lambda e: [*e.fresh, f"model.name={e.no_weights}"], "has no weights"),
     "no tokenizer": (lambda e: [*e.fresh, f"model.name={e.no_tokenizer}"], "has no tokenizer"),
@@ -162,6 +203,11 @@ CASES = {
     "resume changed": (lambda e: [*e.train, "output.name=unfinished", "train.lr=1e-3", "--resume"], "train.lr (saved"),
     "resume finished": (lambda e: [*e.train, "--resume"], "has already finished"),
     "run exists": (lambda e: e.train, "exists: pass --resume"),
+    "resume on changed data": (
+        lambda e: [*e.changing_args, "output.name=unfinished", "--resume"],
+        "changed since the run started (400 rows then, 600 now)",
+    ),
+    "eval on changed data": (lambda e: ["eval", str(e.changed_run)], "are no longer in"),
     # eval, predict, export, runs
     "eval not a run": (lambda e: ["eval", str(e.root / "out-dir")], "is not a run directory"),
     "eval no last": (lambda e: ["eval", str(e.half), "--which", "last"], "has no adapter in last/"),
@@ -207,6 +253,10 @@ CASES = {
         "different lengths",
     ),
     "sweep alpha": (lambda e: ["sweep", str(e.root / "sweep-alpha.yaml"), "--runs", str(e.out)], "lora.alpha 'r*x'"),
+    "storage password": (  # refused at once (port 1); the password never shown
+        lambda e: ["sweep", str(e.root / "sweep-ok.yaml"), "--storage", "postgresql://me:s3cret@127.0.0.1:1/db"],
+        "cannot open the Optuna storage postgresql://me:***@127.0.0.1:1/db",
+    ),
     "search space": (
         lambda e: ["search", str(e.root / "search-space.yaml"), "--trials", "1", "--runs", str(e.out)],
         "needs low and high",
@@ -227,11 +277,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, case, capsys):
     assert code == 2, (case, err)
     assert len(err) == 1 and err[0].startswith("loralab: error: "), err
     assert message in err[0], err[0]
+    assert "s3cret" not in err[0]
     assert snapshot(env.root) == before
-
-
-def test_at_least_sixty_cases():
-    assert len(CASES) >= 60
 
 
 def test_readme_sort_spelling_and_offline_budget(env, capsys):

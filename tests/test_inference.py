@@ -239,3 +239,16 @@ def test_bf16_predict_casts_linears_once_with_the_same_probabilities(runs, texts
     fp32 = tmp_path / "fp32.csv"
     assert main([*args[:-2], "--out", str(fp32)]) == 0
     assert fp32.read_text() != (tmp_path / "cast.csv").read_text()  # bf16 really ran: the comparison is not vacuous
+
+
+def test_eval_on_the_training_file_says_how_many_rows_were_trained_on(runs, tiny_data, capsys):
+    assert main(["eval", str(runs / "full"), "--data", str(tiny_data), "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    # train_tiny holds 64 of the 400 rows out: the other 336 were trained on.
+    assert report["training_rows"] == 336 and report["rows"] == 400
+    assert "336 of the 400 rows" in captured.err and "not a held-out estimate" in captured.err
+    held_out = write_csv(runs / "held-out.csv", synthetic_rows(40, seed=11))
+    assert main(["eval", str(runs / "full"), "--data", str(held_out), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["training_rows"] == 0 and "warning" not in captured.err

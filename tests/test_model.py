@@ -37,3 +37,28 @@ def test_mean_pooling_feeds_the_head_the_masked_mean(family, model_dirs):
     assert (pooled - by_hand).abs().max().item() <= 1e-5
     assert (pooled - first_token).abs().max().item() > 1e-3  # pooling changed what the head reads
     assert (pooled[:1] - alone).abs().max().item() <= 1e-5  # padding tokens do not enter the mean
+
+
+def test_position_limits_and_max_length(model_dirs, capsys):
+    from transformers import AutoConfig, AutoTokenizer, BertConfig, DebertaV2Config, RobertaConfig
+
+    from loralab.config import Config
+    from loralab.errors import LoralabError
+    from loralab.model import check_max_length, position_limit
+
+    assert position_limit(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512  # roberta-base
+    assert position_limit(BertConfig(max_position_embeddings=512)) == 512
+    assert position_limit(DebertaV2Config(position_biased_input=False)) is None  # relative positions only
+    model_config = AutoConfig.from_pretrained(model_dirs["roberta"])  # 72 positions, padding index 0
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs["roberta"])
+    cfg = Config()
+    cfg.data.max_length = 71
+    check_max_length(cfg, model_config, tokenizer)
+    assert capsys.readouterr().err == ""
+    cfg.data.max_length = 72
+    with pytest.raises(LoralabError, match="data.max_length 72 is more than .* can read \\(71 token positions\\)"):
+        check_max_length(cfg, model_config, tokenizer)
+    tokenizer.model_max_length = 16
+    cfg.data.max_length = 32
+    check_max_length(cfg, model_config, tokenizer)
+    assert "declares model_max_length 16, below data.max_length 32" in capsys.readouterr().err

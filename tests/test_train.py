@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SEED_CONFIG
+from conftest import SEED_CONFIG, synthetic_rows
 from transformers import AutoTokenizer
 
 from loralab import config
@@ -368,3 +368,46 @@ def test_bf16_casts_frozen_linears_once_with_the_same_arithmetic(tiny_overrides,
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("elapsed_s", "samples_per_s")} for r in rows]  # noqa: E731
     cast_rows = strip(run_dir(overrides + ["output.name=cast"]).read_metrics())
     assert cast_rows == strip(run_dir(overrides + ["output.name=autocast"]).read_metrics())  # bit for bit
+
+
+def test_a_second_writer_is_refused_naming_the_first_and_a_kill_frees_the_run(tiny_overrides, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    overrides = tiny_overrides + ["train.steps=100000", "train.eval_every=5", "output.name=owned"]
+    run = run_dir(overrides)
+    command = [sys.executable, "-m", "loralab.cli", "train", "--config", str(SEED_CONFIG), *overrides]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (run.checkpoint / "state.pt").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first writer ended before the second came"
+        rows_before = len(run.read_metrics())
+        assert main(["train", "--config", str(SEED_CONFIG), *overrides, "--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"is being trained by process {first.pid} " in err[-1], err
+        assert first.poll() is None and len(run.read_metrics()) >= rows_before  # the first goes on, untouched
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    # The kernel released the lock with the process: the run can be taken over at once.
+    with run.lock():
+        pass
+
+
+def test_the_label_set_comes_from_the_data_and_misfits_are_said(tiny_overrides, tmp_path, capsys):
+    from conftest import write_csv
+
+    binary = write_csv(tmp_path / "binary.csv", [(i % 2, text) for i, (_, text) in enumerate(synthetic_rows(200))])
+    base = [*tiny_overrides, f"data.train={binary}"]
+    unnamed = train_module.train(config.load(SEED_CONFIG, [*base, "data.label_names=[]", "output.name=unnamed"]))
+    assert run_dir([*base, "output.name=unnamed"]).read_config().data.label_names == ["0", "1"]
+    assert "warning" not in capsys.readouterr().err
+    named = train_module.train(config.load(SEED_CONFIG, [*base, "output.name=ag-names"]))  # the seed's 4 names
+    assert "has no row of Business, Sci/Tech" in capsys.readouterr().err
+    # Two outputs instead of four: the head's last layer is smaller by 2 x (hidden + 1) = 66 parameters.
+    assert named.trainable["total"] - unnamed.trainable["total"] == 66
