@@ -331,3 +331,29 @@ def test_interrupted_adapter_writes_are_cleaned_on_resume(tmp_path):
     run.clean_interrupted_writes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
     assert (tmp_path / "best" / "adapter_config.json").exists()
+
+
+def test_version_and_help_on_every_option(capsys):
+    import argparse
+
+    from loralab import __version__
+    from loralab.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"loralab {__version__}"
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    listed = {choice.dest for choice in commands._choices_actions}
+    assert listed == set(commands.choices)  # the top-level help lists every command
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"loralab {name} {action.option_strings or action.dest} has no help text"
+
+
+def test_budget_over_the_budget_says_so_as_train_does(capsys):
+    assert main(["budget", str(SEED_CONFIG), "lora.r=24"]) == 1
+    out = capsys.readouterr().out
+    assert "over budget: 1,036,036 trainable parameters > lora.budget 1,000,000" in out
+    assert main(["budget", str(SEED_CONFIG)]) == 0 and "over budget" not in capsys.readouterr().out

@@ -11,7 +11,7 @@ from conftest import SEED_CONFIG
 
 from loralab.errors import LoralabError
 from loralab.results import find_runs
-from loralab.sweep import read_sweep, run_search, run_sweep, workers_failed
+from loralab.sweep import SweepOptions, read_sweep, run_search, run_sweep, workers_failed
 
 POSTGRES_URL = os.environ.get("LORALAB_TEST_POSTGRES", "postgresql://loralab:loralab@127.0.0.1:5432/loralab")
 
@@ -82,16 +82,15 @@ def test_axes_expand_to_trials(tmp_path, model_dirs, tiny_data):
 def test_bad_sweep_files_fail_before_anything_runs(tmp_path, model_dirs, tiny_data, groups, message):
     path = tiny_sweep(tmp_path, model_dirs, tiny_data, groups)
     with pytest.raises(LoralabError, match=message):
-        run_sweep(str(path), None, 1, str(tmp_path / "runs"), log=lambda *_: None)
+        run_sweep(SweepOptions(str(path), runs=str(tmp_path / "runs")), log=lambda *_: None)
     assert not (tmp_path / "runs").exists()
 
 
 def test_over_budget_trials_are_rejected_with_their_reason(tmp_path, model_dirs, tiny_data):
     groups = {"r": {"grid": {"lora.r": [2, 100_000]}}}
     lines = []
-    status = run_sweep(
-        str(tiny_sweep(tmp_path, model_dirs, tiny_data, groups)), None, 1, str(tmp_path / "runs"), log=lines.append
-    )
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, groups)
+    status = run_sweep(SweepOptions(str(path), runs=str(tmp_path / "runs")), log=lines.append)
     assert status == {"finished": 1, "unfinished": 0, "rejected": 1}
     assert any(line.startswith("rejected r/r_100000: 12,801,188 trainable > budget 1,000,000") for line in lines)
 
@@ -118,7 +117,7 @@ def test_two_workers_run_every_trial_exactly_once(tmp_path, model_dirs, tiny_dat
     runs = tmp_path / "runs"
     storage = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else postgres_or_skip()
     path = tiny_sweep(tmp_path, model_dirs, tiny_data, FOUR, name=name)
-    status = run_sweep(str(path), storage, 2, str(runs), log=lambda *_: None)
+    status = run_sweep(SweepOptions(str(path), storage=storage, workers=2, runs=str(runs)), log=lambda *_: None)
     assert status == {"finished": 4, "unfinished": 0, "rejected": 0}
     trials = optuna_trials(storage, name)
     ran = [t for t in trials if t.state.name == "COMPLETE"]
@@ -202,7 +201,7 @@ def test_search_never_trains_over_budget_and_prunes_on_evaluations(tmp_path, mod
     }
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(spec))
-    status = run_search(str(path), 8, None, 1, str(tmp_path / "runs"), log=lambda *_: None)
+    status = run_search(SweepOptions(str(path), runs=str(tmp_path / "runs"), trials=8), log=lambda *_: None)
     assert status["complete"] + status["pruned"] >= 8
     trials = optuna_trials(f"sqlite:///{tmp_path / 'runs' / 'search' / 'optuna.db'}", "search")
     for trial in trials:
@@ -262,7 +261,7 @@ def test_budget_derived_search_space_never_proposes_an_infeasible_trial(tmp_path
     }
     path = tmp_path / "maxfit.yaml"
     path.write_text(yaml.safe_dump(spec))
-    run_search(str(path), 6, None, 1, str(tmp_path / "runs"), log=lambda *_: None)
+    run_search(SweepOptions(str(path), runs=str(tmp_path / "runs"), trials=6), log=lambda *_: None)
     trials = optuna_trials(f"sqlite:///{tmp_path / 'runs' / 'maxfit' / 'optuna.db'}", "maxfit")
     assert len(trials) >= 6
     for trial in trials:
@@ -277,7 +276,7 @@ def test_budget_derived_search_space_never_proposes_an_infeasible_trial(tmp_path
     spec["name"] = "impossible"
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(LoralabError, match="does not fit the budget at any rank"):
-        run_search(str(path), 1, None, 1, str(tmp_path / "runs"), log=lambda *_: None)
+        run_search(SweepOptions(str(path), runs=str(tmp_path / "runs"), trials=1), log=lambda *_: None)
 
 
 def test_dashboard_serves_the_sweeps_trials_over_http(tmp_path, model_dirs, tiny_data):
@@ -287,7 +286,7 @@ def test_dashboard_serves_the_sweeps_trials_over_http(tmp_path, model_dirs, tiny
 
     runs = tmp_path / "runs"
     path = tiny_sweep(tmp_path, model_dirs, tiny_data, {"r": {"grid": {"lora.r": [2, 4]}}}, name="watched")
-    run_sweep(str(path), None, 1, str(runs), log=lambda *_: None)
+    run_sweep(SweepOptions(str(path), runs=str(runs)), log=lambda *_: None)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -335,7 +334,7 @@ def test_workers_are_placed_round_robin_on_the_visible_gpus(tmp_path, model_dirs
     # On this CPU machine, pretend two GPUs named 7 and 9: each worker must be given one of them.
     runs = tmp_path / "runs"
     path = tiny_sweep(tmp_path, model_dirs, tiny_data, FOUR, name="placed")
-    status = run_sweep(str(path), None, 1, str(runs), log=lambda *_: None, per_gpu=1, gpus=["7", "9"])
+    status = run_sweep(SweepOptions(str(path), per_gpu=1, runs=str(runs)), log=lambda *_: None, gpus=["7", "9"])
     assert status["finished"] == 4
     trials = [
         t for t in optuna_trials(f"sqlite:///{runs / 'placed' / 'optuna.db'}", "placed") if t.state.name == "COMPLETE"
@@ -357,7 +356,7 @@ def test_budget_curve_sweep_takes_the_largest_rank_and_plots_against_full_finetu
     }
     path = tiny_sweep(tmp_path, model_dirs, tiny_data, groups, name="curve")
     runs = tmp_path / "runs"
-    assert run_sweep(str(path), None, 1, str(runs), log=lambda *_: None)["finished"] == 4
+    assert run_sweep(SweepOptions(str(path), runs=str(runs)), log=lambda *_: None)["finished"] == 4
     records = find_runs([str(runs)])
     curve = sorted((r for r in records if "lora.budget" in r.axes), key=lambda r: r.config.lora.budget)
     ranks = [r.config.lora.r for r in curve]
@@ -379,3 +378,47 @@ def test_a_killed_worker_is_reported_with_the_likely_cause_and_the_fix():
     assert killed.startswith("1 of 2 workers failed (exit codes [0, -9]); a worker killed with signal 9")
     assert "out of memory" in killed and "fewer --workers" in killed and "resume from their checkpoints" in killed
     assert workers_failed([1, 0, 0], "search") == "1 of 3 workers failed (exit codes [1, 0, 0])"
+
+
+def test_command_line_overrides_reach_every_trial_and_bind_the_study(tmp_path, model_dirs, tiny_data, capsys):
+    import optuna
+
+    from loralab.cli import main
+
+    runs = tmp_path / "runs"
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, {"r": {"grid": {"lora.r": [2, 4]}}}, name="shrunk")
+    assert main(["sweep", str(path), "train.steps=2", "train.eval_every=1", "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "shrunk: trial r/r_2 starts in" in out and "shrunk: trial r/r_4 starts in" in out
+    records = find_runs([str(runs)])
+    assert len(records) == 2 and all(r.summary.steps_done == 2 and r.config.train.eval_every == 1 for r in records)
+    study = optuna.load_study(study_name="shrunk", storage=f"sqlite:///{runs / 'shrunk' / 'optuna.db'}")
+    assert study.metric_names == ["peak validation accuracy"]  # what the dashboard shows for the objective
+    # Other overrides would mix two configurations under one study: refused, naming both.
+    assert main(["sweep", str(path), "train.steps=3", "--runs", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "was run with the overrides train.steps=2 train.eval_every=1, not train.steps=3" in err
+    assert main(["sweep", str(path), "train.steps=2", "train.eval_every=1", "--runs", str(runs)]) == 0  # the same: fine
+
+
+def test_search_prints_the_command_that_trains_its_best_trial(tmp_path, model_dirs, tiny_data, capsys):
+    import shlex
+
+    from loralab.cli import main
+
+    spec = yaml.safe_load(tiny_sweep(tmp_path, model_dirs, tiny_data, {"x": {"grid": {"lora.r": [1]}}}).read_text())
+    del spec["groups"]
+    spec["name"] = "best-line"
+    spec["space"] = {"lora.scope": {"choices": [["value"], ["query", "value"]]}, "lora.r": {"low": 1, "high": 4}}
+    path = tmp_path / "best-line.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    lines = []
+    run_search(SweepOptions(str(path), runs=str(tmp_path / "runs"), trials=3), log=lines.append)
+    command = lines[-1].splitlines()[-1].strip()
+    assert command.startswith("loralab train --config ")
+    argv = shlex.split(command)[1:] + [f"output.dir={tmp_path / 'again'}"]
+    assert main(argv) == 0
+    (again,) = find_runs([str(tmp_path / "again")])
+    best = max(find_runs([str(tmp_path / "runs")]), key=lambda r: r.summary.peak_val_accuracy)
+    assert (again.config.lora.scope, again.config.lora.r) == (best.config.lora.scope, best.config.lora.r)
+    assert again.config.model == best.config.model and again.config.train == best.config.train

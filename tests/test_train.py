@@ -411,3 +411,33 @@ def test_the_label_set_comes_from_the_data_and_misfits_are_said(tiny_overrides, 
     assert "has no row of Business, Sci/Tech" in capsys.readouterr().err
     # Two outputs instead of four: the head's last layer is smaller by 2 x (hidden + 1) = 66 parameters.
     assert named.trainable["total"] - unnamed.trainable["total"] == 66
+
+
+def test_progress_off_a_terminal_is_a_line_per_log_and_the_checkpoint_goes(tiny_overrides, capsys):
+    overrides = tiny_overrides + ["output.name=logged"]  # 12 steps, a log every 2
+    train_module.train(config.load(SEED_CONFIG, overrides))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == [f"{s}/12" for s in range(2, 13, 2)]
+    assert "\r" not in err and all(" eta " in line and " val_acc " in line for line in lines)
+    run = run_dir(overrides)
+    assert run.summary.exists() and not run.checkpoint.exists()  # finished: nothing left to resume
+    kept = tiny_overrides + ["output.name=kept", "train.keep_checkpoint=true"]
+    train_module.train(config.load(SEED_CONFIG, kept))
+    assert (run_dir(kept).checkpoint / "state.pt").exists()
+
+
+def test_run_files_follow_the_umask(tiny_overrides):
+    import os
+    import stat
+
+    old = os.umask(0o002)  # a group-shared setup
+    try:
+        overrides = tiny_overrides + ["output.name=shared"]
+        train_module.train(config.load(SEED_CONFIG, overrides))
+    finally:
+        os.umask(old)
+    run = run_dir(overrides)
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    assert mode(run.best) == 0o775 and mode(run.config) == 0o664 and mode(run.summary) == 0o664
+    assert mode(run.best / "adapter_model.safetensors") == 0o664

@@ -104,6 +104,11 @@ class TrainConfig:
     early_stopping_patience: int = doc("stop after this many evaluations without a new best accuracy (0: off)", 0)
     label_smoothing: float = doc("cross-entropy label smoothing", 0.0)
     class_weights: list[float] | None = doc("cross-entropy weight of each class (null: equal)", None)
+    keep_checkpoint: bool = doc(
+        "keep checkpoint/ (optimizer and RNG state) once the run has finished; off: it is deleted, since a "
+        "finished run is not resumed (it holds twice the trainable weights again, and all of them for full)",
+        False,
+    )
     report_to: list[str] = doc(
         "experiment trackers, through Accelerate: tensorboard, mlflow, wandb, trackio, aim, comet_ml, clearml, "
         "dvclive, swanlab (files go to the run's logs/ unless the tracker's own settings say otherwise)",

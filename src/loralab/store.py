@@ -53,6 +53,14 @@ def safe_dirname(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
 
 
+def shared_mode(directory: bool = False) -> int:
+    """The mode a plain open() or mkdir() would give under this process's umask: mkstemp and mkdtemp make
+    0600/0700, but results are meant to be read by the group (and others) where the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +68,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.chmod(tmp, shared_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -77,6 +85,9 @@ def replace_dir(target: Path, fill) -> None:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         fill(tmp)
+        # safetensors writes 0600, mkdtemp makes 0700: give everything the mode the umask would.
+        for path in [tmp, *tmp.rglob("*")]:
+            os.chmod(path, shared_mode(directory=path.is_dir()))
         old = target.with_name(f".{target.name}.old")
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,21 @@ from .sweepfile import (
     resolve_alpha,
     trial_config,
 )
+
+
+@dataclass
+class SweepOptions:
+    """What `loralab sweep` and `loralab search` are given: one typed object from the CLI to each worker."""
+
+    file: str  # the sweep or search YAML file
+    overrides: list[str] = field(default_factory=list)  # section.key=value for every trial, after the file's own
+    storage: str | None = None  # Optuna storage URL; None: SQLite beside the runs
+    workers: int = 1  # processes on this machine
+    per_gpu: int | None = None  # instead of workers: this many on each visible GPU
+    runs: str = "runs"  # folder of run directories
+    heartbeat: int = 30  # seconds between worker heartbeats; silent for twice this: taken as dead
+    trials: int = 0  # a search's trials to complete or prune, all workers together
+
 
 # user:password@ in a URL: the password is never shown, in a message, a log or a saved file.
 URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
@@ -62,10 +78,28 @@ def open_study(sweep: Sweep, storage_url: str, heartbeat_s: int):
         )
         if sqlite:
             serialize_sqlite_transactions(storage.engine)
-        return optuna.create_study(study_name=sweep.name, storage=storage, direction="maximize", load_if_exists=True)
+        study = optuna.create_study(study_name=sweep.name, storage=storage, direction="maximize", load_if_exists=True)
     except Exception as err:  # SQLAlchemy raises many types for a bad URL or an unreachable server
         line = f"cannot open the Optuna storage {storage_url}: {str(err).splitlines()[0]}"
         raise LoralabError(redact(line)) from None
+    check_overrides(study, sweep)
+    return study
+
+
+def check_overrides(study, sweep: Sweep) -> None:
+    """A study keeps the command-line overrides it was first run with: running it again with others would
+    mix trials of two configurations under one name, so that is refused."""
+    recorded = study.user_attrs.get("command_overrides")
+    if recorded is None:  # a new study, or one from before overrides were recorded (which had none)
+        recorded = [] if study.get_trials(deepcopy=False) else sweep.command_overrides
+        study.set_user_attr("command_overrides", recorded)
+        study.set_metric_names(["peak validation accuracy"])  # the dashboard's name for the objective
+    if recorded != sweep.command_overrides:
+        raise LoralabError(
+            f"{sweep.name} was run with the overrides {' '.join(recorded) or '(none)'}, not "
+            f"{' '.join(sweep.command_overrides) or '(none)'}: give the same ones to go on with it, or --runs "
+            "ANOTHER_FOLDER for a separate sweep"
+        )
 
 
 def serialize_sqlite_transactions(engine) -> None:
@@ -147,6 +181,7 @@ def run_trial(sweep: Sweep, trial: Trial, runs_dir: str, on_eval=None) -> Summar
     if run.summary.exists():  # finished, but the worker died before telling Optuna
         return run.read_summary()
     started = run.config.exists()  # an earlier attempt of this trial: continue from its checkpoint
+    print(f"{sweep.name}: trial {trial.key} {'resumes' if started else 'starts'} in {run.path}", flush=True)
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_origin(Origin(group=trial.group, axes=trial.axes, sweep=sweep.name, key=trial.key))
     return train(cfg, resume=started, on_eval=on_eval)
@@ -168,12 +203,12 @@ def _is_duplicate(study, trial) -> bool:
     return False
 
 
-def work(sweep: Sweep, storage_url: str, runs_dir: str, heartbeat_s: int) -> None:
-    """Take queued trials from the study until none is left."""
+def work(sweep: Sweep, options: SweepOptions, storage_url: str) -> None:
+    """A sweep worker: take queued trials from the study until none is left."""
     import optuna
     from optuna.trial import TrialState
 
-    study = open_study(sweep, storage_url, heartbeat_s)
+    study = open_study(sweep, storage_url, options.heartbeat)
     by_key = {t.key: t for t in sweep.trials}
 
     def objective(trial: optuna.Trial) -> float:
@@ -187,7 +222,7 @@ def work(sweep: Sweep, storage_url: str, runs_dir: str, heartbeat_s: int) -> Non
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPU start_workers placed this worker on
             trial.set_user_attr("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
-        return run_trial(sweep, by_key[key], runs_dir).peak_val_accuracy
+        return run_trial(sweep, by_key[key], options.runs).peak_val_accuracy
 
     while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         study.optimize(objective, n_trials=1, catch=(Exception,))
@@ -201,23 +236,14 @@ def sweep_status(study, trials: list[Trial]) -> dict[str, int]:
     return {"finished": done, "unfinished": len(trials) - done}
 
 
-def run_sweep(
-    path: str,
-    storage: str | None,
-    workers: int,
-    runs_dir: str,
-    heartbeat_s: int = 30,
-    log=print,
-    per_gpu: int | None = None,
-    gpus: list[str] | None = None,
-) -> dict:
-    """Check every trial, queue the missing ones, run them on `workers` processes, report the state."""
-    sweep = read_sweep(path, runs_dir)
-    feasible, rejected = check_budgets(sweep, runs_dir)
+def run_sweep(options: SweepOptions, log=print, gpus: list[str] | None = None) -> dict:
+    """Check every trial, queue the missing ones, run them on the workers, report the state."""
+    sweep = read_sweep(options.file, options.runs, options.overrides)
+    feasible, rejected = check_budgets(sweep, options.runs)
     for trial, reason in rejected:
         log(f"rejected {trial.key}: {reason}")
-    storage = storage or default_storage(sweep, runs_dir)
-    study = open_study(sweep, storage, heartbeat_s)
+    storage = options.storage or default_storage(sweep, options.runs)
+    study = open_study(sweep, storage, options.heartbeat)
     queued = enqueue_missing(study, feasible)
     to_run = sweep_status(study, feasible)["unfinished"]
     log(
@@ -225,11 +251,11 @@ def run_sweep(
         f"({queued} newly queued), {len(rejected)} rejected"
     )
     gpus = visible_gpus() if gpus is None else gpus
-    workers = worker_count(workers, per_gpu, gpus)
+    workers = worker_count(options.workers, options.per_gpu, gpus)
     if workers <= 1:
-        work(sweep, storage, runs_dir, heartbeat_s)
+        work(sweep, options, storage)
     else:
-        start_workers(workers, "sweep", str(path), storage, runs_dir, heartbeat_s, gpus=gpus)
+        start_workers("sweep", options, storage, workers, gpus)
     status = sweep_status(study, feasible) | {"rejected": len(rejected)}
     counts = f"{status['finished']} finished, {status['unfinished']} unfinished, {status['rejected']} rejected"
     log(f"sweep {sweep.name}: {counts}")
@@ -280,16 +306,7 @@ def worker_count(workers: int, per_gpu: int | None, gpus: list[str]) -> int:
     return per_gpu * len(gpus)
 
 
-def start_workers(
-    workers: int,
-    kind: str,
-    path: str,
-    storage: str,
-    runs_dir: str,
-    heartbeat_s: int,
-    n_trials: int = 0,
-    gpus: list[str] | None = None,
-) -> None:
+def start_workers(kind: str, options: SweepOptions, storage: str, workers: int, gpus: list[str]) -> None:
     """N worker processes on this machine, each taking trials from the study until none is left.
 
     Where GPUs are visible, worker i gets GPU i mod their number (several workers share a GPU: one
@@ -298,13 +315,12 @@ def start_workers(
     """
     import multiprocessing
 
-    gpus = visible_gpus() if gpus is None else gpus
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
     processes = [
         context.Process(
             target=_worker,
-            args=(kind, path, storage, runs_dir, heartbeat_s, n_trials, threads, gpus[i % len(gpus)] if gpus else None),
+            args=(kind, options, storage, threads, gpus[i % len(gpus)] if gpus else None),
             name=f"loralab-{kind}-worker-{i}",
         )
         for i in range(workers)
@@ -348,9 +364,7 @@ def stop_with_parent(every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
-def _worker(
-    kind: str, path: str, storage: str, runs_dir: str, heartbeat_s: int, n_trials: int, threads: int, gpu: str | None
-) -> None:
+def _worker(kind: str, options: SweepOptions, storage: str, threads: int, gpu: str | None) -> None:
     """A worker process's body: its GPU and share of the CPU, then the sweep's or search's trial loop."""
     import sys
 
@@ -361,13 +375,16 @@ def _worker(
 
     torch.set_num_threads(threads)
     try:
+        sweep = read_sweep(options.file, options.runs, options.overrides)
         if kind == "sweep":
-            work(read_sweep(path, runs_dir), storage, runs_dir, heartbeat_s)
+            work(sweep, options, storage)
         else:
-            run_search(path, n_trials, storage, 1, runs_dir, heartbeat_s, worker=True)
+            search_trials(sweep, options, storage, sampler_seed=None)
     except LoralabError as err:
         print(f"loralab: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker: the sweep's own process says the one line
+        sys.exit(130)
 
 
 def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
@@ -386,70 +403,83 @@ def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
     return values
 
 
-def run_search(
-    path: str,
-    n_trials: int,
-    storage: str | None,
-    workers: int,
-    runs_dir: str,
-    heartbeat_s: int = 30,
-    worker: bool = False,
-    log=print,
-    per_gpu: int | None = None,
-) -> dict:
-    """TPE over the declared space; over-budget samples are pruned untrained; evaluations feed pruning."""
+def run_search(options: SweepOptions, log=print) -> dict:
+    """TPE over the declared space on the workers; prints the best trial and the command that trains it."""
+    from optuna.trial import TrialState
+
+    sweep = read_sweep(options.file, options.runs, options.overrides)
+    storage = options.storage or default_storage(sweep, options.runs)
+    gpus = visible_gpus()
+    workers = worker_count(options.workers, options.per_gpu, gpus)
+    if workers > 1:
+        open_study(sweep, storage, options.heartbeat)  # created once, before the workers race to it
+        start_workers("search", options, storage, workers, gpus)
+    else:
+        search_trials(sweep, options, storage, sampler_seed=0)
+    study = open_study(sweep, storage, options.heartbeat)
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = max(finished, key=lambda t: t.value, default=None)
+    status = {"complete": len(finished), "pruned": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))}
+    if best is not None:
+        log(
+            f"search {sweep.name}: {status['complete']} complete, {status['pruned']} pruned; best {best.value:.4f} "
+            f"({best.user_attrs['key']}); train it with:\n  {train_command(sweep, best.user_attrs['values'])}"
+        )
+    return status
+
+
+def train_command(sweep: Sweep, values: dict[str, Any]) -> str:
+    """The `loralab train` line that trains a configuration of the sweep on its own."""
+    import shlex
+
+    import yaml
+
+    settings = [
+        *sweep.overrides,
+        *(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in values.items()),
+    ]
+    settings = [s.removesuffix("\n...") for s in settings]
+    return " ".join(["loralab", "train", "--config", shlex.quote(str(sweep.base)), *map(shlex.quote, settings)])
+
+
+def search_trials(sweep: Sweep, options: SweepOptions, storage: str, sampler_seed: int | None) -> None:
+    """A search worker: sample, budget-check and train trials until the study holds options.trials of them;
+    over-budget samples are pruned untrained, and each evaluation feeds the median pruner."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    sweep = read_sweep(path, runs_dir)
-    storage = storage or default_storage(sweep, runs_dir)
-    gpus = [] if worker else visible_gpus()
-    workers = worker_count(workers, per_gpu, gpus)
-    if workers > 1 and not worker:
-        open_study(sweep, storage, heartbeat_s)
-        start_workers(workers, "search", str(path), storage, runs_dir, heartbeat_s, n_trials, gpus=gpus)
-    else:
-        study = open_study(sweep, storage, heartbeat_s)
-        study.sampler = optuna.samplers.TPESampler(seed=None if worker else 0)
-        study.pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-        base_cfg = config_io.load(sweep.base, sweep.overrides)
-        model = shapes_for(base_cfg)
+    study = open_study(sweep, storage, options.heartbeat)
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed)
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    base_cfg = config_io.load(sweep.base, sweep.overrides)
+    model = shapes_for(base_cfg)
+    max_fit = sweep.space.get("lora.r") == MAX_FIT
+    if max_fit:
+        check_max_fit_space(sweep, base_cfg, model)
 
-        if sweep.space.get("lora.r") == MAX_FIT:
-            check_max_fit_space(sweep, base_cfg, model)
+    def objective(trial: optuna.Trial) -> float:
+        values = suggest(trial, sweep.space)
+        if max_fit:
+            probe = Trial("search", "probe", resolve_alpha(values, base_cfg.lora.r, sweep.path), {})
+            values["lora.r"] = largest_fitting_rank(trial_config(sweep, probe, options.runs), model)
+            trial.set_user_attr("lora.r", values["lora.r"])
+        values = resolve_alpha(values, values.get("lora.r", base_cfg.lora.r), f"{sweep.path}: trial {trial.number}")
+        run = Trial("search", f"trial-{trial.number:04d}", values, values)
+        trial.set_user_attr("key", run.key)
+        trial.set_user_attr("values", values)
+        breakdown, _ = breakdown_for(trial_config(sweep, run, options.runs), model)
+        trial.set_user_attr("trainable", breakdown.total)
+        if breakdown.over_budget:
+            trial.set_user_attr("rejected", f"{breakdown.total:,} trainable > budget {breakdown.budget:,}")
+            raise optuna.TrialPruned()
 
-        def objective(trial: optuna.Trial) -> float:
-            values = suggest(trial, sweep.space)
-            if sweep.space.get("lora.r") == MAX_FIT:
-                probe = Trial("search", "probe", resolve_alpha(values, base_cfg.lora.r, str(path)), {})
-                values["lora.r"] = largest_fitting_rank(trial_config(sweep, probe, runs_dir), model)
-                trial.set_user_attr("lora.r", values["lora.r"])
-            values = resolve_alpha(values, values.get("lora.r", base_cfg.lora.r), f"{path}: trial {trial.number}")
-            run = Trial("search", f"trial-{trial.number:04d}", values, values)
-            trial.set_user_attr("key", run.key)
-            breakdown, _ = breakdown_for(trial_config(sweep, run, runs_dir), model)
-            trial.set_user_attr("trainable", breakdown.total)
-            if breakdown.over_budget:
-                trial.set_user_attr("rejected", f"{breakdown.total:,} trainable > budget {breakdown.budget:,}")
+        def report(step: int, accuracy: float) -> None:
+            trial.report(accuracy, step)
+            if trial.should_prune():
                 raise optuna.TrialPruned()
 
-            def report(step: int, accuracy: float) -> None:
-                trial.report(accuracy, step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
+        return run_trial(sweep, run, options.runs, on_eval=report).peak_val_accuracy
 
-            return run_trial(sweep, run, runs_dir, on_eval=report).peak_val_accuracy
-
-        counted = (TrialState.COMPLETE, TrialState.PRUNED)
-        study.optimize(objective, callbacks=[MaxTrialsCallback(n_trials, states=counted)], catch=(LoralabError,))
-    study = open_study(sweep, storage, heartbeat_s)
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    best = max(finished, key=lambda t: t.value, default=None)
-    status = {"complete": len(finished), "pruned": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))}
-    if best is not None and not worker:
-        log(
-            f"search {sweep.name}: {status['complete']} complete, {status['pruned']} pruned; best {best.value:.4f} "
-            f"({best.user_attrs['key']}: {json.dumps(best.params)})"
-        )
-    return status
+    counted = (TrialState.COMPLETE, TrialState.PRUNED)
+    study.optimize(objective, callbacks=[MaxTrialsCallback(options.trials, states=counted)], catch=(LoralabError,))

@@ -61,8 +61,9 @@ class Sweep:
     path: Path
     name: str
     base: Path
-    overrides: list[str]
+    overrides: list[str]  # the file's, then the command line's
     trials: list[Trial] = field(default_factory=list)
+    command_overrides: list[str] = field(default_factory=list)  # the command line's alone (the study records them)
     space: dict[str, dict] = field(default_factory=dict)
 
 
@@ -146,8 +147,9 @@ def expand_group(group: str, spec: dict, seeds: list[int] | None) -> list[tuple[
     return trials
 
 
-def read_sweep(path: str | Path, runs_dir: str = "runs") -> Sweep:
-    """Parse and check a sweep (or search) file; every trial's config is validated here, before any run."""
+def read_sweep(path: str | Path, runs_dir: str = "runs", command_overrides: list[str] = ()) -> Sweep:
+    """Parse and check a sweep (or search) file; every trial's config is validated here, before any run.
+    `command_overrides` (section.key=value from the command line) apply to every trial, after the file's."""
     path = Path(path)
     spec = config_io.read_yaml(path)
     unknown = set(spec) - SWEEP_KEYS
@@ -156,8 +158,8 @@ def read_sweep(path: str | Path, runs_dir: str = "runs") -> Sweep:
     if "base" not in spec:
         raise LoralabError(f"{path}: no 'base' config")
     base = (path.parent / spec["base"]).resolve()
-    overrides = [str(o) for o in spec.get("overrides") or []]
-    sweep = Sweep(path, str(spec.get("name") or path.stem), base, overrides)
+    overrides = [str(o) for o in spec.get("overrides") or []] + list(command_overrides)
+    sweep = Sweep(path, str(spec.get("name") or path.stem), base, overrides, command_overrides=list(command_overrides))
     base_cfg = config_io.load(base, overrides)
     if "groups" in spec:
         if not isinstance(spec["groups"], dict) or not spec["groups"]:

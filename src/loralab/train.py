@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 import subprocess
 import sys
 import time
@@ -233,8 +234,6 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
 
 def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) -> Summary:
     """The training loop of a prepared run in its claimed directory, to the end or to early stopping."""
-    from tqdm.auto import tqdm
-
     cfg = prep.cfg
     t = cfg.train
     main = accelerator.is_main_process
@@ -264,9 +263,7 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
     started = time.perf_counter() - state.elapsed_s
     # The window's loss stays on the device until it is logged: no host sync every step.
     window_loss, window_steps, shown_loss = torch.zeros((), device=accelerator.device), 0, None
-    progress = tqdm(
-        total=t.steps, initial=state.step, disable=not accelerator.is_local_main_process, dynamic_ncols=True
-    )
+    progress = Progress(t.steps, state.step, accelerator.is_local_main_process)
     model.train()
     while state.step < t.steps and not state.stopped_early:
         # One optimizer step over grad_accum micro-batches.
@@ -307,10 +304,8 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
                 on_eval(state.step, result.accuracy)
 
         val = f"{state.last_eval['accuracy']:.4f}" if state.last_eval else "-"
-        progress.set_postfix(
-            loss="-" if shown_loss is None else f"{shown_loss:.4f}", samples_s=f"{samples_per_s:.1f}", val_acc=val
-        )
-        progress.update(1)
+        loss = "-" if shown_loss is None else f"{shown_loss:.4f}"
+        progress.step(state.step, log_now, loss=loss, samples_s=f"{samples_per_s:.1f}", val_acc=val)
     progress.close()
 
     summary = Summary(
@@ -332,11 +327,51 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
         tracker.finish()
     if main:
         run.write_summary(summary)  # last: its presence marks the run finished
+        if not t.keep_checkpoint:  # a finished run is not resumed: its optimizer state is only weight
+            shutil.rmtree(run.checkpoint, ignore_errors=True)
         accelerator.print(
             f"peak val accuracy {summary.peak_val_accuracy:.4f} at step {summary.peak_step}; run in {run.path}"
         )
     accelerator.wait_for_everyone()
     return summary
+
+
+class Progress:
+    """Training progress for a person: a bar on a terminal; where stderr is a file or a pipe (a log, CI),
+    one line per log interval instead of a redraw per step. The ETA is the mean pace since this process
+    started, evaluations included, so it does not jump after each evaluation."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.total, self.initial, self.enabled = total, initial, enabled
+        self.terminal = sys.stderr.isatty()
+        self.started = time.perf_counter()
+        # smoothing=0: tqdm's rate is the mean since the start, not the last few steps.
+        self.bar = tqdm(total=total, initial=initial, disable=not (enabled and self.terminal), smoothing=0)
+
+    def step(self, step: int, logged: bool, **fields: str) -> None:
+        if self.terminal:
+            self.bar.set_postfix(fields)
+            self.bar.update(1)
+        elif self.enabled and logged:
+            elapsed = time.perf_counter() - self.started
+            eta = elapsed / max(step - self.initial, 1) * (self.total - step)
+            shown = "  ".join(f"{key} {value}" for key, value in fields.items())
+            print(
+                f"step {step}/{self.total}  {shown}  elapsed {_clock(elapsed)}  eta {_clock(eta)}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int, cfg: Config, class_weights):
