@@ -113,7 +113,7 @@ def test_bad_input_leaves_no_output(runs, tmp_path, capsys, case):
     message = {
         "no adapter": "has no adapter in best/",
         "no text column": "no 'text' column",
-        "empty row": "row 1 has an empty",
+        "empty row": "line 3 has an empty",
     }[case]
     assert message in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".pred.csv*"))
