@@ -9,9 +9,10 @@ import torch
 from conftest import FAMILIES, synthetic_rows, train_tiny, write_csv
 
 from loralab.cli import main
-from loralab.evaluate import first_token_after_last_attention, wilson_interval
+from loralab.evaluate import first_token_after_last_attention
 from loralab.inference import evaluation_report
 from loralab.model import load_trained
+from loralab.stats import wilson_interval
 
 
 @pytest.fixture(scope="module")

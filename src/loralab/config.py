@@ -21,6 +21,14 @@ POOLINGS = ("first", "mean")
 FINETUNE = ("lora", "full")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+TASKS = ("single_label", "multi_label", "regression")
+# The metrics each task reports; the first picks the peak unless train.metric_for_best names another.
+TASK_METRICS = {
+    "single_label": ("accuracy", "f1_macro", "mcc"),
+    "multi_label": ("f1_micro", "f1_macro", "subset_accuracy"),
+    "regression": ("pearson", "spearman", "mse"),
+}
+LOWER_IS_BETTER = ("mse",)
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
 LORA_BIAS = ("none", "lora_only")
 # Accelerate's tracker names -> the module each needs.
@@ -70,11 +78,33 @@ class LoraConfig:
 @dataclass
 class DataConfig:
     train: str = doc("training data: hub dataset id, or a local .csv/.jsonl/.json/.parquet file", "fancyzhx/ag_news")
+    subset: str = doc("the hub dataset's configuration (subset), e.g. mrpc of nyu-mll/glue", "")
+    task: str = doc(
+        "single_label (one class per row), multi_label (any set of classes: a sigmoid per class) or regression "
+        "(one number per row); carried to Hugging Face as problem_type",
+        "single_label",
+    )
     text_column: str = doc("column holding the text", "text")
+    text_pair_column: str = doc(
+        "column holding a second text (NLI, paraphrase, reranking): tokenized as a pair, the longer side "
+        "truncated first (empty: single texts)",
+        "",
+    )
     label_column: str = doc("column holding the label: a class index, or a class name", "label")
     label_names: list[str] = doc(
         "class names, in label order (empty: from the data: its class names sorted, or 0..K-1 for class indices)",
         factory=list,
+    )
+    label_separator: str = doc("multi_label: what separates the labels of a row written as one string (CSV)", ",")
+    scale_targets: bool = doc(
+        "regression: train on targets standardised by the training rows' mean and deviation (saved with the "
+        "run; predictions come back in the targets' own units)",
+        False,
+    )
+    validation: str = doc(
+        "validation rows from elsewhere instead of holding val_size out: a split of the hub dataset (e.g. "
+        "validation, validation_matched) or a labelled file",
+        "",
     )
     val_size: int = doc("rows held out of the training data for validation", 640)
     split_seed: int = doc("seed of the train/validation split", 42)
@@ -83,11 +113,13 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = doc("optimizer steps", 1200)
+    steps: int = doc("optimizer steps (replaced by epochs where that is set)", 1200)
+    epochs: float = doc("passes over the training rows, as published recipes give them (0: train.steps)", 0.0)
     batch_size: int = doc("training rows per step (per process, before gradient accumulation)", 16)
     eval_batch_size: int = doc("rows per evaluation batch", 64)
     lr: float = doc("AdamW peak learning rate", 5e-5)
     warmup_steps: int = doc("linear warmup steps before the schedule", 100)
+    warmup_ratio: float = doc("warmup as a share of all steps (e.g. 0.06); replaces warmup_steps where > 0", 0.0)
     scheduler: str = doc("learning-rate schedule after warmup: linear, cosine or constant", "linear")
     grad_accum: int = doc("micro-batches accumulated per optimizer step", 1)
     max_grad_norm: float = doc("gradient clipping norm (0: off)", 1.0)
@@ -101,7 +133,16 @@ class TrainConfig:
     seed: int = doc("seed for initialisation, dropout and data order", 42)
     eval_every: int = doc("evaluate, checkpoint and log validation metrics every this many steps", 100)
     log_every: int = doc("log training loss every this many steps", 20)
-    early_stopping_patience: int = doc("stop after this many evaluations without a new best accuracy (0: off)", 0)
+    metric_for_best: str = doc(
+        "validation metric that picks the peak (best/, early stopping, sweeps): accuracy, f1_macro, mcc "
+        "(single_label); f1_micro, f1_macro, subset_accuracy (multi_label); pearson, spearman, mse (regression); "
+        "empty: the task's first",
+        "",
+    )
+    tune_thresholds: bool = doc(
+        "multi_label: a decision threshold per label, chosen on the validation rows for its F1 (else 0.5)", False
+    )
+    early_stopping_patience: int = doc("stop after this many evaluations without a new best metric (0: off)", 0)
     label_smoothing: float = doc("cross-entropy label smoothing", 0.0)
     class_weights: list[float] | None = doc("cross-entropy weight of each class (null: equal)", None)
     keep_checkpoint: bool = doc(
@@ -210,7 +251,18 @@ def _validate(cfg: Config) -> None:
     require(cfg.lora.plus_ratio >= 0, f"lora.plus_ratio: must be >= 0, got {cfg.lora.plus_ratio}")
     require(cfg.lora.init in LORA_INITS, f"lora.init: '{cfg.lora.init}' is not one of {', '.join(LORA_INITS)}")
     require(cfg.lora.bias in LORA_BIAS, f"lora.bias: '{cfg.lora.bias}' is not one of {', '.join(LORA_BIAS)}")
-    require(len(cfg.data.label_names) != 1, "data.label_names: need at least two classes")
+    require(cfg.data.task in TASKS, f"data.task: '{cfg.data.task}' is not one of {', '.join(TASKS)}")
+    if cfg.data.task == "regression":
+        require(len(cfg.data.label_names) <= 1, "data.label_names: a regression has one output: name one, or none")
+    else:
+        require(len(cfg.data.label_names) != 1, "data.label_names: need at least two classes")
+    metrics = TASK_METRICS[cfg.data.task]
+    require(
+        not cfg.train.metric_for_best or cfg.train.metric_for_best in metrics,
+        f"train.metric_for_best: '{cfg.train.metric_for_best}' is not a {cfg.data.task} metric "
+        f"({', '.join(metrics)})",
+    )
+    require(cfg.data.label_separator != "", "data.label_separator: must not be empty")
     require(cfg.data.val_size >= 1, f"data.val_size: must be >= 1, got {cfg.data.val_size}")
     require(cfg.data.max_length >= 2, f"data.max_length: must be >= 2, got {cfg.data.max_length}")
     t = cfg.train
@@ -218,6 +270,8 @@ def _validate(cfg: Config) -> None:
         require(getattr(t, name) >= 1, f"train.{name}: must be >= 1, got {getattr(t, name)}")
     require(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
     require(t.warmup_steps >= 0, f"train.warmup_steps: must be >= 0, got {t.warmup_steps}")
+    require(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    require(t.epochs >= 0, f"train.epochs: must be >= 0, got {t.epochs}")
     require(t.scheduler in SCHEDULERS, f"train.scheduler: '{t.scheduler}' is not one of {', '.join(SCHEDULERS)}")
     require(t.precision in PRECISIONS, f"train.precision: '{t.precision}' is not one of {', '.join(PRECISIONS)}")
     require(t.max_grad_norm >= 0 and t.weight_decay >= 0, "train.max_grad_norm and train.weight_decay must be >= 0")
@@ -237,6 +291,11 @@ def _validate(cfg: Config) -> None:
         )
     if cfg.data.label_names:  # otherwise checked once the data has named them
         check_class_weights(cfg)
+
+
+def metric_for_best(cfg: Config) -> str:
+    """The validation metric that picks a run's peak."""
+    return cfg.train.metric_for_best or TASK_METRICS[cfg.data.task][0]
 
 
 def check_class_weights(cfg: Config) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Encoded, eval_batches
+from .stats import wilson_interval
 
 
 @dataclass
@@ -53,16 +53,6 @@ def per_class(labels: list[int], predictions: list[int], n_classes: int) -> list
 
 def macro_f1(labels: list[int], predictions: list[int], n_classes: int) -> float:
     return sum(row["f1"] for row in per_class(labels, predictions, n_classes)) / n_classes
-
-
-def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion: honest near 0 and 1 and for a few hundred rows."""
-    if total == 0:
-        return (0.0, 1.0)
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return (centre - half, centre + half)
 
 
 def evaluation_report(labels: list[int], predictions: list[int], label_names: list[str]) -> dict:

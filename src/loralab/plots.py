@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from .evaluate import wilson_interval
 from .results import RunRecord
+from .stats import wilson_interval
 
 FORMATS = ("png", "svg")
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import SCOPE_WORDS, Config
 from .errors import LoralabError
-from .evaluate import wilson_interval
+from .stats import mcnemar_exact, t_interval, wilson_interval
 from .store import Origin, RunDir, Summary, finished_runs_under
 
 
@@ -159,39 +158,6 @@ def to_csv(rows: list[dict]) -> str:
 # Settings that change neither what is trained nor how: runs differing only in these and the seed
 # repeat one configuration.
 NOT_THE_CONFIGURATION = {"train": ("seed", "eval_batch_size", "log_every", "report_to"), "output": ("dir", "name")}
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (normal beyond).
-T_975 = [
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-]
 
 
 def _configuration(record: RunRecord) -> dict[str, object]:
@@ -244,7 +210,7 @@ def seed_groups(records: list[RunRecord]) -> list[dict]:
         peaks = [m.peak for m in members]
         mean = statistics.fmean(peaks)
         sd = statistics.stdev(peaks) if len(peaks) > 1 else None
-        half = None if sd is None else T_975[min(len(peaks) - 1, len(T_975)) - 1] * sd / len(peaks) ** 0.5
+        interval = t_interval(peaks)
         first = members[0].row()
         summaries.append(
             {
@@ -257,8 +223,8 @@ def seed_groups(records: list[RunRecord]) -> list[dict]:
                 "peaks": peaks,
                 "mean": mean,
                 "sd": sd,
-                "ci_low": None if half is None else mean - half,
-                "ci_high": None if half is None else mean + half,
+                "ci_low": None if interval is None else interval[0],
+                "ci_high": None if interval is None else interval[1],
             }
         )
     return sorted(summaries, key=lambda g: -g["mean"])
@@ -277,15 +243,6 @@ def format_seed_groups(groups: list[dict]) -> str:
         peaks = ", ".join(f"{s}: {p:.4f}" for s, p in zip(g["seeds"], g["peaks"]))
         lines.append(f"{g['configuration']}\n  mean {g['mean']:.4f} of {len(g['peaks'])} (seed: peak {peaks}){spread}")
     return "\n".join(lines)
-
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value: of the rows exactly one run gets right, is the split 50/50?"""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n
-    return min(1.0, 2 * tail)
 
 
 def compare(a: RunRecord, b: RunRecord) -> dict:

@@ -1,0 +1,77 @@
+"""The statistics every result is shown with, in one place: intervals of one run's metric, tests between
+two runs on the same rows, and intervals over seeds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+BOOTSTRAP_SAMPLES = 1000
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: honest near 0 and 1 and for a few hundred rows."""
+    if total == 0:
+        return (0.0, 1.0)
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (centre - half, centre + half)
+
+
+def bootstrap_interval(
+    metric: Callable[[np.ndarray, np.ndarray], float], targets: Sequence, predictions: Sequence, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of a metric without a closed form (F1, Matthews, Pearson, ...):
+    the rows resampled with replacement, the metric recomputed on each resample. Seeded: the same rows
+    give the same interval."""
+    targets, predictions = np.asarray(targets), np.asarray(predictions)
+    rng = np.random.default_rng(seed)
+    n = len(targets)
+    values = [metric(targets[idx], predictions[idx]) for idx in rng.integers(0, n, (BOOTSTRAP_SAMPLES, n))]
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return (float(low), float(high))
+
+
+def paired_bootstrap_p(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    targets: Sequence,
+    predictions_a: Sequence,
+    predictions_b: Sequence,
+    seed: int = 0,
+) -> float:
+    """Two-sided p-value of a metric's difference between two runs on the same rows, where McNemar does not
+    apply (multi-label, regression): the rows resampled together, how often the difference changes sign."""
+    targets, a, b = np.asarray(targets), np.asarray(predictions_a), np.asarray(predictions_b)
+    rng = np.random.default_rng(seed)
+    n = len(targets)
+    differences = np.array(
+        [metric(targets[i], a[i]) - metric(targets[i], b[i]) for i in rng.integers(0, n, (BOOTSTRAP_SAMPLES, n))]
+    )
+    differences = differences[~np.isnan(differences)]
+    if len(differences) == 0 or np.all(differences == 0):
+        return 1.0
+    tail = min(np.mean(differences <= 0), np.mean(differences >= 0))
+    return float(min(1.0, 2 * tail))
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: of the rows exactly one run gets right, is the split 50/50?"""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float] | None:
+    """95% t-interval of a mean over a few seeds (None for one value)."""
+    from scipy.stats import t
+
+    if len(values) < 2:
+        return None
+    mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+    half = float(t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
+    return (mean - half, mean + half)
