@@ -134,10 +134,10 @@ from loralab.model import load_trained
 texts = load_texts({args.data!r}, "text")[0][:{rows}]
 cfg, tokenizer, model = load_trained({str(work / "runs" / "study")!r}, merged=True)
 precision = "bf16" if torch.cuda.is_available() else "fp32"
-classify(model, tokenizer, texts[:256], cfg, 64, precision)  # warm-up
+classify(model, tokenizer, texts[:256], None, cfg, 64, precision)  # warm-up
 if torch.cuda.is_available(): torch.cuda.synchronize()
 started = time.perf_counter()
-classify(model, tokenizer, texts, cfg, 64, precision)
+classify(model, tokenizer, texts, None, cfg, 64, precision)
 rate = len(texts) / (time.perf_counter() - started)
 print(json.dumps({{"rows": len(texts), "rows_per_s": rate, "precision": precision}}))
 """

@@ -151,7 +151,7 @@ def test_eval_batches_sorted_and_complete():
 
 def test_encode_truncates():
     tokenizer = make_tokenizer()
-    encoded = encode(tokenizer, LabelledTexts(["f1 " * 50, "f2"], [0, 1]), max_length=10)
+    encoded = encode(tokenizer, ["f1 " * 50, "f2"], None, max_length=10, token_types=False)
     assert encoded.lengths == [10, 3]
 
 

@@ -179,12 +179,19 @@ def test_eval_on_validation_rows_matches_training(runs, run, capsys):
 
 
 def test_evaluation_report_by_hand():
-    report = evaluation_report([0, 0, 1, 1, 2, 3], [0, 1, 1, 1, 2, 0], ["a", "b", "c", "d"])
+    from loralab.tasks import Decision, SingleLabel
+
+    labels, predictions = [0, 0, 1, 1, 2, 3], [0, 1, 1, 1, 2, 0]
+    report = evaluation_report(SingleLabel(4), labels, predictions, ["a", "b", "c", "d"], Decision())
     assert report["accuracy"] == pytest.approx(4 / 6)
     assert report["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
     assert report["per_class"]["b"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
     assert report["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
-    assert report["macro_f1"] == pytest.approx((0.5 + 0.8 + 1.0 + 0.0) / 4)
+    assert report["f1_macro"] == pytest.approx((0.5 + 0.8 + 1.0 + 0.0) / 4)
+    metrics = pytest.importorskip("sklearn.metrics")  # an independent implementation of Matthews' coefficient
+    assert report["mcc"] == pytest.approx(metrics.matthews_corrcoef(labels, predictions))
+    low, high = report["mcc_95ci"]
+    assert low < report["mcc"] < high
     assert report["confusion_matrix"] == [[1, 1, 0, 0], [0, 2, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]]
     low, high = report["accuracy_95ci"]
     assert (round(low, 4), round(high, 4)) == (0.3000, 0.9032)

@@ -74,11 +74,11 @@ def test_runs_table_csv_and_json(imported, capsys):
     folder = str(next(iter(imported.values())).run.path.parent.parent)
     assert main(["runs", folder, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 20 and rows[0]["peak_accuracy"] == 0.9140625
+    assert len(rows) == 20 and rows[0]["peak"] == 0.9140625
     assert round(rows[0]["ci_low"], 4) == 0.8898 and round(rows[0]["ci_high"], 4) == 0.9334
     assert main(["runs", folder, "--csv", "--sort", "peak_step"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("name,group,scope") and len(lines) == 21
+    assert lines[0].startswith("name,group,model,seed,scope") and len(lines) == 21
     assert main(["runs", folder, "--sort", "nope"]) == 2
 
 

@@ -393,7 +393,7 @@ def test_command_line_overrides_reach_every_trial_and_bind_the_study(tmp_path, m
     records = find_runs([str(runs)])
     assert len(records) == 2 and all(r.summary.steps_done == 2 and r.config.train.eval_every == 1 for r in records)
     study = optuna.load_study(study_name="shrunk", storage=f"sqlite:///{runs / 'shrunk' / 'optuna.db'}")
-    assert study.metric_names == ["peak validation accuracy"]  # what the dashboard shows for the objective
+    assert study.metric_names == ["peak validation metric (train.metric_for_best)"]  # the dashboard names it
     # Other overrides would mix two configurations under one study: refused, naming both.
     assert main(["sweep", str(path), "train.steps=3", "--runs", str(runs)]) == 2
     err = capsys.readouterr().err

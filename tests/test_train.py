@@ -52,9 +52,10 @@ def test_run_directory_contents(tiny_overrides):
     assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6, 8, 10, 12]
     for row in rows:
         assert {"step", "split", "loss", "elapsed_s"} <= set(row)
-        assert {"accuracy", "f1"} <= set(row) if row["split"] == "val" else "lr" in row
+        assert {"accuracy", "f1_macro", "mcc"} <= set(row) if row["split"] == "val" else "lr" in row
     saved = json.loads(run.summary.read_text())
-    assert saved["peak_val_accuracy"] == max(r["accuracy"] for r in rows if r["split"] == "val")
+    assert saved["peak_val_accuracy"] == max(r["accuracy"] for r in rows if r["split"] == "val") == saved["peak"]
+    assert saved["metric"] == "accuracy" and saved["peak_95ci"][0] < saved["peak"] < saved["peak_95ci"][1]
     assert saved["peak_step"] == summary.peak_step and saved["final"]["step"] == 12
     assert {"wall_time_s", "train_samples_per_s", "versions", "git_commit", "trainable"} <= set(saved)
     assert run.read_summary() == summary
@@ -419,7 +420,7 @@ def test_progress_off_a_terminal_is_a_line_per_log_and_the_checkpoint_goes(tiny_
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in lines] == [f"{s}/12" for s in range(2, 13, 2)]
-    assert "\r" not in err and all(" eta " in line and " val_acc " in line for line in lines)
+    assert "\r" not in err and all(" eta " in line and " val_accuracy " in line for line in lines)
     run = run_dir(overrides)
     assert run.summary.exists() and not run.checkpoint.exists()  # finished: nothing left to resume
     kept = tiny_overrides + ["output.name=kept", "train.keep_checkpoint=true"]

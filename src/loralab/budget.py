@@ -41,16 +41,15 @@ def shapes_for(cfg: Config) -> ModelShapes:
     """The shapes of cfg's model with cfg's labels (named, or from the data): read once per process, cached."""
     from .data import label_names_of
 
-    return _cached_shapes(cfg.model.name, tuple(label_names_of(cfg.data)))
+    return _cached_shapes(cfg.model.name, tuple(label_names_of(cfg.data)), cfg.data.task)
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_shapes(name: str, labels: tuple[str, ...]) -> ModelShapes:
+def _cached_shapes(name: str, labels: tuple[str, ...], task: str) -> ModelShapes:
     from .config import DataConfig, ModelConfig
 
-    return ModelShapes.of(
-        load_model_config(Config(model=ModelConfig(name=name), data=DataConfig(label_names=list(labels))))
-    )
+    data = DataConfig(label_names=list(labels), task=task)
+    return ModelShapes.of(load_model_config(Config(model=ModelConfig(name=name), data=data)))
 
 
 HUB_CONFIGS = Path(__file__).parent / "hub_configs"
@@ -74,11 +73,13 @@ def load_model_config(cfg: Config):
     if not Path(name).exists() and (bundled / "config.json").is_file():
         name = str(bundled)  # the hub model's own config.json, shipped: budgets need no network
     from .data import label_names_of
+    from .tasks import PROBLEM_TYPES
 
     labels = label_names_of(cfg.data)
     try:
         return AutoConfig.from_pretrained(
             name,
+            problem_type=PROBLEM_TYPES[cfg.data.task],  # so a merged export loads with the right loss
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},

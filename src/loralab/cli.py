@@ -10,6 +10,7 @@ import os
 import sys
 import warnings
 
+from .config import TASK_METRICS
 from .errors import LoralabError
 
 
@@ -62,23 +63,34 @@ def parse_layers(text: str) -> list[int]:
         ) from None
 
 
+def inference_options(args):
+    from .inference import InferenceOptions
+
+    return InferenceOptions(args.which, args.batch_size, args.precision, args.base_model)
+
+
 def cmd_eval(args) -> int:
     from .inference import evaluate_run
 
-    report = evaluate_run(
-        args.run_dir, args.data, args.split, args.which, args.batch_size, args.precision, args.base_model
-    )
+    report = evaluate_run(args.run_dir, args.data, args.split, inference_options(args))
     if args.json:
         print(json.dumps(report))
         return 0
-    low, high = report["accuracy_95ci"]
-    print(f"{report['data']}: {report['rows']} rows, adapter {report['adapter']}")
-    print(f"accuracy  {report['accuracy']:.4f}  (95% CI {low:.4f}-{high:.4f})")
-    print(f"macro-F1  {report['macro_f1']:.4f}")
-    print(f"{'class':<14} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
-    for name, row in report["per_class"].items():
-        print(f"{name:<14} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} {row['support']:>8}")
-    print(f"saved: {report['saved_in']}/ (metrics.json, predictions.json, confusion.png)")
+    print(f"{report['data']}: {report['rows']} rows, adapter {report['adapter']}, {report['task']}")
+    for name in TASK_METRICS[report["task"]]:
+        low, high = report[f"{name}_95ci"]
+        chosen = "  (picks the peak)" if name == report["metric"] else ""
+        print(f"{name:<16} {report[name]:.4f}  (95% CI {low:.4f}-{high:.4f}){chosen}")
+    if "per_class" in report:
+        print(f"{'class':<14} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+        for name, row in report["per_class"].items():
+            print(f"{name:<14} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} {row['support']:>8}")
+    if "per_label" in report:
+        print(f"{'label':<14} {'f1':>9} {'support':>8} {'threshold':>9}")
+        for name, row in report["per_label"].items():
+            print(f"{name:<14} {row['f1']:>9.4f} {row['support']:>8} {row['threshold']:>9.2f}")
+    figure = ", confusion.png" if "per_class" in report else ""
+    print(f"saved: {report['saved_in']}/ (metrics.json, predictions.json{figure})")
     return 0
 
 
@@ -89,14 +101,12 @@ def cmd_predict(args) -> int:
         args.run_dir,
         args.input,
         args.out,
-        args.text_column,
-        args.which,
-        args.allow_pickle,
-        args.label_names,
-        args.probs,
-        args.batch_size,
-        args.precision,
-        args.base_model,
+        inference_options(args),
+        text_column=args.text_column,
+        pair_column=args.text_pair_column,
+        allow_pickle=args.allow_pickle,
+        label_names=args.label_names,
+        probs=args.probs,
     )
     print(f"wrote {rows} predictions to {args.out}")
     return 0
@@ -290,11 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object (for scripts)")
     evaluate.set_defaults(run=cmd_eval)
 
-    predict = commands.add_parser("predict", help="classify unlabelled texts into an ID,Label CSV")
+    predict = commands.add_parser(
+        "predict", help="answer for unlabelled texts: an ID,Label (ID,Labels; ID,Score) CSV in input order"
+    )
     _inference_arguments(predict)
     predict.add_argument("--input", required=True, help="CSV, JSONL, parquet, or a pickled datasets.Dataset")
     predict.add_argument("--out", required=True, help="output CSV")
-    predict.add_argument("--text-column", default="text", help="column of --input holding the texts")
+    predict.add_argument("--text-column", help="column of --input holding the texts (default: the run's)")
+    predict.add_argument(
+        "--text-pair-column", help="column of --input holding the second texts (default: the run's, if it reads pairs)"
+    )
     predict.add_argument("--allow-pickle", action="store_true", help="allow unpickling --input (runs code from it)")
     predict.add_argument("--label-names", action="store_true", help="write class names, not indices")
     predict.add_argument("--probs", action="store_true", help="add a probability column per class")
@@ -327,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser("runs", help="table of finished runs (peak accuracy with its 95%% interval)")
     runs.add_argument("paths", nargs="*", metavar="DIR", help="run directories or folders of them (default: runs)")
-    runs.add_argument("--sort", default="-peak_accuracy", help="column to sort by; '-' for descending")
+    runs.add_argument("--sort", default="-peak", help="column to sort by; '-' for descending (default: -peak)")
     runs.add_argument("--csv", action="store_true", help="the table as CSV, for spreadsheets and scripts")
     runs.add_argument("--json", action="store_true", help="the table as a JSON list of rows")
     runs.add_argument(

@@ -259,8 +259,7 @@ def _validate(cfg: Config) -> None:
     metrics = TASK_METRICS[cfg.data.task]
     require(
         not cfg.train.metric_for_best or cfg.train.metric_for_best in metrics,
-        f"train.metric_for_best: '{cfg.train.metric_for_best}' is not a {cfg.data.task} metric "
-        f"({', '.join(metrics)})",
+        f"train.metric_for_best: '{cfg.train.metric_for_best}' is not a {cfg.data.task} metric ({', '.join(metrics)})",
     )
     require(cfg.data.label_separator != "", "data.label_separator: must not be empty")
     require(cfg.data.val_size >= 1, f"data.val_size: must be >= 1, got {cfg.data.val_size}")

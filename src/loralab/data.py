@@ -23,7 +23,12 @@ LOCAL_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": 
 @dataclass
 class LabelledTexts:
     texts: list[str]
-    labels: list[int]
+    labels: list  # per data.task: a class index, a multi-hot list of 0.0/1.0, or a number
+    pairs: list[str] | None = None  # the second text of each row (data.text_pair_column)
+
+    def pick(self, indices: list[int]) -> LabelledTexts:
+        pairs = None if self.pairs is None else [self.pairs[i] for i in indices]
+        return LabelledTexts([self.texts[i] for i in indices], [self.labels[i] for i in indices], pairs)
 
 
 # The class names of hub datasets as their ClassLabel features give them, shipped (as roberta-base's
@@ -112,7 +117,7 @@ def _load_table(source: str, cfg: DataConfig, split: str):
 
     if not _is_local(source):
         try:
-            return load_dataset(source, split=split)
+            return load_dataset(source, cfg.subset or None, split=split)
         except Exception as err:  # the hub raises many types; the user needs the one line
             raise LoralabError(f"cannot load dataset '{source}' from the hub: {str(err).splitlines()[0]}") from err
     path = Path(source)
@@ -161,31 +166,53 @@ def _label_column(table, source: str, cfg: DataConfig) -> list:
 
 
 def label_names_of(cfg: DataConfig) -> list[str]:
-    """The class names: data.label_names where given, else what the data holds (its ClassLabel names,
-    its class names sorted, or 0..K-1 for class indices)."""
+    """The class names: data.label_names where given, else what the data holds (its ClassLabel names, its
+    class names sorted, or 0..K-1 for class indices). A regression has one output, named by its column."""
     if cfg.label_names:
         return list(cfg.label_names)
-    return list(_labels_in_data(cfg.train, cfg.text_column, cfg.label_column))
+    if cfg.task == "regression":
+        return [cfg.label_column]
+    key = (cfg.train, cfg.subset, cfg.task, cfg.text_column, cfg.label_column, cfg.label_separator)
+    return list(_labels_in_data(*key))
 
 
 @functools.lru_cache(maxsize=8)
-def _labels_in_data(source: str, text_column: str, label_column: str) -> tuple[str, ...]:
-    if source in HUB_LABELS:
+def _labels_in_data(
+    source: str, subset: str, task: str, text_column: str, label_column: str, separator: str
+) -> tuple[str, ...]:
+    if source in HUB_LABELS and task == "single_label":
         return tuple(HUB_LABELS[source])
-    cfg = DataConfig(train=source, text_column=text_column, label_column=label_column)
+    cfg = DataConfig(
+        train=source, subset=subset, task=task, text_column=text_column, label_column=label_column,
+        label_separator=separator,
+    )  # fmt: skip
     table = _load_table(source, cfg, "train")
     values = _label_column(table, source, cfg)
     feature = table.features[label_column]
+    feature = getattr(feature, "feature", feature)  # a list of ClassLabel (multi-label)
     if getattr(feature, "names", None):  # a datasets ClassLabel
         return tuple(feature.names)
-    indices = [_whole_number(value, row, source, cfg) for row, value in enumerate(values)]
+    if task == "multi_label":  # every label of every row
+        rows = [(row, item) for row, value in enumerate(values) for item in _label_items(value, cfg)]
+    else:
+        rows = list(enumerate(values))
+    indices = [_whole_number(value, row, source, cfg) for row, value in rows]
     if all(i is not None for i in indices):
-        return tuple(str(i) for i in range(max(max(indices), 0) + 1))
-    if all(i is None and isinstance(v, str) for i, v in zip(indices, values)):
-        return tuple(sorted(set(values)))
+        return tuple(str(i) for i in range(max(indices, default=0) + 1))
+    if all(i is None and isinstance(v, str) for i, (_, v) in zip(indices, rows)):
+        return tuple(sorted({v for _, v in rows}))
     raise LoralabError(
         f"{source}: '{label_column}' mixes class indices and other values: name the classes in data.label_names"
     )
+
+
+def _label_items(value, cfg: DataConfig) -> list:
+    """The labels of one multi-label row: a list (JSONL, parquet), or one string split at data.label_separator."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(cfg.label_separator) if item.strip()]
+    return [value]
 
 
 def _whole_number(label, row: int, source: str, cfg: DataConfig) -> int | None:
@@ -208,11 +235,47 @@ def _whole_number(label, row: int, source: str, cfg: DataConfig) -> int | None:
 
 
 def load_labelled(source: str, cfg: DataConfig, split: str = "train") -> LabelledTexts:
-    """Rows of text and integer label, checked: both columns present, labels in range, no empty text."""
+    """Rows of text (and pair text) with their targets, checked: the columns present, labels valid for
+    data.task, no empty text."""
     table = _load_table(source, cfg, split)
     texts = _column_texts(table, cfg.text_column, source, cfg)
+    pairs = _column_texts(table, cfg.text_pair_column, source, cfg) if cfg.text_pair_column else None
     values = _label_column(table, source, cfg)
-    return LabelledTexts(texts, [class_index(label, row, source, cfg) for row, label in enumerate(values)])
+    return LabelledTexts(texts, [target(value, row, source, cfg) for row, value in enumerate(values)], pairs)
+
+
+def target(value, row: int, source: str, cfg: DataConfig):
+    """One row's label as data.task trains on it: a class index, a multi-hot list, or a number."""
+    if cfg.task == "multi_label":
+        chosen = {class_index(item, row, source, cfg) for item in _label_items(value, cfg)}
+        return [1.0 if i in chosen else 0.0 for i in range(len(label_names_of(cfg)))]
+    if cfg.task == "regression":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise LoralabError(
+                f"{source}: {row_place(source, row, cfg)} has label {value!r} in '{cfg.label_column}': a "
+                "regression target must be a number"
+            ) from None
+    return class_index(value, row, source, cfg)
+
+
+def training_and_validation(cfg: DataConfig) -> tuple[LabelledTexts, LabelledTexts, LabelledTexts]:
+    """All training rows, the rows trained on, and the validation rows: held out of the training data
+    (val_size, split_seed), or from data.validation (a split of the hub dataset, or a file)."""
+    rows = load_labelled(cfg.train, cfg)
+    if not cfg.validation:
+        return rows, *split_validation(rows, cfg.val_size, cfg.split_seed)
+    if _is_local(cfg.validation):
+        return rows, rows, load_labelled(cfg.validation, cfg)
+    if _is_local(cfg.train):
+        raise LoralabError(
+            f"data.validation '{cfg.validation}' is not a file here, and {cfg.train} is a file, not a hub dataset "
+            "with splits: name a labelled file"
+        )
+    return rows, rows, load_labelled(cfg.train, cfg, split=cfg.validation)
 
 
 def class_index(label, row: int, source: str, cfg: DataConfig) -> int:
@@ -250,9 +313,12 @@ def _column_texts(table, column: str, source: str, cfg: DataConfig) -> list[str]
 ID_COLUMNS = ("id", "ID", "Id")
 
 
-def load_texts(source: str, text_column: str, allow_pickle: bool = False) -> tuple[list[str], list | None]:
-    """Unlabelled texts to classify, and the input's own row IDs where it has an id column (as Kaggle
-    files do): a data file, or a pickled `datasets.Dataset` if the user allows it."""
+def load_texts(
+    source: str, text_column: str, allow_pickle: bool = False, pair_column: str = ""
+) -> tuple[list[str], list[str] | None, list | None]:
+    """Unlabelled texts to classify (with their pair texts where the run reads pairs), and the input's own
+    row IDs where it has an id column (as Kaggle files do): a data file, or a pickled `datasets.Dataset`
+    if the user allows it."""
     if Path(source).suffix.lower() in (".pkl", ".pickle"):
         if not allow_pickle:
             raise LoralabError(
@@ -274,8 +340,10 @@ def load_texts(source: str, text_column: str, allow_pickle: bool = False) -> tup
     else:
         table = _load_table(source, DataConfig(text_column=text_column), "test")
     id_column = next((c for c in ID_COLUMNS if c in table.column_names), None)
-    texts = _column_texts(table, text_column, source, DataConfig(text_column=text_column))
-    return texts, (list(table[id_column]) if id_column else None)
+    where = DataConfig(text_column=text_column)
+    texts = _column_texts(table, text_column, source, where)
+    pairs = _column_texts(table, pair_column, source, where) if pair_column else None
+    return texts, pairs, (list(table[id_column]) if id_column else None)
 
 
 @dataclass
@@ -293,8 +361,10 @@ class DataIdentity:
 
 def rows_sha256(rows: LabelledTexts) -> str:
     digest = hashlib.sha256()
-    for text, label in zip(rows.texts, rows.labels):
-        digest.update(f"{label}\t{len(text)}\t{text}\n".encode())  # the length keeps the fields apart
+    for i, (text, label) in enumerate(zip(rows.texts, rows.labels)):
+        pair = "" if rows.pairs is None else rows.pairs[i]
+        # The lengths keep the fields apart.
+        digest.update(f"{label}\t{len(text)}\t{text}\t{len(pair)}\t{pair}\n".encode())
     return digest.hexdigest()
 
 
@@ -318,8 +388,10 @@ def identify(source: str, rows: LabelledTexts, val: LabelledTexts) -> DataIdenti
 def check_label_fit(cfg: DataConfig, train: LabelledTexts, val: LabelledTexts) -> list[str]:
     """What about the label set does not fit the data, as sentences: named classes without any row, and
     classes only the validation rows have (the model never sees them trained)."""
+    if cfg.task == "regression":
+        return []
     names = label_names_of(cfg)
-    in_train, in_val = set(train.labels), set(val.labels)
+    in_train, in_val = _classes_present(train, cfg), _classes_present(val, cfg)
     problems = []
     unused = [names[i] for i in range(len(names)) if i not in in_train | in_val]
     if unused:
@@ -336,39 +408,58 @@ def check_label_fit(cfg: DataConfig, train: LabelledTexts, val: LabelledTexts) -
     return problems
 
 
+def _classes_present(rows: LabelledTexts, cfg: DataConfig) -> set[int]:
+    if cfg.task == "multi_label":
+        return {i for hot in rows.labels for i, value in enumerate(hot) if value}
+    return set(rows.labels)
+
+
 def split_validation(rows: LabelledTexts, val_size: int, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
     """Hold `val_size` rows out of training, chosen by a seeded shuffle."""
     if val_size >= len(rows.texts):
         raise LoralabError(f"data.val_size {val_size} leaves no training rows (the data has {len(rows.texts)})")
     order = list(range(len(rows.texts)))
     random.Random(seed).shuffle(order)
-    pick = lambda idx: LabelledTexts([rows.texts[i] for i in idx], [rows.labels[i] for i in idx])  # noqa: E731
-    return pick(order[val_size:]), pick(order[:val_size])
+    return rows.pick(order[val_size:]), rows.pick(order[:val_size])
 
 
 @dataclass
 class Encoded:
-    """Token ids of each row, unpadded, with labels."""
+    """Token ids of each row, unpadded, with labels; segment ids where the model reads them (BERT pairs)."""
 
     input_ids: list[list[int]]
-    labels: list[int]
+    labels: list
+    token_type_ids: list[list[int]] | None = None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.input_ids)
 
     @property
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
+    def features(self, indices: list[int]) -> dict[str, list[list[int]]]:
+        """The rows' token features, unpadded, as tokenizer.pad takes them."""
+        features = {"input_ids": [self.input_ids[i] for i in indices]}
+        if self.token_type_ids is not None:
+            features["token_type_ids"] = [self.token_type_ids[i] for i in indices]
+        return features
 
-def encode(tokenizer, rows: LabelledTexts, max_length: int) -> Encoded:
-    ids = tokenizer(rows.texts, truncation=True, max_length=max_length)["input_ids"]
-    return Encoded(ids, rows.labels)
+
+def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, token_types: bool, labels=None):
+    """Tokenize once: a pair as the model's tokenizer joins two texts, the longer one truncated first."""
+    encoding = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    types = encoding.get("token_type_ids") if token_types else None
+    return Encoded(encoding["input_ids"], labels if labels is not None else [], types)
+
+
+def encode_rows(tokenizer, rows: LabelledTexts, max_length: int, token_types: bool) -> Encoded:
+    return encode(tokenizer, rows.texts, rows.pairs, max_length, token_types, rows.labels)
 
 
 def collate(tokenizer, data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:
     """Pad one batch to its own longest row."""
-    batch = tokenizer.pad({"input_ids": [data.input_ids[i] for i in indices]}, return_tensors="pt")
+    batch = tokenizer.pad(data.features(indices), return_tensors="pt")
     batch["labels"] = torch.tensor([data.labels[i] for i in indices])
     return batch
 

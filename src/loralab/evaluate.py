@@ -6,22 +6,28 @@ import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .config import Config, metric_for_best
 from .data import Encoded, eval_batches
-from .stats import wilson_interval
+from .tasks import Decision, metrics, per_label_f1, task_for
 
 
 @dataclass
 class Evaluation:
     loss: float
-    accuracy: float
-    f1: float
-    predictions: list[int]  # in the rows' original order
+    values: dict[str, float]  # every metric of the task
+    metric: str  # the one that picks the peak (train.metric_for_best)
+    predictions: list  # in the rows' original order
+    decision: Decision  # what turned logits into the predictions (tuned thresholds included)
+
+    @property
+    def score(self) -> float:
+        return self.values[self.metric]
 
     def metrics(self) -> dict:
-        return {"loss": self.loss, "accuracy": self.accuracy, "f1": self.f1}
+        return {"loss": self.loss, **self.values}
 
 
 def confusion_matrix(labels: list[int], predictions: list[int], n_classes: int) -> list[list[int]]:
@@ -51,22 +57,27 @@ def per_class(labels: list[int], predictions: list[int], n_classes: int) -> list
     return rows
 
 
-def macro_f1(labels: list[int], predictions: list[int], n_classes: int) -> float:
-    return sum(row["f1"] for row in per_class(labels, predictions, n_classes)) / n_classes
-
-
-def evaluation_report(labels: list[int], predictions: list[int], label_names: list[str]) -> dict:
-    n = len(label_names)
-    correct = sum(p == y for p, y in zip(predictions, labels))
-    low, high = wilson_interval(correct, len(labels))
-    return {
-        "rows": len(labels),
-        "accuracy": correct / len(labels),
-        "accuracy_95ci": [low, high],
-        "macro_f1": macro_f1(labels, predictions, n),
-        "per_class": {name: row for name, row in zip(label_names, per_class(labels, predictions, n))},
-        "confusion_matrix": confusion_matrix(labels, predictions, n),
-    }
+def evaluation_report(task, labels: list, predictions: list, label_names: list[str], decision: Decision) -> dict:
+    """Every metric of the task with its 95% interval (Wilson for accuracy, bootstrap for the others), and
+    per class (single-label: precision, recall, F1, confusion matrix) or per label (multi-label: F1)."""
+    report = {"rows": len(labels), "task": task.name}
+    for name, value in metrics(task, labels, predictions).items():
+        report[name] = value
+        report[f"{name}_95ci"] = list(task.interval(name, labels, predictions))
+    if task.name == "single_label":
+        n = len(label_names)
+        report["per_class"] = {name: row for name, row in zip(label_names, per_class(labels, predictions, n))}
+        report["confusion_matrix"] = confusion_matrix(labels, predictions, n)
+    elif task.name == "multi_label":
+        truth = np.asarray(labels)
+        f1s = per_label_f1(truth, np.asarray(predictions))
+        report["per_label"] = {
+            name: {"f1": float(f1), "support": int(support), "threshold": threshold}
+            for name, f1, support, threshold in zip(
+                label_names, f1s, truth.sum(0), decision.thresholds or [0.5] * len(label_names)
+            )
+        }
+    return report
 
 
 # BERT-style blocks (the families whose layers are `encoder.layer.N`) add the attention residual
@@ -103,7 +114,7 @@ def first_token_after_last_attention(model):
 def predict_logits(
     model,
     tokenizer,
-    input_ids: list[list[int]],
+    data: Encoded,
     batch_size: int,
     device,
     autocast=nullcontext,
@@ -118,12 +129,12 @@ def predict_logits(
     was_training = model.training
     model.eval()
     # Kept on the device until the end: one copy to the host, not a wait per batch.
-    logits = torch.empty(len(input_ids), model.config.num_labels, device=device)
+    logits = torch.empty(len(data), model.config.num_labels, device=device)
     # Mean pooling reads every token of the last layer, so nothing can be trimmed.
-    bar = tqdm(total=len(input_ids), unit="rows", disable=None if progress else True, dynamic_ncols=True)
+    bar = tqdm(total=len(data), unit="rows", disable=None if progress else True, dynamic_ncols=True)
     with first_token_after_last_attention(model) if pooling == "first" else nullcontext(), bar:
-        for indices in eval_batches([len(ids) for ids in input_ids], batch_size):
-            batch = tokenizer.pad({"input_ids": [input_ids[i] for i in indices]}, return_tensors="pt").to(device)
+        for indices in eval_batches(data.lengths, batch_size):
+            batch = tokenizer.pad(data.features(indices), return_tensors="pt").to(device)
             with autocast():
                 logits[torch.tensor(indices, device=device)] = model(**batch).logits.float()
             bar.update(len(indices))
@@ -135,33 +146,38 @@ def evaluate(
     model,
     tokenizer,
     data: Encoded,
-    batch_size: int,
-    n_classes: int,
+    cfg: Config,
+    decision: Decision,
     device,
     autocast=nullcontext,
-    pooling: str = "first",
     accelerator=None,
 ) -> Evaluation:
-    """Loss, accuracy, macro-F1 and predictions on `data`.
+    """Loss, the task's metrics and the predictions on `data` (a multi-label run with
+    train.tune_thresholds chooses its thresholds on these rows first).
 
     With an Accelerator of several processes, each scores every world-th row and the logits are
     gathered: every process gets the whole split, and each row is scored once.
     """
+    task = task_for(cfg)
     world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
     rows = list(range(rank, len(data), world))
-    logits = predict_logits(model, tokenizer, [data.input_ids[i] for i in rows], batch_size, device, autocast, pooling)
+    part = Encoded([data.input_ids[i] for i in rows], [], None if data.token_type_ids is None else
+                   [data.token_type_ids[i] for i in rows])  # fmt: skip
+    logits = predict_logits(model, tokenizer, part, cfg.train.eval_batch_size, device, autocast, cfg.model.pooling)
     if world > 1:
         from accelerate.utils import gather_object
 
-        whole = torch.empty(len(data), n_classes)
-        for part_rows, part in gather_object([(rows, logits)]):
-            whole[part_rows] = part
+        whole = torch.empty(len(data), logits.shape[-1])
+        for part_rows, part_logits in gather_object([(rows, logits)]):
+            whole[part_rows] = part_logits
         logits = whole
-    labels = torch.tensor(data.labels)
-    predictions = logits.argmax(-1)
+    if cfg.data.task == "multi_label" and cfg.train.tune_thresholds:
+        decision = task.tune(logits, data.labels)
+    scored = task.score(logits, decision)
     return Evaluation(
-        loss=F.cross_entropy(logits, labels).item(),
-        accuracy=(predictions == labels).sum().item() / len(labels),
-        f1=macro_f1(data.labels, predictions.tolist(), n_classes),
-        predictions=predictions.tolist(),
+        loss=task.loss(logits, torch.tensor(data.labels), decision).item(),
+        values=metrics(task, data.labels, scored.predictions),
+        metric=metric_for_best(cfg),
+        predictions=scored.predictions,
+        decision=decision,
     )

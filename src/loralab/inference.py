@@ -6,25 +6,29 @@ import csv
 import io
 import shutil
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .budget import looks_like_path
-from .data import LabelledTexts, load_labelled, load_texts, rows_sha256, split_validation
+from .config import metric_for_best
+from .data import LabelledTexts, encode, load_labelled, load_texts, rows_sha256, training_and_validation
 from .errors import LoralabError, warn
 from .evaluate import evaluation_report, predict_logits
-from .model import cast_frozen_linears, load_trained
+from .model import cast_frozen_linears, load_trained, uses_token_types
 from .plots import plot_confusion
 from .store import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    DECISION,
     FROZEN_WEIGHTS,
     RunDir,
     replace_dir,
     write_json_atomic,
     write_text_atomic,
 )
+from .tasks import task_for
 
 
 def autocast_for(precision: str):
@@ -37,32 +41,35 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def classify(model, tokenizer, texts: list[str], cfg, batch_size: int, precision: str) -> torch.Tensor:
-    """Class probabilities of each text, in input order, truncated and pooled as the run was trained."""
-    ids = tokenizer(texts, truncation=True, max_length=cfg.data.max_length)["input_ids"]
+@dataclass
+class InferenceOptions:
+    """How `eval` and `predict` run a trained run: one object from the CLI."""
+
+    which: str = "best"  # the adapter at the validation peak (best) or after the final evaluation (last)
+    batch_size: int = 16
+    precision: str = "fp32"  # or bf16
+    base_model: str | None = None  # the pretrained model, where the run's is not on this machine
+
+
+def classify(
+    model, tokenizer, texts: list[str], pairs: list[str] | None, cfg, batch_size: int, precision: str
+) -> torch.Tensor:
+    """The head's logits for each text (or pair), in input order, truncated and pooled as the run was trained."""
+    data = encode(tokenizer, texts, pairs, cfg.data.max_length, uses_token_types(tokenizer, model.config))
     # Nothing trains here: under autocast every Linear weight would be cast again for every batch.
     model.requires_grad_(False)
     cast_frozen_linears(model, precision)
     model.to(device())
-    logits = predict_logits(
-        model, tokenizer, ids, batch_size, device(), autocast_for(precision), cfg.model.pooling, progress=True
+    return predict_logits(
+        model, tokenizer, data, batch_size, device(), autocast_for(precision), cfg.model.pooling, progress=True
     )
-    return logits.softmax(-1)
 
 
-def evaluate_run(
-    run_path: str,
-    data: str | None,
-    split: str,
-    which: str,
-    batch_size: int,
-    precision: str,
-    base_model: str | None = None,
-) -> dict:
+def evaluate_run(run_path: str, data: str | None, split: str, options: InferenceOptions) -> dict:
     """Metrics of a run's adapter on its own validation rows, or on another labelled set."""
     run = RunDir(Path(run_path))
-    cfg, tokenizer, model = load_trained(run.path, which, merged=True, base_model=base_model)
-    report = {"run": str(run_path), "adapter": which, "data": data or f"{cfg.data.train} (validation rows)"}
+    cfg, tokenizer, model = load_trained(run.path, options.which, merged=True, base_model=options.base_model)
+    report = {"run": str(run_path), "adapter": options.which, "data": data or f"{cfg.data.train} (validation rows)"}
     if data is None:
         rows = validation_rows(run, cfg)
         tag = "val"
@@ -72,19 +79,23 @@ def evaluate_run(
         seen = training_rows_in(cfg, rows)
         if seen:
             warn(
-                f"{seen} of the {len(rows.texts)} rows of {data} were training rows of this run: its accuracy on "
-                "them is not a held-out estimate (without --data, eval scores the run's validation rows)"
+                f"{seen} of the {len(rows.texts)} rows of {data} were training rows of this run: its metrics on "
+                "them are not a held-out estimate (without --data, eval scores the run's validation rows)"
             )
         report["training_rows"] = seen
-    probs = classify(model, tokenizer, rows.texts, cfg, batch_size, precision)
-    predictions = probs.argmax(-1).tolist()
-    report |= evaluation_report(rows.labels, predictions, cfg.data.label_names)
+    task, decision = task_for(cfg), run.read_decision(options.which)
+    logits = classify(model, tokenizer, rows.texts, rows.pairs, cfg, options.batch_size, options.precision)
+    predictions = task.score(logits, decision).predictions
+    report |= evaluation_report(task, rows.labels, predictions, cfg.data.label_names, decision)
+    report["metric"] = metric_for_best(cfg)
 
-    folder = run.eval_dir(f"{tag}-{which}")
+    folder = run.eval_dir(f"{tag}-{options.which}")
     write_json_atomic(folder / "metrics.json", report)
     write_json_atomic(folder / "predictions.json", {"labels": rows.labels, "predictions": predictions})
-    title = f"{run.path.name} ({which}) on {tag}: accuracy {report['accuracy']:.4f}"
-    plot_confusion(report["confusion_matrix"], cfg.data.label_names, folder / "confusion", title)
+    if "confusion_matrix" in report:
+        metric = report["metric"]
+        title = f"{run.path.name} ({options.which}) on {tag}: {metric} {report[metric]:.4f}"
+        plot_confusion(report["confusion_matrix"], cfg.data.label_names, folder / "confusion", title)
     report["saved_in"] = str(folder)
     return report
 
@@ -97,8 +108,7 @@ def validation_rows(run: RunDir, cfg) -> LabelledTexts:
             f"run {run.path} drew its validation rows from {cfg.data.train}, which is not on this machine: "
             "pass --data FILE to evaluate on a labelled file the run did not train on"
         )
-    everything = load_labelled(cfg.data.train, cfg.data)
-    rows = split_validation(everything, cfg.data.val_size, cfg.data.split_seed)[1]
+    everything, _, rows = training_and_validation(cfg.data)
     saved = run.read_data_identity()
     if saved is None:
         warn(
@@ -118,39 +128,53 @@ def training_rows_in(cfg, rows: LabelledTexts) -> int | None:
     """How many of `rows` the run trained on (by text), where its training data is on this machine."""
     if not looks_like_path(cfg.data.train) or not Path(cfg.data.train).exists():
         return None
-    trained = split_validation(load_labelled(cfg.data.train, cfg.data), cfg.data.val_size, cfg.data.split_seed)[0]
-    seen = set(trained.texts)
-    return sum(text in seen for text in rows.texts)
+    trained = training_and_validation(cfg.data)[1]
+    seen = set(zip(trained.texts, trained.pairs or [""] * len(trained.texts)))
+    return sum(row in seen for row in zip(rows.texts, rows.pairs or [""] * len(rows.texts)))
 
 
 def predict_file(
     run_path: str,
     input_path: str,
     out_path: str,
-    text_column: str = "text",
-    which: str = "best",
+    options: InferenceOptions,
+    text_column: str | None = None,
+    pair_column: str | None = None,
     allow_pickle: bool = False,
     label_names: bool = False,
     probs: bool = False,
-    batch_size: int = 16,
-    precision: str = "fp32",
-    base_model: str | None = None,
 ) -> int:
-    """Write `ID,Label` (and probabilities if asked) for every input row, in input order."""
+    """Write what the task answers for every input row, in input order: `ID,Label` (single-label; with
+    probabilities if asked), `ID,Labels` (multi-label, joined by data.label_separator) or `ID,Score`."""
     if Path(out_path).is_dir():
         raise LoralabError(
             f"--out {out_path} is a directory: name the CSV file to write, e.g. {Path(out_path) / 'predictions.csv'}"
         )
-    texts, ids = load_texts(input_path, text_column, allow_pickle)
-    cfg, tokenizer, model = load_trained(run_path, which, merged=True, base_model=base_model)
-    probabilities = classify(model, tokenizer, texts, cfg, batch_size, precision)
+    saved = RunDir(Path(run_path)).read_config()  # the columns default to those the run was trained on
+    texts, pairs, ids = load_texts(
+        input_path,
+        text_column or saved.data.text_column,
+        allow_pickle,
+        saved.data.text_pair_column if pair_column is None else pair_column,
+    )
+    cfg, tokenizer, model = load_trained(run_path, options.which, merged=True, base_model=options.base_model)
+    task, decision = task_for(cfg), RunDir(Path(run_path)).read_decision(options.which)
+    scored = task.score(classify(model, tokenizer, texts, pairs, cfg, options.batch_size, options.precision), decision)
     names = cfg.data.label_names
+    shown = (lambda i: names[i]) if label_names else (lambda i: i)  # noqa: E731
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["ID", "Label"] + ([f"prob_{name}" for name in names] if probs else []))
-    for row, p in zip(ids or range(len(texts)), probabilities.tolist()):
-        label = max(range(len(p)), key=p.__getitem__)
-        writer.writerow([row, names[label] if label_names else label] + ([f"{x:.6f}" for x in p] if probs else []))
+    answer = {"single_label": "Label", "multi_label": "Labels", "regression": "Score"}[cfg.data.task]
+    with_probs = probs and cfg.data.task != "regression"
+    writer.writerow(["ID", answer] + ([f"prob_{name}" for name in names] if with_probs else []))
+    for row, prediction, score in zip(ids or range(len(texts)), scored.predictions, scored.scores):
+        if cfg.data.task == "multi_label":
+            value = cfg.data.label_separator.join(str(shown(i)) for i, on in enumerate(prediction) if on)
+        elif cfg.data.task == "regression":
+            value = f"{prediction:.6g}"
+        else:
+            value = shown(prediction)
+        writer.writerow([row, value] + ([f"{x:.6f}" for x in score] if with_probs else []))
     write_text_atomic(Path(out_path), buffer.getvalue())
     return len(texts)
 
@@ -181,12 +205,14 @@ def export_run(
 
     def fill(tmp: Path) -> None:
         if adapter_only:
-            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FROZEN_WEIGHTS):
+            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FROZEN_WEIGHTS, DECISION):
                 if (folder / name).exists():
                     shutil.copy(folder / name, tmp / name)
             (tmp / "README.md").write_text(model_card(cfg, run, frozen=(folder / FROZEN_WEIGHTS).exists()))
         else:
             model.save_pretrained(tmp)
+            if (folder / DECISION).exists():  # thresholds or target scaling: what turns its logits into answers
+                shutil.copy(folder / DECISION, tmp / DECISION)
         tokenizer.save_pretrained(tmp)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -260,7 +286,7 @@ def model_card(cfg, run: RunDir, frozen: bool) -> str:
         lines.append(f"  - {label}: {count:,}")
     if summary:
         lines += [
-            f"- peak validation accuracy: {summary.peak_val_accuracy:.4f} at step {summary.peak_step} "
+            f"- peak validation {summary.metric}: {summary.peak_value:.4f} at step {summary.peak_step} "
             f"({summary.val_rows} rows)",
             f"- training: {summary.steps_done} steps, lr {cfg.train.lr:g}, batch {cfg.train.batch_size}",
         ]

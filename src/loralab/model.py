@@ -82,6 +82,12 @@ def check_max_length(cfg: Config, model_config, tokenizer) -> None:
         )
 
 
+def uses_token_types(tokenizer, model_config) -> bool:
+    """Whether the model reads segment ids (BERT's second text of a pair); RoBERTa and MPNet have one
+    segment (type_vocab_size 1, or none), and their tokenizers do not produce them."""
+    return "token_type_ids" in tokenizer.model_input_names and getattr(model_config, "type_vocab_size", 0) > 1
+
+
 def peft_config(cfg: Config, plan: AdapterPlan):
     from peft import LoraConfig
 

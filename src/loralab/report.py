@@ -55,7 +55,7 @@ def configuration_rows(records: list[RunRecord]) -> list[list[str]]:
             name, row["group"], row["scope"], row["head"] or "-", row["r"] or "-",
             "-" if row["alpha"] is None else f"{row['alpha']:g}", f"{row['lr']:g}",
             row["steps"], _cell("-" if row["trainable"] is None else f"{row['trainable']:,}", row["trainable"] or 0),
-            _cell(f"{row['peak_accuracy']:.4f}", row["peak_accuracy"]),
+            _cell(f"{row['peak']:.4f}", row["peak"]),
             _cell(f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]", row["ci_low"]), row["peak_step"],
         ])  # fmt: skip
     return rows
@@ -143,7 +143,7 @@ def build_report(records: list[RunRecord], title: str = "loralab report") -> str
 Wilson intervals over the validation rows ({row["ci_high"] - row["ci_low"]:.4f} wide for the best run).
 Click a column header to sort a table.</p>
 <h2>Best run</h2>
-<p><b>{html.escape(row["name"])}</b>: peak {row["peak_accuracy"]:.4f} [{row["ci_low"]:.4f}, {row["ci_high"]:.4f}]
+<p><b>{html.escape(row["name"])}</b>: peak {row["peak"]:.4f} [{row["ci_low"]:.4f}, {row["ci_high"]:.4f}]
 at step {row["peak_step"]}, {trainable} trainable parameters. Its settings that differ from loralab's defaults
 (the seed study's run):</p>
 {_table(["setting", "this run", "default"], settings) if settings else "<p>none: it is the study's configuration.</p>"}

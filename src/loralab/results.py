@@ -41,7 +41,12 @@ class RunRecord:
 
     @property
     def peak(self) -> float:
-        return self.summary.peak_val_accuracy
+        """The peak of the run's metric (train.metric_for_best; accuracy for runs before 0.3)."""
+        return self.summary.peak_value
+
+    @property
+    def metric(self) -> str:
+        return self.summary.metric
 
     def curve(self, split: str, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.metrics if r["split"] == split and r.get(key) is not None]
@@ -50,10 +55,15 @@ class RunRecord:
     def row(self) -> dict:
         cfg, summary = self.config, self.summary
         lora = cfg.model.finetune != "full"  # LoRA settings mean nothing for a full fine-tuning
-        low, high = wilson_interval(round(self.peak * self.val_rows), self.val_rows)
+        if summary.peak_95ci:
+            low, high = summary.peak_95ci
+        else:  # runs before 0.3 and imports: accuracy, whose interval needs only the row count
+            low, high = wilson_interval(round(self.peak * self.val_rows), self.val_rows)
         return {
             "name": self.name,
             "group": self.group,
+            "model": Path(cfg.model.name).name,
+            "seed": cfg.train.seed,
             "scope": "every weight" if cfg.model.finetune == "full" else ",".join(cfg.lora.scope),
             "head": cfg.model.head if lora else None,
             "pooling": cfg.model.pooling,
@@ -63,11 +73,12 @@ class RunRecord:
             "lr": cfg.train.lr,
             "steps": summary.steps_done,
             "trainable": (summary.trainable or {}).get("total"),
-            "peak_accuracy": self.peak,
+            "metric": self.metric,
+            "peak": self.peak,
             "ci_low": low,
             "ci_high": high,
             "peak_step": summary.peak_step,
-            "final_accuracy": (summary.final or {}).get("accuracy"),
+            "final": (summary.final or {}).get(self.metric),
             "wall_s": summary.wall_time_s,
             "path": str(self.run.path),
         }
@@ -96,6 +107,8 @@ def canonical_scope(modules: list[str]) -> list[str]:
 COLUMNS = [
     "name",
     "group",
+    "model",
+    "seed",
     "scope",
     "head",
     "pooling",
@@ -105,18 +118,23 @@ COLUMNS = [
     "lr",
     "steps",
     "trainable",
-    "peak_accuracy",
+    "metric",
+    "peak",
     "ci_low",
     "ci_high",
     "peak_step",
-    "final_accuracy",
+    "final",
     "wall_s",
 ]
+
+
+SORT_ALIASES = {"peak_accuracy": "peak", "final_accuracy": "final"}  # the names before 0.3
 
 
 def sort_rows(rows: list[dict], key: str) -> list[dict]:
     descending = key.startswith("-")
     key = key.lstrip("-")
+    key = SORT_ALIASES.get(key, key)
     if rows and key not in rows[0]:
         raise LoralabError(f"--sort: unknown column '{key}' (columns: {', '.join(COLUMNS)})")
     present = [r for r in rows if r[key] is not None]
@@ -127,7 +145,7 @@ def format_table(rows: list[dict]) -> str:
     def cell(column: str, value) -> str:
         if value is None:
             return "-"
-        if column in ("peak_accuracy", "final_accuracy"):
+        if column in ("peak", "final"):
             return f"{value:.4f}"
         if column == "ci_low":
             return f"[{value:.4f}"
@@ -141,7 +159,7 @@ def format_table(rows: list[dict]) -> str:
             return f"{value:g}"
         return str(value)
 
-    headers = {"peak_accuracy": "peak", "ci_low": "95% CI", "ci_high": "", "final_accuracy": "final", "wall_s": "wall"}
+    headers = {"ci_low": "95% CI", "ci_high": "", "wall_s": "wall"}
     table = [[headers.get(c, c) for c in COLUMNS]] + [[cell(c, r[c]) for c in COLUMNS] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in table)

@@ -40,11 +40,13 @@ import torch
 from .config import Config
 from .data import DataIdentity
 from .errors import LoralabError
+from .tasks import Decision
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FROZEN_WEIGHTS = "frozen_weights.safetensors"
 VAL_PREDICTIONS = "val_predictions.json"
+DECISION = "decision.json"
 ADAPTERS = ("best", "last")
 
 
@@ -123,9 +125,9 @@ class Summary:
     """summary.json: what a finished run found, and how it ran."""
 
     name: str
-    peak_val_accuracy: float
+    peak_val_accuracy: float | None  # a single-label run's accuracy at its peak; None for other tasks
     peak_step: int
-    final: dict | None  # the last evaluation: step, loss, accuracy, f1
+    final: dict | None  # the last evaluation: step, loss and the task's metrics
     steps_done: int
     val_rows: int
     trainable: dict | None  # Breakdown.as_dict(); None for an import whose model config was unreadable
@@ -135,6 +137,13 @@ class Summary:
     versions: dict = field(default_factory=dict)
     git_commit: str | None = None
     imported_from: str | None = None  # the trainer_state.json of an imported run
+    metric: str = "accuracy"  # train.metric_for_best: what picked the peak
+    peak: float | None = None  # its value at the peak (runs before 0.3: peak_val_accuracy)
+    peak_95ci: list[float] | None = None  # its 95% interval on the validation rows
+
+    @property
+    def peak_value(self) -> float:
+        return self.peak if self.peak is not None else self.peak_val_accuracy
 
 
 @dataclass
@@ -153,8 +162,8 @@ class Predictions:
     """val_predictions.json: the label predicted for every validation row at one evaluation."""
 
     step: int
-    labels: list[int]
-    predictions: list[int]
+    labels: list  # the task's targets: class indices, multi-hot lists or numbers
+    predictions: list
 
 
 @dataclass
@@ -162,7 +171,7 @@ class LoopState:
     """What the training loop carries from step to step; a checkpoint saves it (the step is the data position)."""
 
     step: int = 0
-    best_accuracy: float = -1.0
+    best_score: float | None = None  # of train.metric_for_best
     best_step: int = 0
     evals_since_best: int = 0
     last_eval: dict | None = None
@@ -353,12 +362,16 @@ class RunDir:
 
     # --- adapters and predictions --------------------------------------------------------------
 
-    def save_adapter(self, which: str, model, frozen: dict[str, torch.Tensor], predictions: Predictions) -> None:
-        """PEFT's save_pretrained, the frozen weights it was trained on, and the predictions, swapped in whole."""
+    def save_adapter(
+        self, which: str, model, frozen: dict[str, torch.Tensor], predictions: Predictions, decision: Decision
+    ) -> None:
+        """PEFT's save_pretrained, the frozen weights it was trained on, the predictions and what turned
+        logits into them (decision.json), swapped in whole."""
 
         def fill(tmp: Path) -> None:
             _fill_adapter(tmp, model, frozen)
             write_json_atomic(tmp / VAL_PREDICTIONS, dataclasses.asdict(predictions))
+            write_json_atomic(tmp / DECISION, dataclasses.asdict(decision))
 
         replace_dir(self.path / which, fill)
 
@@ -370,6 +383,11 @@ class RunDir:
         if not (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():  # a full fine-tuning
             raise LoralabError(f"run {self.path} has no adapter in {which}/ (did it finish an evaluation?)")
         return folder
+
+    def read_decision(self, which: str = "best") -> Decision:
+        """The thresholds or target scaling saved with an adapter (none before loralab 0.3: the defaults)."""
+        path = self.path / which / DECISION
+        return _from_json(Decision, _read_json(path), path) if path.exists() else Decision()
 
     def read_predictions(self, which: str = "best") -> Predictions | None:
         path = self.path / which / VAL_PREDICTIONS
@@ -411,6 +429,8 @@ class RunDir:
         set_rng_state(saved["rng"])
         # Checkpoints written before LoopState kept its fields at the top level.
         loop = saved.get("loop") or {k: v for k, v in saved.items() if k not in ("optimizer", "scheduler", "rng")}
+        if "best_accuracy" in loop:  # checkpoints before metric_for_best
+            loop["best_score"] = loop.pop("best_accuracy")
         return LoopState(**{k: v for k, v in loop.items() if k in {f.name for f in dataclasses.fields(LoopState)}})
 
 

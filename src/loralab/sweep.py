@@ -17,6 +17,7 @@ from typing import Any
 
 from . import config as config_io
 from .budget import breakdown_for, largest_fitting_rank, shapes_for
+from .config import LOWER_IS_BETTER, metric_for_best
 from .errors import LoralabError
 from .store import Origin, RunDir, Summary, safe_dirname
 from .sweepfile import (
@@ -93,7 +94,8 @@ def check_overrides(study, sweep: Sweep) -> None:
     if recorded is None:  # a new study, or one from before overrides were recorded (which had none)
         recorded = [] if study.get_trials(deepcopy=False) else sweep.command_overrides
         study.set_user_attr("command_overrides", recorded)
-        study.set_metric_names(["peak validation accuracy"])  # the dashboard's name for the objective
+        # The dashboard's name for the objective (negated where lower is better, as MSE).
+        study.set_metric_names(["peak validation metric (train.metric_for_best)"])
     if recorded != sweep.command_overrides:
         raise LoralabError(
             f"{sweep.name} was run with the overrides {' '.join(recorded) or '(none)'}, not "
@@ -222,10 +224,15 @@ def work(sweep: Sweep, options: SweepOptions, storage_url: str) -> None:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPU start_workers placed this worker on
             trial.set_user_attr("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
-        return run_trial(sweep, by_key[key], options.runs).peak_val_accuracy
+        return objective_value(run_trial(sweep, by_key[key], options.runs))
 
     while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         study.optimize(objective, n_trials=1, catch=(Exception,))
+
+
+def objective_value(summary: Summary) -> float:
+    """What the study maximizes: the peak of the run's metric, negated where lower is better (MSE)."""
+    return -summary.peak_value if summary.metric in LOWER_IS_BETTER else summary.peak_value
 
 
 def sweep_status(study, trials: list[Trial]) -> dict[str, int]:
@@ -455,6 +462,7 @@ def search_trials(sweep: Sweep, options: SweepOptions, storage: str, sampler_see
     base_cfg = config_io.load(sweep.base, sweep.overrides)
     model = shapes_for(base_cfg)
     max_fit = sweep.space.get("lora.r") == MAX_FIT
+    lower_is_better = metric_for_best(base_cfg) in LOWER_IS_BETTER
     if max_fit:
         check_max_fit_space(sweep, base_cfg, model)
 
@@ -474,12 +482,12 @@ def search_trials(sweep: Sweep, options: SweepOptions, storage: str, sampler_see
             trial.set_user_attr("rejected", f"{breakdown.total:,} trainable > budget {breakdown.budget:,}")
             raise optuna.TrialPruned()
 
-        def report(step: int, accuracy: float) -> None:
-            trial.report(accuracy, step)
+        def report(step: int, score: float) -> None:
+            trial.report(-score if lower_is_better else score, step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        return run_trial(sweep, run, options.runs, on_eval=report).peak_val_accuracy
+        return objective_value(run_trial(sweep, run, options.runs, on_eval=report))
 
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
     study.optimize(objective, callbacks=[MaxTrialsCallback(options.trials, states=counted)], catch=(LoralabError,))

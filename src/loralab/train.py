@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import shutil
 import subprocess
 import sys
@@ -13,20 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .budget import Breakdown, breakdown_for, check_budget, shapes_for
-from .config import Config, check_class_weights
+from .config import LOWER_IS_BETTER, Config, check_class_weights, metric_for_best
 from .data import (
     DataIdentity,
     Encoded,
     check_label_fit,
     collate,
-    encode,
+    encode_rows,
     identify,
     label_names_of,
-    load_labelled,
-    split_validation,
+    training_and_validation,
     training_batches,
 )
 from .errors import LoralabError, warn
@@ -38,8 +37,10 @@ from .model import (
     check_model_folder,
     load_tokenizer,
     optimizer_groups,
+    uses_token_types,
 )
 from .store import LoopState, Predictions, RunDir, Summary
+from .tasks import Decision, target_scaling, task_for
 from .tracking import start_trackers
 
 
@@ -55,18 +56,19 @@ class Prepared:
     train_set: Encoded
     val_set: Encoded
     data: DataIdentity
+    decision: Decision  # a regression's target scaling, from the training rows
 
 
-def prepare(cfg: Config, log=print) -> Prepared:
+def prepare(cfg: Config, log=print, processes: int = 1) -> Prepared:
     """Check data, budget and model; any bad input fails here, before anything is written."""
     # Data first: the label set comes from it where data.label_names does not name one, and the
     # budget counts one head output per class.
-    rows = load_labelled(cfg.data.train, cfg.data)
+    rows, train_rows, val_rows = training_and_validation(cfg.data)
     cfg.data.label_names = label_names_of(cfg.data)
     check_class_weights(cfg)
-    train_rows, val_rows = split_validation(rows, cfg.data.val_size, cfg.data.split_seed)
     for problem in check_label_fit(cfg.data, train_rows, val_rows):
         warn(problem)
+    resolve_schedule(cfg, len(train_rows.texts), processes)
     shapes = shapes_for(cfg)
     breakdown, plan = breakdown_for(cfg, shapes)
     log(breakdown.format())  # shown once, before the one-line error of a run over the budget
@@ -74,13 +76,24 @@ def prepare(cfg: Config, log=print) -> Prepared:
     check_model_folder(cfg.model.name)
     tokenizer = load_tokenizer(cfg.model.name)
     check_max_length(cfg, shapes.config, tokenizer)
-    train_set = encode(tokenizer, train_rows, cfg.data.max_length)
-    val_set = encode(tokenizer, val_rows, cfg.data.max_length)
+    types = uses_token_types(tokenizer, shapes.config)
+    train_set = encode_rows(tokenizer, train_rows, cfg.data.max_length, types)
+    val_set = encode_rows(tokenizer, val_rows, cfg.data.max_length, types)
     torch.manual_seed(cfg.train.seed)  # the head's random initialisation
     model, frozen = build_model(cfg, shapes, plan, breakdown)
-    return Prepared(
-        cfg, breakdown, tokenizer, model, frozen, train_set, val_set, identify(cfg.data.train, rows, val_rows)
-    )
+    identity = identify(cfg.data.train, rows, val_rows)
+    decision = target_scaling(cfg, train_rows.labels)
+    return Prepared(cfg, breakdown, tokenizer, model, frozen, train_set, val_set, identity, decision)
+
+
+def resolve_schedule(cfg: Config, train_rows: int, processes: int) -> None:
+    """train.epochs as optimizer steps (every step takes batch_size x grad_accum rows on each process), and
+    train.warmup_ratio as warmup steps: published recipes are written in epochs and warmup ratios."""
+    t = cfg.train
+    if t.epochs > 0:
+        t.steps = max(1, math.ceil(t.epochs * train_rows / (t.batch_size * t.grad_accum * processes)))
+    if t.warmup_ratio > 0:
+        t.warmup_steps = math.ceil(t.warmup_ratio * t.steps)
 
 
 def check_run_dir(run: RunDir, resume: bool) -> None:
@@ -222,7 +235,7 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
             check_run_dir(run, resume)  # cheap checks first: nothing loads for a run that cannot start
             if resume:
                 ownership.enter_context(run.lock())
-        prep = prepare(cfg, accelerator.print)
+        prep = prepare(cfg, accelerator.print, accelerator.num_processes)
         if accelerator.is_main_process:
             if not resume:
                 run.path.mkdir(parents=True, exist_ok=True)
@@ -263,12 +276,18 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
     started = time.perf_counter() - state.elapsed_s
     # The window's loss stays on the device until it is logged: no host sync every step.
     window_loss, window_steps, shown_loss = torch.zeros((), device=accelerator.device), 0, None
+    task, decision = task_for(cfg), prep.decision
     progress = Progress(t.steps, state.step, accelerator.is_local_main_process)
+    metric = metric_for_best(cfg)
     model.train()
     while state.step < t.steps and not state.stopped_early:
         # One optimizer step over grad_accum micro-batches.
         step_started = time.perf_counter()
-        window_loss += optimizer_step(accelerator, model, optimizer, scheduler, batches, state.step, cfg, class_weights)
+        window_loss += optimizer_step(
+            accelerator, model, optimizer, scheduler, batches, state.step, cfg, lambda logits, labels: task.loss(
+                logits, labels, decision, class_weights, t.label_smoothing
+            )
+        )  # fmt: skip
         state.step += 1
         window_steps += 1
         log_now = state.step % t.log_every == 0 or state.step == t.steps
@@ -292,25 +311,35 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
         # Evaluate on the validation rows, keep the best adapter, checkpoint, let a search prune.
         if state.step % t.eval_every == 0 or state.step == t.steps:
             result = evaluate(
-                plain, prep.tokenizer, prep.val_set, t.eval_batch_size, len(cfg.data.label_names),
-                accelerator.device, accelerator.autocast, cfg.model.pooling, accelerator,
-            )  # fmt: skip
+                plain,
+                prep.tokenizer,
+                prep.val_set,
+                cfg,
+                decision,
+                accelerator.device,
+                accelerator.autocast,
+                accelerator,
+            )
             state.elapsed_s = time.perf_counter() - started
             record_evaluation(state, result, t.early_stopping_patience)
             accelerator.log({f"val/{key}": value for key, value in result.metrics().items()}, step=state.step)
             if main:
                 save_evaluation(run, plain, prep, state, result, optimizer, scheduler)
             if on_eval is not None:
-                on_eval(state.step, result.accuracy)
+                on_eval(state.step, result.score)
 
-        val = f"{state.last_eval['accuracy']:.4f}" if state.last_eval else "-"
+        val = f"{state.last_eval[metric]:.4f}" if state.last_eval else "-"
         loss = "-" if shown_loss is None else f"{shown_loss:.4f}"
-        progress.step(state.step, log_now, loss=loss, samples_s=f"{samples_per_s:.1f}", val_acc=val)
+        progress.step(state.step, log_now, loss=loss, samples_s=f"{samples_per_s:.1f}", **{f"val_{metric}": val})
     progress.close()
 
+    best = run.read_predictions("best") if main else None
     summary = Summary(
         name=cfg.output.name,
-        peak_val_accuracy=state.best_accuracy,
+        peak_val_accuracy=peak_accuracy(run, cfg) if main else None,
+        metric=metric,
+        peak=state.best_score,
+        peak_95ci=None if best is None else list(task.interval(metric, best.labels, best.predictions)),
         peak_step=state.best_step,
         final=state.last_eval,
         steps_done=state.step,
@@ -322,16 +351,14 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
         versions=library_versions(),
         git_commit=git_commit(),
     )
-    accelerator.log({"peak_val_accuracy": summary.peak_val_accuracy, "peak_step": summary.peak_step}, step=state.step)
+    accelerator.log({f"peak_val_{metric}": summary.peak, "peak_step": summary.peak_step}, step=state.step)
     for tracker in accelerator.trackers:  # not end_training(): it would also end the caller's process group
         tracker.finish()
     if main:
         run.write_summary(summary)  # last: its presence marks the run finished
         if not t.keep_checkpoint:  # a finished run is not resumed: its optimizer state is only weight
             shutil.rmtree(run.checkpoint, ignore_errors=True)
-        accelerator.print(
-            f"peak val accuracy {summary.peak_val_accuracy:.4f} at step {summary.peak_step}; run in {run.path}"
-        )
+        accelerator.print(f"peak val {metric} {summary.peak:.4f} at step {summary.peak_step}; run in {run.path}")
     accelerator.wait_for_everyone()
     return summary
 
@@ -374,7 +401,7 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int, cfg: Config, class_weights):
+def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int, cfg: Config, loss_of):
     """Forward and backward over grad_accum micro-batches (Accelerate syncs gradients on the last), clip,
     step; returns the step's mean loss, left on the device so no step waits for the GPU."""
     t = cfg.train
@@ -384,7 +411,7 @@ def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int,
         labels = batch.pop("labels")
         with accelerator.accumulate(model), accelerator.autocast():
             logits = model(**batch).logits.float()
-            loss = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=t.label_smoothing)
+            loss = loss_of(logits, labels)
             accelerator.backward(loss)
         total += loss.detach() / t.grad_accum
     if t.max_grad_norm > 0:
@@ -395,11 +422,29 @@ def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int,
     return total
 
 
+def peak_accuracy(run: RunDir, cfg: Config) -> float | None:
+    """A single-label run's accuracy at its peak (the peak may be chosen by another metric)."""
+    best = run.read_predictions("best")
+    if cfg.data.task != "single_label" or best is None:
+        return None
+    return sum(p == y for p, y in zip(best.predictions, best.labels)) / len(best.labels)
+
+
+def is_better(score: float, best: float | None, metric: str) -> bool:
+    """A new peak: the first evaluation always is; a metric that could not be computed (a constant
+    prediction's Pearson) never beats a number."""
+    if best is None or math.isnan(best):
+        return True
+    if math.isnan(score):
+        return False
+    return score < best if metric in LOWER_IS_BETTER else score > best
+
+
 def record_evaluation(state: LoopState, result: Evaluation, patience: int) -> None:
-    """Track the best accuracy and whether patience for early stopping has run out."""
+    """Track the best metric and whether patience for early stopping has run out."""
     state.last_eval = {"step": state.step, **result.metrics()}
-    if result.accuracy > state.best_accuracy:
-        state.best_accuracy, state.best_step, state.evals_since_best = result.accuracy, state.step, 0
+    if is_better(result.score, state.best_score, result.metric):
+        state.best_score, state.best_step, state.evals_since_best = result.score, state.step, 0
     else:
         state.evals_since_best += 1
     state.stopped_early = 0 < patience <= state.evals_since_best
@@ -412,7 +457,7 @@ def save_evaluation(
     run.append_metrics({"step": state.step, "split": "val", **result.metrics(), "elapsed_s": state.elapsed_s})
     predictions = Predictions(state.step, prep.val_set.labels, result.predictions)
     if state.best_step == state.step:
-        run.save_adapter("best", model, prep.frozen, predictions)
+        run.save_adapter("best", model, prep.frozen, predictions, result.decision)
     if state.step == prep.cfg.train.steps or state.stopped_early:
-        run.save_adapter("last", model, prep.frozen, predictions)
+        run.save_adapter("last", model, prep.frozen, predictions, result.decision)
     run.save_checkpoint(model, prep.frozen, optimizer, scheduler, state)
