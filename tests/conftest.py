@@ -34,6 +34,44 @@ def synthetic_rows(n: int, seed: int = 0) -> list[tuple[int, str]]:
     return rows
 
 
+def pair_rows(n: int, seed: int = 0) -> list[tuple[int, str, str]]:
+    """Pairs whose label is carried by the second text alone (is it of class 0 or 1?): learnable only by a
+    model that reads the pair."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        first = rng.randrange(4)
+        second = i % 2
+        a = rng.sample(FILLER, 3) + rng.sample(CLASS_WORDS[first], 2)
+        b = rng.sample(FILLER, 3) + rng.sample(CLASS_WORDS[second], 3)
+        rows.append((second, " ".join(a), " ".join(b)))
+    return rows
+
+
+def multi_label_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Texts carrying the keywords of one or two classes; the labels are those classes, comma-separated."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        classes = sorted({i % 4, rng.randrange(4)})
+        words = rng.sample(FILLER, 3) + [w for c in classes for w in rng.sample(CLASS_WORDS[c], 3)]
+        rng.shuffle(words)
+        rows.append((",".join(f"c{c}" for c in classes), " ".join(words)))
+    return rows
+
+
+def regression_rows(n: int, seed: int = 0) -> list[tuple[float, str]]:
+    """A score from 0 to 30 that counts the class-0 keywords in the text (0 to 3) times ten."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        count = i % 4
+        words = rng.sample(FILLER, 4) + rng.sample(CLASS_WORDS[0], count) + rng.sample(CLASS_WORDS[1], 3 - count)
+        rng.shuffle(words)
+        rows.append((10.0 * count, " ".join(words)))
+    return rows
+
+
 def write_csv(path: Path, rows, header=("label", "text")) -> Path:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -51,7 +89,9 @@ def make_tokenizer():
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",  # BERT's layout: the second text is segment 1
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
