@@ -10,7 +10,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from .results import RunRecord
-from .stats import wilson_interval
 
 FORMATS = ("png", "svg")
 
@@ -86,7 +85,7 @@ def plot_scope_bars(records: list[RunRecord], stem: Path, title: str) -> dict[st
     records = sorted(records, key=lambda r: -r.peak)
     labels = [run_label(r) for r in records]
     peaks = [r.peak for r in records]
-    intervals = [wilson_interval(round(p * r.val_rows), r.val_rows) for p, r in zip(peaks, records)]
+    intervals = [r.interval() for r in records]
     fig, (ax, table_ax) = plt.subplots(2, 1, figsize=(9, 7.5), gridspec_kw={"height_ratios": [3, 2]})
     ax.bar(
         range(len(records)),
@@ -99,7 +98,7 @@ def plot_scope_bars(records: list[RunRecord], stem: Path, title: str) -> dict[st
     for i, (_, hi) in enumerate(intervals):  # above the error bar's cap, not on it
         ax.text(i, hi + 0.004 * max(top, 0.1), f"{peaks[i]:.4f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(records)), labels, rotation=20, ha="right")
-    ax.set_ylabel("peak validation accuracy (95% Wilson interval)")
+    ax.set_ylabel(f"peak validation {records[0].metric} (95% interval)")
     ax.set_ylim(max(0.0, min(lo for lo, _ in intervals) - 0.02), top + 0.03)
     ax.set_title(title)
     rows = []
@@ -123,20 +122,18 @@ def plot_accuracy_curves(records: list[RunRecord], stem: Path, title: str) -> di
     for record in sorted(
         records, key=lambda r: [v if isinstance(v, (int, float)) else str(v) for v in r.axes.values()] or [r.name]
     ):
-        steps, accuracy = record.curve("val", "accuracy")
-        n = record.val_rows
-        bands = [wilson_interval(round(a * n), n) for a in accuracy]
+        steps, accuracy = record.curve("val", record.metric)
+        bands = [record.band(a) for a in accuracy]
         label = run_label(record)
         (line,) = ax.plot(steps, accuracy, marker="o", markersize=3, label=label)
         ax.fill_between(steps, [lo for lo, _ in bands], [hi for _, hi in bands], color=line.get_color(), alpha=0.12)
         plotted[label] = max(accuracy)
     ax.set_xlabel("step")
-    ax.set_ylabel("validation accuracy (band: 95% Wilson interval)")
+    metric = records[0].metric
+    ax.set_ylabel(f"validation {metric}" + (" (band: 95% Wilson interval)" if metric == "accuracy" else ""))
     ax.set_title(title)
     # Every point and band inside the axes, the first evaluation's too.
-    lows, highs = zip(
-        *[wilson_interval(round(a * r.val_rows), r.val_rows) for r in records for a in r.curve("val", "accuracy")[1]]
-    )
+    lows, highs = zip(*[r.band(a) for r in records for a in r.curve("val", r.metric)[1]])
     ax.set_ylim(max(0.0, min(lows) - 0.01), min(1.0, max(highs) + 0.01))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -151,7 +148,7 @@ def plot_losses(records: list[RunRecord], stem: Path, title: str) -> None:
         label = run_label(record)
         train_ax.plot(*record.curve("train", "loss"), label=label)
         val_ax.plot(*record.curve("val", "loss"), marker="o", markersize=3, label=label)
-    train_ax.set_ylabel("cross-entropy loss")
+    train_ax.set_ylabel("training loss (the task's: cross-entropy, binary cross-entropy or MSE)")
     for ax, name in ((train_ax, "training loss"), (val_ax, "validation loss")):
         ax.set_xlabel("step")
         ax.set_title(f"{title}: {name}")
@@ -192,7 +189,7 @@ def plot_budget_curve(records: list[RunRecord], stem: Path) -> dict[str, float]:
     )
     xs = [r.summary.trainable["total"] for r in budgeted]
     peaks = [r.peak for r in budgeted]
-    bands = [wilson_interval(round(p * r.val_rows), r.val_rows) for p, r in zip(peaks, budgeted)]
+    bands = [r.interval() for r in budgeted]
     lows, highs = [p - lo for p, (lo, _) in zip(peaks, bands)], [hi - p for p, (_, hi) in zip(peaks, bands)]
     ax.errorbar(
         xs, peaks, yerr=[lows, highs], marker="o", capsize=4, label="LoRA at the largest rank the budget allows"
@@ -200,14 +197,14 @@ def plot_budget_curve(records: list[RunRecord], stem: Path) -> dict[str, float]:
     plotted = {f"{x:,} params": p for x, p in zip(xs, peaks)}
     for r in (r for r in records if r.config.model.finetune == "full"):
         total = r.summary.trainable["total"]
-        low, high = wilson_interval(round(r.peak * r.val_rows), r.val_rows)
+        low, high = r.interval()
         ax.axhspan(low, high, color="grey", alpha=0.15)
         ax.axhline(r.peak, color="grey", linestyle="--", label=f"full fine-tuning ({total:,} params): {r.peak:.4f}")
         plotted[f"full fine-tuning ({total:,} params)"] = r.peak
         bands.append((low, high))
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("peak validation accuracy (95% Wilson interval)")
+    ax.set_ylabel(f"peak validation {budgeted[0].metric if budgeted else 'accuracy'} (95% interval)")
     ax.set_ylim(max(0.0, min(lo for lo, _ in bands) - 0.01), min(1.0, max(hi for _, hi in bands) + 0.01))
     ax.set_title("Accuracy against the parameter budget")
     ax.grid(alpha=0.3, which="both")

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from .config import Config
+from .glue import glue_table
 from .plots import plot_runs
 from .results import RunRecord, compare, configuration_key, seed_groups
 from .store import write_text_atomic
@@ -133,15 +134,30 @@ def build_report(records: list[RunRecord], title: str = "loralab report") -> str
          _cell(f"{g['sd']:.4f}", g["sd"]), f"[{g['ci_low']:.4f}, {g['ci_high']:.4f}]"]
         for g in seeded
     ]  # fmt: skip
+    glue = [
+        [r["task"], r["metric"], "-" if r["seeds"] is None else str(r["seeds"]), _cell(f"{r['ours']:.1f}", r["ours"]),
+         "-" if r["ci"] is None else f"[{r['ci'][0]:.1f}, {r['ci'][1]:.1f}]", _cell(f"{r['paper']:.1f}", r["paper"]),
+         _cell(f"{r['difference']:+.1f}", r["difference"])]
+        for r in glue_table(records)
+    ]  # fmt: skip
+    glue_section = (
+        "<h2>GLUE</h2><p>Dev-set results beside the LoRA paper's roberta-base row (Hu et al. 2021, Table 2), in "
+        "points; intervals over seeds where there are several, else the run's own 95% interval.</p>"
+        + _table(["task", "metric", "seeds", "ours", "95% CI", "paper (LoRA, 0.3M)", "difference"], glue)
+        if glue
+        else ""
+    )
     settings = differences_from_defaults(best.config)
     trainable = "-" if row["trainable"] is None else f"{row['trainable']:,}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title><style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{len(records)} runs ({len(copies(records))} distinct). Accuracies are peak validation accuracy; intervals are 95%
-Wilson intervals over the validation rows ({row["ci_high"] - row["ci_low"]:.4f} wide for the best run).
+<p>{len(records)} runs ({len(copies(records))} distinct). Peaks are of each run's validation metric
+(train.metric_for_best: accuracy unless set); intervals are 95% intervals over the validation rows (Wilson's for
+accuracy, bootstrap for the others; {row["ci_high"] - row["ci_low"]:.4f} wide for the best run).
 Click a column header to sort a table.</p>
+{glue_section}
 <h2>Best run</h2>
 <p><b>{html.escape(row["name"])}</b>: peak {row["peak"]:.4f} [{row["ci_low"]:.4f}, {row["ci_high"]:.4f}]
 at step {row["peak_step"]}, {trainable} trainable parameters. Its settings that differ from loralab's defaults

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from .config import SCOPE_WORDS, Config
 from .errors import LoralabError
-from .stats import mcnemar_exact, t_interval, wilson_interval
+from .stats import mcnemar_exact, paired_bootstrap_p, t_interval, wilson_interval
 from .store import Origin, RunDir, Summary, finished_runs_under
+from .tasks import task_for
 
 
 @dataclass
@@ -48,6 +49,20 @@ class RunRecord:
     def metric(self) -> str:
         return self.summary.metric
 
+    def interval(self) -> tuple[float, float]:
+        """95% interval of the peak: saved by the run (bootstrap for metrics without a closed form), or
+        Wilson's for the accuracy of runs before 0.3 and imports, which needs only the row count."""
+        if self.summary.peak_95ci:
+            low, high = self.summary.peak_95ci
+            return low, high
+        return wilson_interval(round(self.peak * self.val_rows), self.val_rows)
+
+    def band(self, value: float) -> tuple[float, float]:
+        """95% interval of one evaluation's value, where it has a closed form (accuracy); else the point."""
+        return wilson_interval(round(value * self.val_rows), self.val_rows) if self.metric == "accuracy" else (
+            value, value
+        )  # fmt: skip
+
     def curve(self, split: str, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.metrics if r["split"] == split and r.get(key) is not None]
         return [r["step"] for r in rows], [r[key] for r in rows]
@@ -55,10 +70,7 @@ class RunRecord:
     def row(self) -> dict:
         cfg, summary = self.config, self.summary
         lora = cfg.model.finetune != "full"  # LoRA settings mean nothing for a full fine-tuning
-        if summary.peak_95ci:
-            low, high = summary.peak_95ci
-        else:  # runs before 0.3 and imports: accuracy, whose interval needs only the row count
-            low, high = wilson_interval(round(self.peak * self.val_rows), self.val_rows)
+        low, high = self.interval()
         return {
             "name": self.name,
             "group": self.group,
@@ -273,6 +285,12 @@ def compare(a: RunRecord, b: RunRecord) -> dict:
         return result | {"p_value": None, "note": "no per-row predictions (imported run)"}
     if pa.labels != pb.labels:
         return result | {"p_value": None, "note": "different validation rows: not paired"}
+    if a.metric != b.metric:
+        return result | {"p_value": None, "note": f"different metrics ({a.metric}, {b.metric}): not comparable"}
+    if a.config.data.task != "single_label":  # no right/wrong per row: resample the rows instead
+        metric = task_for(a.config).metric_functions()[a.metric]
+        p_value = paired_bootstrap_p(metric, pa.labels, pa.predictions, pb.predictions)
+        return result | {"p_value": p_value, "only_a": None, "only_b": None, "note": "paired bootstrap"}
     right_a = [p == y for p, y in zip(pa.predictions, pa.labels)]
     right_b = [p == y for p, y in zip(pb.predictions, pb.labels)]
     only_a = sum(x and not y for x, y in zip(right_a, right_b))
@@ -328,7 +346,8 @@ def format_against(rows: list[dict]) -> str:
         paired = row["p_value"] is not None
         table.append([
             row["a"], str(row["seed"]), f"{row['peak']:.4f}", row["b"], f"{row['reference']:.4f}",
-            f"{row['difference'] * 100:+.2f}", f"{row['only_a']} / {row['only_b']}" if paired else "-",
+            f"{row['difference'] * 100:+.2f}", f"{row['only_a']} / {row['only_b']}" if row.get("only_a") is not None
+            else "-",
             f"{row['p_value']:.3f}" if paired else "-",
             row["note"] or ("significant at 0.05" if row["p_value"] < 0.05 else ""),
         ])  # fmt: skip
