@@ -19,6 +19,7 @@ logs/                  what train.report_to's trackers write
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -55,6 +56,36 @@ def safe_dirname(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
 
 
+def _no_space(err: BaseException) -> bool:
+    """A write that failed because the disk is full: OSError ENOSPC, or how torch's zip writer and
+    safetensors report it (`unexpected pos`, `No space left on device`)."""
+    text = str(err)
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or any(
+        words in text
+        for words in ("No space left on device", "unexpected pos", "file write failed", "PytorchStreamWriter failed")
+    )
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def _size(path: Path) -> int:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def disk_full(path: Path, needed: str) -> LoralabError:
+    """The one line for a write the disk had no room for: which file, how much it needed, what is free."""
+    free = shutil.disk_usage(Path(path).parent).free
+    return LoralabError(
+        f"cannot write {path}: no space left on the disk ({_megabytes(free)} free, {needed} needed): free some "
+        "space or move output.dir, then continue with --resume (what was written before is kept)"
+    )
+
+
 def shared_mode(directory: bool = False) -> int:
     """The mode a plain open() or mkdir() would give under this process's umask: mkstemp and mkdtemp make
     0600/0700, but results are meant to be read by the group (and others) where the umask allows."""
@@ -72,8 +103,10 @@ def write_text_atomic(path: Path, text: str) -> None:
             handle.write(text)
         os.chmod(tmp, shared_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _no_space(err):
+            raise disk_full(path, _megabytes(len(text.encode()))) from None
         raise
 
 
@@ -96,8 +129,14 @@ def replace_dir(target: Path, fill) -> None:
             os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as err:
+        written = _size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if _no_space(err):  # the earlier copy of target is untouched
+            last = _size(target)
+            raise disk_full(
+                target, _megabytes(last) + " (its last copy)" if last else f"more than {_megabytes(written)}"
+            ) from None
         raise
 
 
@@ -347,13 +386,28 @@ class RunDir:
     # --- metrics -------------------------------------------------------------------------------
 
     def append_metrics(self, row: dict) -> None:
-        with open(self.metrics, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        try:
+            with open(self.metrics, "a") as handle:
+                handle.write(line)
+        except OSError as err:
+            if _no_space(err):
+                raise disk_full(self.metrics, _megabytes(len(line))) from None
+            raise
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.metrics.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise LoralabError(f"{self.metrics}: line {number} is not JSON") from None
+                # The last line of a write cut short (a full disk, a kill): resume logs it again.
+        return rows
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop rows logged after `last_step`: a resumed run logs those steps again."""
