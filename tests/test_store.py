@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAMILIES, ROOT, train_tiny
+from conftest import FAMILIES, ROOT, SEED_CONFIG, train_tiny
 
 from loralab.cli import main
 from loralab.data import load_labelled, split_validation
@@ -240,3 +240,28 @@ def test_summary_reads_back_as_written_and_ignores_unknown_keys(tmp_path):
     data = json.loads(run.summary.read_text()) | {"written_by_a_newer_version": 1}
     run.summary.write_text(json.dumps(data))
     assert run.read_summary() == summary
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(tiny_overrides, tmp_path, capsys):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # A real full disk: a small tmpfs (needs root, as CI has; skipped elsewhere).
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=650k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        argv = ["train", "--config", str(SEED_CONFIG), *tiny_overrides, f"output.dir={disk}", "output.name=full",
+                "model.finetune=full", "train.steps=12", "train.eval_every=4"]  # fmt: skip
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        err = [line for line in captured.err.splitlines() if line.startswith("loralab:")]
+        assert len(err) == 1 and "no space left on the disk" in err[0] and "needed" in err[0], err
+        assert str(disk / "full") in err[0]
+        run = RunDir(disk / "full")
+        assert not run.summary.exists() and not list(run.path.glob(".*.tmp")) and not list(run.path.glob(".best.*"))
+        subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)  # room again
+        assert main([*argv, "--resume"]) == 0
+        assert "resumed" in capsys.readouterr().out  # from the checkpoint written before the disk filled
+        assert [r["step"] for r in run.read_metrics() if r["split"] == "val"] == [4, 8, 12]
+        assert run.read_summary().steps_done == 12
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
