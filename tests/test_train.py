@@ -40,7 +40,11 @@ def test_loss_falls_and_accuracy_beats_chance(tiny_overrides):
     # Windows of several logs, not single points: one noisy batch (or another GPU's arithmetic) must not decide it.
     assert mean(train_losses[-4:]) < 0.8 * mean(train_losses[:4])
     assert summary.peak_val_accuracy >= 0.5  # chance is 0.25 on four balanced classes
-    assert summary.trainable["total"] == summary.trainable["budget"] - summary.trainable["headroom"]
+    # The saved adapter holds exactly the parameters that trained, as many as the budget counted.
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run.best / "adapter_model.safetensors"))
+    assert sum(t.numel() for t in saved.values()) == summary.trainable["total"]
 
 
 def test_run_directory_contents(tiny_overrides):
@@ -184,15 +188,19 @@ def test_bad_yaml_from_the_command_line(tmp_path, capsys):
     ],
     ids=lambda v: v[0],
 )
-def test_variants_train(tiny_overrides, variant):
-    overrides = (
-        tiny_overrides
-        + ["lora.scope=[query,value,ffn_in]", "lora.r=8", "train.steps=100", "train.eval_every=100"]
-        + variant
-    )
-    train_module.train(config.load(SEED_CONFIG, overrides))
-    losses = [row["loss"] for row in run_dir(overrides).read_metrics() if row["split"] == "train"]
-    assert mean(losses[-3:]) < mean(losses[:3])
+def test_variants_train(tiny_overrides, variant, tmp_path):
+    """Each variant learns, and changes what trains: the same run without its setting (the settings after
+    the first are shared by both) logs other losses. A setting silently ignored would log the same ones."""
+    common = tiny_overrides + ["lora.scope=[query,value,ffn_in]", "lora.r=8", "train.steps=100", "train.eval_every=100"]
+
+    def losses(extra: list[str], name: str) -> list[float]:
+        overrides = [*common, *extra, f"output.name={name}"]
+        train_module.train(config.load(SEED_CONFIG, overrides))
+        return [row["loss"] for row in run_dir(overrides).read_metrics() if row["split"] == "train"]
+
+    with_variant = losses(variant, "variant")
+    assert mean(with_variant[-3:]) < mean(with_variant[:3])
+    assert with_variant != losses(variant[1:], "without")
 
 
 def test_lora_plus_gives_b_matrices_a_larger_learning_rate(model_dirs):
