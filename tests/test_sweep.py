@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -429,3 +430,65 @@ def test_search_prints_the_command_that_trains_its_best_trial(tmp_path, model_di
     best = max(find_runs([str(tmp_path / "runs")]), key=lambda r: r.summary.peak_val_accuracy)
     assert (again.config.lora.scope, again.config.lora.r) == (best.config.lora.scope, best.config.lora.r)
     assert again.config.model == best.config.model and again.config.train == best.config.train
+
+
+def test_what_every_trial_needs_is_checked_once_and_a_repeated_failure_stops_the_sweep(
+    tmp_path, model_dirs, tiny_data, capsys
+):
+    import optuna
+
+    from loralab.cli import main
+
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(model_dirs["roberta"], no_tokenizer)
+    for path in no_tokenizer.iterdir():
+        if path.name not in ("config.json", "model.safetensors"):
+            path.unlink()
+    runs = tmp_path / "runs"
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, FOUR, name="needs")
+    assert main(["sweep", str(path), f"model.name={no_tokenizer}", "--runs", str(runs)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "has no tokenizer" in err[0], err
+    assert not list(runs.rglob("config.yaml"))  # no trial started
+    # Every trial fails the same way when it starts: the second such failure ends the sweep.
+    assert main(["sweep", str(path), "data.val_size=100000", "--runs", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    failed = [line for line in err if ": trial " in line and " failed: " in line]
+    assert len(failed) == 2 and all("leaves no training rows" in line for line in failed), err
+    assert err[-1].startswith("loralab: error: two trials in a row failed the same way")
+    assert not any("Traceback" in line for line in err)
+    study = optuna.load_study(study_name="needs", storage=f"sqlite:///{tmp_path / 'again' / 'needs' / 'optuna.db'}")
+    assert sorted(t.state.name for t in study.get_trials()) == ["FAIL", "FAIL", "WAITING", "WAITING"]
+
+
+def test_a_postgresql_outage_mid_sweep_is_ridden_out(tmp_path, model_dirs, tiny_data):
+    """The server stopped for 15 s while a trial trains (its heartbeats fail meanwhile), then started
+    again: the sweep waits, says so, and finishes every trial exactly once."""
+    url = postgres_or_skip()
+    clusters = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True)
+    if clusters.returncode or os.geteuid() != 0:
+        pytest.skip("stopping the PostgreSQL server needs pg_ctlcluster as root")
+    version, cluster = clusters.stdout.split()[:2]
+    name = f"outage-{os.getpid()}-{time.time_ns()}"
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, {"r": {"grid": {"lora.r": [2, 4]}}}, steps=2500, name=name)
+    runs = tmp_path / "runs"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "loralab.cli", "sweep", str(path), "train.eval_every=500", "--storage", url,
+         "--runs", str(runs), "--heartbeat", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not list(runs.glob(f"{name}/r/*/metrics.jsonl")) and time.time() < deadline:
+            time.sleep(0.2)
+        subprocess.run(["pg_ctlcluster", version, cluster, "stop"], check=True)
+        time.sleep(15)
+    finally:
+        subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=True)
+    out, err = sweep.communicate(timeout=400)
+    assert sweep.returncode == 0, err[-3000:]
+    assert "the Optuna storage is unreachable" in err and "the Optuna storage is back" in err
+    assert "2 finished, 0 unfinished" in out
+    trials = optuna_trials(url, name)
+    assert sorted(t.user_attrs["key"] for t in trials if t.state.name == "COMPLETE") == ["r/r_2", "r/r_4"]
+    assert "s3cret" not in err and ":loralab@" not in err  # the password is never printed

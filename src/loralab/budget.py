@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
+from .config import Config, missing_here
 from .errors import LoralabError
 from .scope import AdapterPlan, plan_adapters
 
@@ -41,7 +41,17 @@ def shapes_for(cfg: Config) -> ModelShapes:
     """The shapes of cfg's model with cfg's labels (named, or from the data): read once per process, cached."""
     from .data import label_names_of
 
-    return _cached_shapes(cfg.model.name, tuple(label_names_of(cfg.data)), cfg.data.task)
+    key = (cfg.model.name, tuple(label_names_of(cfg.data)), cfg.data.task)
+    if key in _FAILED:  # a sweep asks for every trial: one hub timeout, not one per trial
+        raise _FAILED[key]
+    try:
+        return _cached_shapes(*key)
+    except LoralabError as err:
+        _FAILED[key] = err
+        raise
+
+
+_FAILED: dict[tuple, LoralabError] = {}
 
 
 @functools.lru_cache(maxsize=16)
@@ -55,11 +65,6 @@ def _cached_shapes(name: str, labels: tuple[str, ...], task: str) -> ModelShapes
 HUB_CONFIGS = Path(__file__).parent / "hub_configs"
 
 
-def looks_like_path(name: str) -> bool:
-    """A hub id is `name` or `org/name`; anything else (./x, /x, ~/x, a/b/c, x/) is meant as a folder."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/") or "\\" in name
-
-
 def load_model_config(cfg: Config):
     """The Hugging Face config of cfg.model.name with this task's labels; reads only config.json."""
     from transformers import AutoConfig
@@ -67,7 +72,7 @@ def load_model_config(cfg: Config):
     name = cfg.model.name
     if Path(name).exists() and not (Path(name) / "config.json").is_file():
         raise LoralabError(f"model folder {name} has no config.json")
-    if looks_like_path(name) and not Path(name).exists():
+    if missing_here(name):
         raise LoralabError(f"model folder {name} does not exist: check model.name (a local folder, or a hub id)")
     bundled = HUB_CONFIGS / name
     if not Path(name).exists() and (bundled / "config.json").is_file():

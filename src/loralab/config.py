@@ -174,6 +174,12 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """Every setting as `section.key`: value, as overrides name them."""
+        return {
+            f"{section}.{key}": value for section, values in self.to_dict().items() for key, value in values.items()
+        }
+
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
     """Check `value` against the annotated type `kind`, converting only where YAML is ambiguous."""
@@ -378,6 +384,29 @@ def from_dict(tree: dict, overrides: list[str] = (), values: dict[str, Any] | No
     cfg.model.name = local_path_or_id(cfg.model.name)
     cfg.data.train = local_path_or_id(cfg.data.train)
     return cfg
+
+
+# Local data files by suffix, and the datasets builder that reads each.
+DATA_FILE_TYPES = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def is_local(name: str) -> bool:
+    """The one rule for whether a model or data name means something on this machine (a folder or file,
+    there or not) rather than a hub id (`name` or `org/name`): it exists here, or starts with ./, /, ~,
+    has more than one slash, ends in a slash, has a backslash, or ends in a data file's suffix."""
+    return (
+        Path(os.path.expanduser(name)).exists()
+        or name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or name.endswith("/")
+        or "\\" in name
+        or Path(name).suffix.lower() in DATA_FILE_TYPES
+    )
+
+
+def missing_here(name: str) -> bool:
+    """A name meant as a local folder or file that is not on this machine."""
+    return is_local(name) and not Path(os.path.expanduser(name)).exists()
 
 
 def local_path_or_id(name: str) -> str:

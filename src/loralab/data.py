@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .config import AG_NEWS_LABELS, DataConfig
+from .config import AG_NEWS_LABELS, DATA_FILE_TYPES, DataConfig, is_local
 from .errors import LoralabError
 
-LOCAL_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+LOCAL_SUFFIXES = DATA_FILE_TYPES
 
 
 @dataclass
@@ -34,10 +34,6 @@ class LabelledTexts:
 # The class names of hub datasets as their ClassLabel features give them, shipped (as roberta-base's
 # config.json is) so that the default configuration's budget needs no network.
 HUB_LABELS = {"fancyzhx/ag_news": AG_NEWS_LABELS, "ag_news": AG_NEWS_LABELS}
-
-
-def _is_local(source: str) -> bool:
-    return Path(source).exists() or Path(source).suffix.lower() in LOCAL_SUFFIXES or source.startswith((".", "/"))
 
 
 def _read_first_record(path: Path) -> list[str]:
@@ -115,7 +111,7 @@ def _first_bad_json_line(path: Path) -> str | None:
 def _load_table(source: str, cfg: DataConfig, split: str):
     from datasets import load_dataset
 
-    if not _is_local(source):
+    if not is_local(source):
         try:
             return load_dataset(source, cfg.subset or None, split=split)
         except Exception as err:  # the hub raises many types; the user needs the one line
@@ -268,9 +264,9 @@ def training_and_validation(cfg: DataConfig) -> tuple[LabelledTexts, LabelledTex
     rows = load_labelled(cfg.train, cfg)
     if not cfg.validation:
         return rows, *split_validation(rows, cfg.val_size, cfg.split_seed)
-    if _is_local(cfg.validation):
+    if is_local(cfg.validation):
         return rows, rows, load_labelled(cfg.validation, cfg)
-    if _is_local(cfg.train):
+    if is_local(cfg.train):
         raise LoralabError(
             f"data.validation '{cfg.validation}' is not a file here, and {cfg.train} is a file, not a hub dataset "
             "with splits: name a labelled file"

@@ -10,7 +10,7 @@ from . import config as config_io
 from .budget import breakdown_for, shapes_for
 from .config import Config
 from .errors import LoralabError
-from .results import canonical_scope
+from .scope import canonical_scope
 from .store import Origin, RunDir, Summary, replace_dir, safe_dirname
 
 # The seed study kept one folder per question; each folder's runs differ along one axis.

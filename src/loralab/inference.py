@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .budget import looks_like_path
-from .config import metric_for_best
+from .config import is_local, metric_for_best, missing_here
 from .data import LabelledTexts, encode, load_labelled, load_texts, rows_sha256, training_and_validation
 from .errors import LoralabError, warn
 from .evaluate import evaluation_report, predict_logits
@@ -103,7 +102,7 @@ def evaluate_run(run_path: str, data: str | None, split: str, options: Inference
 def validation_rows(run: RunDir, cfg) -> LabelledTexts:
     """The rows the run was validated on, drawn again from its training data and checked to be the same
     rows (data.json): a training file that changed since would give other rows under the same name."""
-    if looks_like_path(cfg.data.train) and not Path(cfg.data.train).exists():
+    if missing_here(cfg.data.train):
         raise LoralabError(
             f"run {run.path} drew its validation rows from {cfg.data.train}, which is not on this machine: "
             "pass --data FILE to evaluate on a labelled file the run did not train on"
@@ -126,7 +125,7 @@ def validation_rows(run: RunDir, cfg) -> LabelledTexts:
 
 def training_rows_in(cfg, rows: LabelledTexts) -> int | None:
     """How many of `rows` the run trained on (by text), where its training data is on this machine."""
-    if not looks_like_path(cfg.data.train) or not Path(cfg.data.train).exists():
+    if not is_local(cfg.data.train) or missing_here(cfg.data.train):
         return None
     trained = training_and_validation(cfg.data)[1]
     seen = set(zip(trained.texts, trained.pairs or [""] * len(trained.texts)))

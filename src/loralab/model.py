@@ -247,8 +247,8 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
     """
     from peft import PeftModel
 
-    from .budget import breakdown_for, looks_like_path, shapes_for
-    from .config import local_path_or_id
+    from .budget import breakdown_for, shapes_for
+    from .config import local_path_or_id, missing_here
     from .store import RunDir, load_frozen_into, read_frozen
 
     run = RunDir(Path(run_path))
@@ -256,7 +256,7 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
     cfg = run.read_config()
     if base_model:
         cfg.model.name = local_path_or_id(base_model)
-    elif looks_like_path(cfg.model.name) and not Path(cfg.model.name).exists():
+    elif missing_here(cfg.model.name):
         raise LoralabError(
             f"run {run.path} was trained on the model folder {cfg.model.name}, which is not on this machine: "
             "pass --base-model FOLDER (the same pretrained model)"

@@ -64,13 +64,11 @@ def configuration_rows(records: list[RunRecord]) -> list[list[str]]:
 
 def differences_from_defaults(cfg: Config) -> list[list[str]]:
     """(setting, this run, default) for every setting that differs from loralab's defaults (the study's run)."""
-    mine, base = cfg.to_dict(), Config().to_dict()
+    base = Config().flat()
     return [
-        [f"{section}.{key}", _short(value), _short(base[section][key])]
-        for section, values in mine.items()
-        if section != "output"
-        for key, value in values.items()
-        if value != base[section][key]
+        [key, _short(value), _short(base[key])]
+        for key, value in cfg.flat().items()
+        if not key.startswith("output.") and value != base[key]
     ]
 
 

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import SCOPE_WORDS, Config
+from .config import Config
 from .errors import LoralabError
 from .stats import mcnemar_exact, paired_bootstrap_p, t_interval, wilson_interval
 from .store import Origin, RunDir, Summary, finished_runs_under
@@ -111,11 +111,6 @@ def find_runs(paths: list[str]) -> list[RunRecord]:
     return records
 
 
-def canonical_scope(modules: list[str]) -> list[str]:
-    """Scope words in the vocabulary's order (query before key before value ...), others after."""
-    return sorted(modules, key=lambda m: (SCOPE_WORDS.index(m) if m in SCOPE_WORDS else len(SCOPE_WORDS), m))
-
-
 COLUMNS = [
     "name",
     "group",
@@ -193,10 +188,9 @@ NOT_THE_CONFIGURATION = {"train": ("seed", "eval_batch_size", "log_every", "repo
 def _configuration(record: RunRecord) -> dict[str, object]:
     """The settings that make the configuration, as `section.key`: value."""
     return {
-        f"{section}.{key}": value
-        for section, values in record.config.to_dict().items()
-        for key, value in values.items()
-        if key not in NOT_THE_CONFIGURATION.get(section, ())
+        key: value
+        for key, value in record.config.flat().items()
+        if key.partition(".")[2] not in NOT_THE_CONFIGURATION.get(key.partition(".")[0], ())
     }
 
 

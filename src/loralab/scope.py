@@ -135,3 +135,8 @@ def plan_adapters(cfg: Config, model_type: str, module_names: list[str]) -> Adap
         extra = ", ".join(sorted(wrapped - set(plan.trained_whole)))
         raise LoralabError(f"model.head: '{head}' is not available for {model_type} (PEFT would also train {extra})")
     return plan
+
+
+def canonical_scope(modules: list[str]) -> list[str]:
+    """Scope words in the vocabulary's order (query before key before value ...), others after."""
+    return sorted(modules, key=lambda m: (SCOPE_WORDS.index(m) if m in SCOPE_WORDS else len(SCOPE_WORDS), m))

@@ -19,6 +19,7 @@ from . import config as config_io
 from .budget import breakdown_for, largest_fitting_rank, shapes_for
 from .config import LOWER_IS_BETTER, metric_for_best
 from .errors import LoralabError
+from .storage import connect, redact
 from .store import Origin, RunDir, Summary, safe_dirname
 from .sweepfile import (
     MAX_FIT,
@@ -46,15 +47,6 @@ class SweepOptions:
     trials: int = 0  # a search's trials to complete or prune, all workers together
 
 
-# user:password@ in a URL: the password is never shown, in a message, a log or a saved file.
-URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
-
-
-def redact(text: str) -> str:
-    """`text` with the password of any URL in it replaced by ***."""
-    return URL_PASSWORD.sub(r"\1***@", text)
-
-
 def default_storage(sweep: Sweep, runs_dir: str) -> str:
     folder = Path(runs_dir) / safe_dirname(sweep.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,22 +59,16 @@ def open_study(sweep: Sweep, storage_url: str, heartbeat_s: int):
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Errors only: a failed trial is told in one line of ours (work), not Optuna's warning with a traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = connect(storage_url, heartbeat_s)
     try:
-        sqlite = storage_url.startswith("sqlite")
-        storage = optuna.storages.RDBStorage(
-            storage_url,
-            engine_kwargs={"connect_args": {"timeout": 120}} if sqlite else None,
-            heartbeat_interval=heartbeat_s,
-            grace_period=2 * heartbeat_s,
-        )
-        if sqlite:
-            serialize_sqlite_transactions(storage.engine)
         study = optuna.create_study(study_name=sweep.name, storage=storage, direction="maximize", load_if_exists=True)
-    except Exception as err:  # SQLAlchemy raises many types for a bad URL or an unreachable server
+    except Exception as err:  # SQLAlchemy raises many types for an unreachable server
         line = f"cannot open the Optuna storage {storage_url}: {str(err).splitlines()[0]}"
         raise LoralabError(redact(line)) from None
+    storage.patient = True  # from now on an outage is waited for
     check_overrides(study, sweep)
     return study
 
@@ -102,25 +88,6 @@ def check_overrides(study, sweep: Sweep) -> None:
             f"{' '.join(sweep.command_overrides) or '(none)'}: give the same ones to go on with it, or --runs "
             "ANOTHER_FOLDER for a separate sweep"
         )
-
-
-def serialize_sqlite_transactions(engine) -> None:
-    """Make every SQLite transaction take the write lock up front (BEGIN IMMEDIATE).
-
-    SQLite ignores SELECT ... FOR UPDATE, so without this two workers can both pop the same queued
-    trial; PostgreSQL needs nothing.
-    """
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened before the listeners would miss them
 
 
 def trial_states(study) -> dict[str, list]:
@@ -224,10 +191,62 @@ def work(sweep: Sweep, options: SweepOptions, storage_url: str) -> None:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPU start_workers placed this worker on
             trial.set_user_attr("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
-        return objective_value(run_trial(sweep, by_key[key], options.runs))
+        try:
+            return objective_value(run_trial(sweep, by_key[key], options.runs))
+        except Exception as err:  # noqa: BLE001 - told once here; Optuna marks the trial failed
+            failure = trial_failed(sweep, key, err)
+            if failure == last_failure[0]:
+                raise RepeatedFailure(failure) from None
+            last_failure[0] = failure
+            raise
 
-    while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        study.optimize(objective, n_trials=1, catch=(Exception,))
+    last_failure = [None]
+    try:
+        while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+    except RepeatedFailure as err:
+        raise LoralabError(
+            f"two trials in a row failed the same way ({err}): the sweep stops here; fix that, then run the same "
+            "command again (finished trials are kept)"
+        ) from None
+
+
+class RepeatedFailure(BaseException):
+    """Two trials failed with the same error: the rest would too. A BaseException, so that Optuna's
+    catch=(Exception,) lets it end the worker's loop."""
+
+
+def trial_failed(sweep: Sweep, key: str, err: Exception) -> str:
+    """Say in one line that a trial failed (a traceback too for what is not a user error); returns the line."""
+    import sys
+    import traceback
+
+    line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if not isinstance(err, LoralabError):
+        traceback.print_exception(err, file=sys.stderr)
+    print(f"{sweep.name}: trial {key} failed: {line}", file=sys.stderr, flush=True)
+    return line
+
+
+def check_inputs(sweep: Sweep, trials: list[Trial], runs_dir: str) -> None:
+    """What every trial needs, loaded once before any worker starts: each distinct model's folder and
+    tokenizer, and each distinct training data with its labels. A model the hub cannot give, or a data
+    file that is not there, is one line here, not a failure (and its retries) in every trial."""
+    from .data import load_labelled
+    from .model import check_model_folder, load_tokenizer
+
+    models, datasets = set(), set()
+    for trial in trials:
+        cfg = trial_config(sweep, trial, runs_dir)
+        if cfg.model.name not in models:
+            check_model_folder(cfg.model.name)
+            load_tokenizer(cfg.model.name)
+            models.add(cfg.model.name)
+        data = (cfg.data.train, cfg.data.subset, cfg.data.task, cfg.data.text_column, cfg.data.text_pair_column,
+                cfg.data.label_column, tuple(cfg.data.label_names))  # fmt: skip
+        if data not in datasets:
+            load_labelled(cfg.data.train, cfg.data)
+            datasets.add(data)
 
 
 def objective_value(summary: Summary) -> float:
@@ -249,6 +268,10 @@ def run_sweep(options: SweepOptions, log=print, gpus: list[str] | None = None) -
     feasible, rejected = check_budgets(sweep, options.runs)
     for trial, reason in rejected:
         log(f"rejected {trial.key}: {reason}")
+    reasons = {re.sub(r"^.*: trial \S+: ", "", reason) for _, reason in rejected}
+    if rejected and not feasible and len(reasons) == 1:  # one cause for every trial: say it once, and stop
+        raise LoralabError(f"every trial of {sweep.name} was refused: {reasons.pop()}")
+    check_inputs(sweep, feasible, options.runs)
     storage = options.storage or default_storage(sweep, options.runs)
     study = open_study(sweep, storage, options.heartbeat)
     queued = enqueue_missing(study, feasible)
@@ -418,6 +441,7 @@ def run_search(options: SweepOptions, log=print) -> dict:
     storage = options.storage or default_storage(sweep, options.runs)
     gpus = visible_gpus()
     workers = worker_count(options.workers, options.per_gpu, gpus)
+    check_inputs(sweep, [Trial("search", "base", {}, {})], options.runs)  # the model and data every sample shares
     if workers > 1:
         open_study(sweep, storage, options.heartbeat)  # created once, before the workers race to it
         start_workers("search", options, storage, workers, gpus)

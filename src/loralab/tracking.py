@@ -13,7 +13,7 @@ from .store import RunDir
 
 def hyperparameters(cfg: Config, breakdown: Breakdown) -> dict:
     """The config as `section.key` values, plus the budget breakdown; lists as text, which every tracker takes."""
-    values = {f"{section}.{key}": value for section, fields in cfg.to_dict().items() for key, value in fields.items()}
+    values = cfg.flat()
     # Row labels such as "lora value (12 x r22)", in the characters every tracker accepts in a key.
     values |= {"trainable." + re.sub(r"[^\w.\- :/]", "", label): count for label, count in breakdown.rows}
     values |= {"trainable.total": breakdown.total, "trainable.budget": breakdown.budget}

@@ -135,7 +135,7 @@ def start_run_dir(run: RunDir, prep: Prepared, resume: bool) -> None:
 
 def config_differences(saved: Config, now: Config) -> list[str]:
     """`key (saved X, now Y)` for every config key whose value differs."""
-    old, new = ({f"{s}.{k}": v for s, values in c.to_dict().items() for k, v in values.items()} for c in (saved, now))
+    old, new = saved.flat(), now.flat()
     return [f"{key} (saved {old[key]!r}, now {new[key]!r})" for key in old if old[key] != new[key]]
 
 
