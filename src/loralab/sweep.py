@@ -196,7 +196,7 @@ def work(sweep: Sweep, options: SweepOptions, storage_url: str) -> None:
         except Exception as err:  # noqa: BLE001 - told once here; Optuna marks the trial failed
             failure = trial_failed(sweep, key, err)
             if failure == last_failure[0]:
-                raise RepeatedFailure(failure) from None
+                raise RepeatedFailure(failure, trial.number) from None
             last_failure[0] = failure
             raise
 
@@ -205,9 +205,11 @@ def work(sweep: Sweep, options: SweepOptions, storage_url: str) -> None:
         while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             study.optimize(objective, n_trials=1, catch=(Exception,))
     except RepeatedFailure as err:
+        failure, number = err.args
+        study.tell(number, state=TrialState.FAIL)  # Optuna leaves a trial that raised past its catch running
         raise LoralabError(
-            f"two trials in a row failed the same way ({err}): the sweep stops here; fix that, then run the same "
-            "command again (finished trials are kept)"
+            f"two trials in a row failed the same way ({failure}): the sweep stops here; fix that, then run the "
+            "same command again (finished trials are kept)"
         ) from None
 
 
