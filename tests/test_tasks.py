@@ -186,3 +186,26 @@ def test_bad_task_settings_are_one_line(model_dirs, tiny_data, tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_other_tasks_in_runs_against_plots_and_jsonl_lists(model_dirs, tmp_path, capsys):
+    from loralab.plots import plot_runs
+    from loralab.results import against_references, find_runs
+
+    rows = [{"text": t, "label": labels.split(",")} for labels, t in multi_label_rows(300)]
+    data = tmp_path / "tags.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))  # labels as JSON lists
+    runs = tmp_path / "runs"
+    for name, lr in (("a", "2e-2"), ("b", "5e-3")):
+        train(config.load(SEED_CONFIG, tiny(model_dirs["roberta"], data, runs, name, "data.task=multi_label",
+                                            f"train.lr={lr}", "train.steps=20")))  # fmt: skip
+    a, b = find_runs([str(runs / "a")]) + find_runs([str(runs / "b")])
+    assert a.config.data.label_names == ["c0", "c1", "c2", "c3"] and a.metric == "f1_micro"
+    (row,) = against_references([a], [b])
+    assert row["note"] == "paired bootstrap" and 0 <= row["p_value"] <= 1 and row["only_a"] is None
+    assert main(["runs", str(runs), "--against", str(runs / "b")]) == 0
+    assert "paired bootstrap" in capsys.readouterr().out
+    plotted = plot_runs([a, b], tmp_path / "figures")
+    assert plotted and (tmp_path / "figures" / "loss_runs.png").exists()
+    (curves,) = [v for v in plotted.values()]
+    assert sorted(curves.values()) == sorted([a.peak, b.peak])  # the curves drawn are of the run's metric
