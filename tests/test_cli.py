@@ -44,7 +44,8 @@ def env(tmp_path_factory, model_dirs, tiny_data):
         "sweep-zip.yaml": f"base: {SEED_CONFIG}\ngroups: {{g: {{zip: {{lora.r: [1, 2], lora.alpha: [1]}}}}}}\n",
         "sweep-alpha.yaml": f"base: {SEED_CONFIG}\ngroups: {{g: {{set: {{lora.alpha: r*x}}}}}}\n",
         "search-space.yaml": f"base: {SEED_CONFIG}\nspace: {{train.lr: {{low: 1e-5}}}}\n",
-        "sweep-ok.yaml": f"base: {SEED_CONFIG}\ngroups: {{g: {{grid: {{lora.r: [1]}}}}}}\n",
+        "sweep-ok.yaml": f"base: {SEED_CONFIG}\noverrides: [model.name={e.model}, data.train={e.data}]\n"
+        "groups: {g: {grid: {lora.r: [1]}}}\n",
         "duplicate.yaml": "model:\n  head: full\nlora:\n  r: 2\nmodel:\n  name: x\n",
         "duplicate-key.yaml": "train:\n  lr: 1.0e-3\n  steps: 2\n  lr: 2.0e-3\n",
         "fraction.jsonl": '{"label": 0, "text": "a"}\n{"label": 0.5, "text": "b"}\n',

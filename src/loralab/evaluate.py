@@ -110,6 +110,23 @@ def first_token_after_last_attention(model):
             handle.remove()
 
 
+def batched_logits(forward, tokenizer, data: Encoded, batch_size: int, n_outputs: int, device="cpu", progress=False):
+    """Logits of every row, in the rows' order, from `forward(padded batch)`; batches are length-sorted so
+    padding stays small. Kept on the device until the end: one copy to the host, not a wait per batch.
+
+    `progress`: a bar (rows, rows/s, ETA) on a terminal; nothing where stderr is a file or a pipe."""
+    from tqdm.auto import tqdm
+
+    logits = torch.empty(len(data), n_outputs, device=device)
+    bar = tqdm(total=len(data), unit="rows", disable=None if progress else True, dynamic_ncols=True)
+    with bar:
+        for indices in eval_batches(data.lengths, batch_size):
+            batch = tokenizer.pad(data.features(indices), return_tensors="pt").to(device)
+            logits[torch.tensor(indices, device=device)] = forward(batch)
+            bar.update(len(indices))
+    return logits.cpu()
+
+
 @torch.no_grad()
 def predict_logits(
     model,
@@ -121,25 +138,20 @@ def predict_logits(
     pooling: str = "first",
     progress: bool = False,
 ) -> torch.Tensor:
-    """Logits of every row, in the rows' order; batches are length-sorted so padding stays small.
+    """A PyTorch model's logits of every row (batched_logits), the last block trimmed to the first token
+    where the head reads only that."""
 
-    `progress`: a bar (rows, rows/s, ETA) on a terminal; nothing where stderr is a file or a pipe."""
-    from tqdm.auto import tqdm
+    def forward(batch):
+        with autocast():
+            return model(**batch).logits.float()
 
     was_training = model.training
     model.eval()
-    # Kept on the device until the end: one copy to the host, not a wait per batch.
-    logits = torch.empty(len(data), model.config.num_labels, device=device)
     # Mean pooling reads every token of the last layer, so nothing can be trimmed.
-    bar = tqdm(total=len(data), unit="rows", disable=None if progress else True, dynamic_ncols=True)
-    with first_token_after_last_attention(model) if pooling == "first" else nullcontext(), bar:
-        for indices in eval_batches(data.lengths, batch_size):
-            batch = tokenizer.pad(data.features(indices), return_tensors="pt").to(device)
-            with autocast():
-                logits[torch.tensor(indices, device=device)] = model(**batch).logits.float()
-            bar.update(len(indices))
+    with first_token_after_last_attention(model) if pooling == "first" else nullcontext():
+        logits = batched_logits(forward, tokenizer, data, batch_size, model.config.num_labels, device, progress)
     model.train(was_training)
-    return logits.cpu()
+    return logits
 
 
 def evaluate(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,7 @@ from .evaluate import evaluation_report, predict_logits
 from .model import cast_frozen_linears, load_trained, uses_token_types
 from .plots import plot_confusion
 from .store import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    DECISION,
-    FROZEN_WEIGHTS,
     RunDir,
-    replace_dir,
     write_json_atomic,
     write_text_atomic,
 )
@@ -149,16 +143,26 @@ def predict_file(
         raise LoralabError(
             f"--out {out_path} is a directory: name the CSV file to write, e.g. {Path(out_path) / 'predictions.csv'}"
         )
-    saved = RunDir(Path(run_path)).read_config()  # the columns default to those the run was trained on
+    from .export import ONNX_FILE, onnx_export, onnx_logits
+
+    onnx = (Path(run_path) / ONNX_FILE).is_file()
+    # The columns default to those the run was trained on.
+    saved = onnx_export(run_path)[0] if onnx else RunDir(Path(run_path)).read_config()
     texts, pairs, ids = load_texts(
         input_path,
         text_column or saved.data.text_column,
         allow_pickle,
         saved.data.text_pair_column if pair_column is None else pair_column,
     )
-    cfg, tokenizer, model = load_trained(run_path, options.which, merged=True, base_model=options.base_model)
-    task, decision = task_for(cfg), RunDir(Path(run_path)).read_decision(options.which)
-    scored = task.score(classify(model, tokenizer, texts, pairs, cfg, options.batch_size, options.precision), decision)
+    if onnx:  # ONNX Runtime: the fastest CPU path, batched the same way
+        cfg, tokenizer, decision = onnx_export(run_path)
+        logits = onnx_logits(Path(run_path), tokenizer, texts, pairs, cfg, options.batch_size)
+    else:
+        cfg, tokenizer, model = load_trained(run_path, options.which, merged=True, base_model=options.base_model)
+        decision = RunDir(Path(run_path)).read_decision(options.which)
+        logits = classify(model, tokenizer, texts, pairs, cfg, options.batch_size, options.precision)
+    task = task_for(cfg)
+    scored = task.score(logits, decision)
     names = cfg.data.label_names
     shown = (lambda i: names[i]) if label_names else (lambda i: i)  # noqa: E731
     buffer = io.StringIO()
@@ -176,117 +180,3 @@ def predict_file(
         writer.writerow([row, value] + ([f"{x:.6f}" for x in score] if with_probs else []))
     write_text_atomic(Path(out_path), buffer.getvalue())
     return len(texts)
-
-
-def export_run(
-    run_path: str, out_dir: str, which: str = "best", adapter_only: bool = False, base_model: str | None = None
-) -> Path:
-    """A plain Hugging Face model folder (LoRA merged), or the adapter files with a model card."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LoralabError(f"{out} is a file: name a new folder to export into")
-    if out.exists() and any(out.iterdir()):
-        raise LoralabError(f"{out} exists and is not empty: name a new folder to export into")
-    run = RunDir(Path(run_path))
-    folder = run.adapter(which)
-    cfg = run.read_config()
-    if adapter_only and cfg.model.finetune == "full":
-        raise LoralabError(
-            f"run {run_path} fine-tuned every weight: it has no adapter; export it without --adapter-only"
-        )
-    if not adapter_only and cfg.model.pooling != "first":
-        raise LoralabError(
-            f"run {run_path} pools the {cfg.model.pooling} of the last layer, which a plain transformers head "
-            "cannot do: export it with --adapter-only"
-        )
-    # Loading also refuses a run that cannot be reproduced, for both kinds of export.
-    cfg, tokenizer, model = load_trained(run.path, which, merged=not adapter_only, base_model=base_model)
-
-    def fill(tmp: Path) -> None:
-        if adapter_only:
-            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FROZEN_WEIGHTS, DECISION):
-                if (folder / name).exists():
-                    shutil.copy(folder / name, tmp / name)
-            (tmp / "README.md").write_text(model_card(cfg, run, frozen=(folder / FROZEN_WEIGHTS).exists()))
-        else:
-            model.save_pretrained(tmp)
-            if (folder / DECISION).exists():  # thresholds or target scaling: what turns its logits into answers
-                shutil.copy(folder / DECISION, tmp / DECISION)
-        tokenizer.save_pretrained(tmp)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.rmdir()
-    replace_dir(out, fill)
-    return out
-
-
-def loading_snippet(cfg, frozen: bool) -> str:
-    """How to load an exported adapter with transformers and PEFT (the model card shows it; a test runs it)."""
-    lines = [
-        "from peft import PeftModel",
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-        "",
-        'folder = "."  # this folder',
-        f"base = AutoModelForSequenceClassification.from_pretrained({cfg.model.name!r}, "
-        f"num_labels={len(cfg.data.label_names)}, ignore_mismatched_sizes=True)",
-    ]
-    if frozen:
-        lines += [
-            "# The adapter was trained on top of head weights the base checkpoint lacks (drawn at random, frozen):",
-            "from safetensors.torch import load_file",
-            f'base.load_state_dict(load_file(f"{{folder}}/{FROZEN_WEIGHTS}"), strict=False)',
-        ]
-    if cfg.model.pooling == "mean":
-        lines += [
-            "# The head reads the mean of the last layer over the real tokens (loralab's model.pooling: mean):",
-            "from loralab.model import pool_mean_into_first_token",
-            "pool_mean_into_first_token(base)",
-        ]
-    lines += [
-        "model = PeftModel.from_pretrained(base, folder).eval()",
-        "tokenizer = AutoTokenizer.from_pretrained(folder)",
-    ]
-    return "\n".join(lines)
-
-
-def model_card(cfg, run: RunDir, frozen: bool) -> str:
-    summary = run.read_summary() if run.summary.exists() else None
-    trainable = (summary.trainable if summary else None) or {}
-    lines = [
-        "---",
-        f"base_model: {cfg.model.name}",
-        "library_name: peft",
-        "pipeline_tag: text-classification",
-        "---",
-        "",
-        f"# {cfg.output.name}",
-        "",
-        f"LoRA adapter for `{cfg.model.name}`, trained with loralab. Load it with:",
-        "",
-        "```python",
-        loading_snippet(cfg, frozen),
-        "```",
-        "",
-        f"- labels: {', '.join(cfg.data.label_names)}",
-        f"- LoRA: scope {', '.join(cfg.lora.scope)}, r={cfg.lora.r}, alpha={cfg.lora.alpha:g}, "
-        f"dropout={cfg.lora.dropout:g}; head {cfg.model.head}",
-        f"- pooling: {cfg.model.pooling}"
-        + (
-            " (the head reads the mean of the last layer over real tokens, written into position 0)"
-            if cfg.model.pooling == "mean"
-            else " token"
-        ),
-        f"- trainable parameters: {trainable['total']:,} of a budget of {cfg.lora.budget:,}"
-        if trainable
-        else f"- budget: {cfg.lora.budget:,}",
-    ]
-    for label, count in trainable.get("rows", {}).items():
-        lines.append(f"  - {label}: {count:,}")
-    if summary:
-        lines += [
-            f"- peak validation {summary.metric}: {summary.peak_value:.4f} at step {summary.peak_step} "
-            f"({summary.val_rows} rows)",
-            f"- training: {summary.steps_done} steps, lr {cfg.train.lr:g}, batch {cfg.train.batch_size}",
-        ]
-    return "\n".join(lines) + "\n"

@@ -245,11 +245,9 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
     loralab 0.1 with `head: out_proj` or `lora` on RoBERTa, MPNet or DeBERTa-v2): a reload
     would draw new ones and answer wrongly without a word.
     """
-    from peft import PeftModel
-
-    from .budget import breakdown_for, shapes_for
+    from .budget import shapes_for
     from .config import local_path_or_id, missing_here
-    from .store import RunDir, load_frozen_into, read_frozen
+    from .store import RunDir
 
     run = RunDir(Path(run_path))
     folder = run.adapter(which)
@@ -261,17 +259,30 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
             f"run {run.path} was trained on the model folder {cfg.model.name}, which is not on this machine: "
             "pass --base-model FOLDER (the same pretrained model)"
         )
-    shapes = shapes_for(cfg)
+    shapes = shapes_for(cfg)  # first: a model folder that is not there is said in one line
     tokenizer = load_tokenizer(cfg.model.name)
-    check_max_length(cfg, shapes.config, tokenizer)  # a run saved before this check could still exceed it
-    if cfg.model.finetune == "full":  # the saved folder is the whole model
-        return cfg, tokenizer, load_full(cfg, folder).eval()
+    check_max_length(cfg, shapes.config, tokenizer)  # a run saved before this check could exceed it
+    return cfg, tokenizer, load_adapter_folder(cfg, folder, merged)
+
+
+def load_adapter_folder(cfg: Config, folder: Path, merged: bool = False):
+    """The base model with the adapter (and head, and frozen weights) saved in `folder`: a run's best/ or
+    last/, or an adapter-only export; merged into plain weights if asked. A full fine-tuning's folder is
+    the whole model."""
+    from peft import PeftModel
+
+    from .budget import breakdown_for, shapes_for
+    from .store import load_frozen_into, read_frozen
+
+    if cfg.model.finetune == "full":
+        return load_full(cfg, folder).eval()
+    shapes = shapes_for(cfg)
     base, fresh = load_classifier(cfg, shapes.config)
     saved = read_frozen(folder)
     missing = [name for name in frozen_names(fresh, breakdown_for(cfg, shapes)[1]) if name not in saved]
     if missing:
         raise LoralabError(
-            f"run {run.path} cannot be reproduced: its adapter was trained on randomly initialised frozen weights "
+            f"{folder} cannot be reproduced: its adapter was trained on randomly initialised frozen weights "
             f"({', '.join(missing)}) that were not saved with it (loralab before 0.2); train it again"
         )
     load_frozen_into(base, saved)
@@ -280,5 +291,5 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
         try:
             model = model.merge_and_unload()
         except Exception as err:  # PEFT raises several types for layers it cannot merge
-            raise LoralabError(f"cannot merge the adapter of {run_path} into {cfg.model.name}: {err}") from err
-    return cfg, tokenizer, model.eval()
+            raise LoralabError(f"cannot merge the adapter of {folder} into {cfg.model.name}: {err}") from err
+    return model.eval()
