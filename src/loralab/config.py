@@ -130,6 +130,12 @@ class TrainConfig:
         1.0,
     )
     precision: str = doc("fp32, or bf16/fp16 autocast", "fp32")
+    gradient_checkpointing: bool = doc(
+        "keep only each layer's input for the backward pass and recompute the rest there: a fraction of the "
+        "activation memory (mpnet-base, the study's run: see the README) for about a third more compute; "
+        "the same numbers",
+        False,
+    )
     seed: int = doc("seed for initialisation, dropout and data order", 42)
     eval_every: int = doc("evaluate, checkpoint and log validation metrics every this many steps", 100)
     log_every: int = doc("log training loss every this many steps", 20)

@@ -127,6 +127,30 @@ def optimizer_groups(model, cfg: Config) -> list[dict]:
     return [{"params": params, "lr": cfg.train.lr * scale} for scale, params in by_scale.items()]
 
 
+def encoder_layers(model) -> torch.nn.ModuleList | None:
+    """The transformer blocks of a Hugging Face encoder (BERT-style `encoder.layer`, DistilBERT's
+    `transformer.layer`), or None for a layout without them."""
+    backbone = model.base_model
+    encoder = getattr(backbone, "encoder", None) or getattr(backbone, "transformer", None)
+    layers = getattr(encoder, "layer", None)
+    return layers if isinstance(layers, torch.nn.ModuleList) else None
+
+
+def checkpoint_layers(model) -> None:
+    """Activation checkpointing for any family here (transformers has it for some only, not MPNet): each
+    block keeps just its input for the backward pass and runs again there. Non-reentrant checkpointing
+    restores the RNG state, so dropout draws the same masks: the same numbers, a fraction of the memory."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    layers = encoder_layers(model)
+    if layers is None:
+        raise LoralabError(f"train.gradient_checkpointing is not available for {model.config.model_type}")
+    for layer in layers:
+        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+
+
 def pool_mean_into_first_token(model) -> None:
     """Make the head of a Hugging Face classifier read the mean of the last layer over real tokens.
 
@@ -135,8 +159,8 @@ def pool_mean_into_first_token(model) -> None:
     its parameter count and the saved weights unchanged. Call it before wrapping with PEFT.
     """
     backbone = model.base_model
-    encoder = getattr(backbone, "encoder", None) or getattr(backbone, "transformer", None)
-    if not isinstance(getattr(encoder, "layer", None), torch.nn.ModuleList):
+    layers = encoder_layers(model)
+    if layers is None:
         raise LoralabError(
             f"model.pooling: mean is not available for {model.config.model_type} (no encoder layers found)"
         )
@@ -155,7 +179,7 @@ def pool_mean_into_first_token(model) -> None:
         return (pooled, *output[1:]) if isinstance(output, tuple) else pooled
 
     backbone.register_forward_pre_hook(remember_mask, with_kwargs=True)
-    encoder.layer[-1].register_forward_hook(mean_at_first_token)
+    layers[-1].register_forward_hook(mean_at_first_token)
 
 
 def load_classifier(cfg: Config, model_config) -> tuple[torch.nn.Module, set[str]]:

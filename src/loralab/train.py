@@ -35,6 +35,7 @@ from .model import (
     cast_frozen_linears,
     check_max_length,
     check_model_folder,
+    checkpoint_layers,
     load_tokenizer,
     optimizer_groups,
     uses_token_types,
@@ -254,6 +255,9 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
 
     if not cfg.lora.use_dora:  # half-precision autocast: frozen Linear weights cast once, not every step
         cast_frozen_linears(prep.model, cfg.train.precision)
+    if t.gradient_checkpointing:
+        checkpoint_layers(prep.model.get_base_model() if cfg.model.finetune == "lora" else prep.model)
+    release_freed_memory()  # the fp32 copies just cast, the data tables, the tokenizer's buffers
     # Setup: optimizer and schedule over the trainable parameters; model and optimizer wrapped for the
     # device(s). The schedule is not: Accelerate would step it once per process, and a step here is global.
     optimizer, scheduler = optimizer_and_schedule(prep.model, cfg)
@@ -325,6 +329,7 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
             accelerator.log({f"val/{key}": value for key, value in result.metrics().items()}, step=state.step)
             if main:
                 save_evaluation(run, plain, prep, state, result, optimizer, scheduler)
+            release_freed_memory()  # what the evaluation's batches took
             if on_eval is not None:
                 on_eval(state.step, result.score)
 
@@ -361,6 +366,18 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
         accelerator.print(f"peak val {metric} {summary.peak:.4f} at step {summary.peak_step}; run in {run.path}")
     accelerator.wait_for_everyone()
     return summary
+
+
+def release_freed_memory() -> None:
+    """Give the memory Python and torch have freed back to the system (glibc's malloc_trim). On a CPU the
+    allocator otherwise keeps what the longest batch or the weights' fp32 copies once took, and a sweep
+    worker's resident size only grows. Changes no number. Elsewhere than glibc (macOS, musl) nothing."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class Progress:
