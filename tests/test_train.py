@@ -450,3 +450,30 @@ def test_run_files_follow_the_umask(tiny_overrides):
     mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
     assert mode(run.best) == 0o775 and mode(run.config) == 0o664 and mode(run.summary) == 0o664
     assert mode(run.best / "adapter_model.safetensors") == 0o664
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_gradient_checkpointing_recomputes_the_blocks_and_changes_no_number(tiny_overrides, monkeypatch, finetune):
+    from loralab import model as model_module
+
+    calls = []
+    real = model_module.checkpoint_layers
+
+    def count_block_runs(model):
+        real(model)
+        # A module inside block 0: the recomputation calls the block's forward, not its hooks.
+        next(model_module.encoder_layers(model)[0].children()).register_forward_hook(lambda *_: calls.append(1))
+
+    monkeypatch.setattr(train_module, "checkpoint_layers", count_block_runs)
+    base = tiny_overrides + [f"model.finetune={finetune}", "train.eval_every=100"]  # one evaluation, at step 12
+    rows = {}
+    for checkpointing in ("false", "true"):
+        overrides = base + [f"train.gradient_checkpointing={checkpointing}", f"output.name=gc-{checkpointing}"]
+        train_module.train(config.load(SEED_CONFIG, overrides))
+        rows[checkpointing] = [
+            {k: v for k, v in r.items() if k not in ("elapsed_s", "samples_per_s")}
+            for r in run_dir(overrides).read_metrics()
+        ]
+    assert rows["true"] == rows["false"]  # dropout included: the RNG is restored for the recomputation
+    # Block 0 ran twice per step (forward, then again in backward), and once per evaluation batch.
+    assert len(calls) == 2 * 12 + 1

@@ -14,12 +14,12 @@ from .results import RunRecord
 FORMATS = ("png", "svg")
 
 # Figure file stem and title of each axis the study swept; other axes get a generic curve figure.
-AXIS_FIGURES = {
-    "lora.scope": ("fig1_scope", "Peak validation accuracy by adapter scope"),
-    "lora.dropout": ("fig2_dropout", "Validation accuracy by LoRA dropout"),
-    "lora.alpha": ("fig3_alpha", "Validation accuracy by LoRA alpha"),
-    "lora.r": ("fig4_r", "Validation accuracy by LoRA rank"),
-    "train.lr": ("fig5_lr", "Validation accuracy by learning rate"),
+AXIS_FIGURES = {  # {metric}: the runs' validation metric (accuracy, unless train.metric_for_best says otherwise)
+    "lora.scope": ("fig1_scope", "Peak validation {metric} by adapter scope"),
+    "lora.dropout": ("fig2_dropout", "Validation {metric} by LoRA dropout"),
+    "lora.alpha": ("fig3_alpha", "Validation {metric} by LoRA alpha"),
+    "lora.r": ("fig4_r", "Validation {metric} by LoRA rank"),
+    "train.lr": ("fig5_lr", "Validation {metric} by learning rate"),
 }
 
 
@@ -167,7 +167,8 @@ def plot_runs(records: list[RunRecord], out_dir: str | Path) -> dict[str, dict[s
         axis_groups[group_axis(members)].append(group)
     for group, members in groups.items():
         axis = group_axis(members)
-        stem, title = AXIS_FIGURES.get(axis, (f"acc_{group}", f"Validation accuracy: {group}"))
+        stem, title = AXIS_FIGURES.get(axis, (f"acc_{group}", f"Validation {{metric}}: {group}"))
+        title = title.format(metric=members[0].metric)
         if len(axis_groups[axis]) > 1 and axis in AXIS_FIGURES:
             stem = f"{stem}_{group}"  # two groups swept the same axis: one figure each
         draw = plot_scope_bars if axis == "lora.scope" else plot_accuracy_curves
