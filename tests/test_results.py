@@ -3,7 +3,7 @@ import shutil
 import xml.etree.ElementTree as ElementTree
 
 import pytest
-from conftest import ROOT, SEED_STUDY
+from conftest import ROOT, SEED_CONFIG, SEED_STUDY
 
 from loralab.cli import main
 from loralab.errors import LoralabError
@@ -125,7 +125,7 @@ def test_report_in_a_real_browser(imported, tmp_path):
         assert len(sizes) >= 5 and all(width > 100 for width in sizes)
         table = "#configurations"
         peaks = lambda: page.evaluate(  # noqa: E731
-            f'[...document.querySelector("{table}").tBodies[0].rows].map(r => Number(r.cells[9].dataset.sort))'
+            f'[...document.querySelector("{table}").tBodies[0].rows].map(r => Number(r.cells[11].dataset.sort))'
         )
         page.click(f"{table} th:has-text('peak') >> nth=0")
         ascending = peaks()
@@ -265,3 +265,68 @@ def test_runs_against_pairs_each_run_with_the_reference_of_its_seed(tmp_path, mo
     assert err.startswith("loralab: error: --against:") and "two configurations with seed 1" in err
     assert main(["runs", str(tmp_path / "new"), "--against", str(tmp_path / "new" / "missing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+@needs_study
+def test_report_of_a_mixed_folder_in_a_real_browser(tmp_path, model_dirs, tiny_data):
+    """The imported roberta-base study, a run of our own, a seeded sweep and a search in one folder: no
+    figure mixes runs of another model or compute, a search is drawn by the settings it varied, numbers
+    never wrap, nothing overflows 1280 px, no console error."""
+    import yaml
+    from conftest import train_tiny
+
+    from loralab.plots import plot_runs
+    from loralab.sweep import SweepOptions, run_search, run_sweep
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    folder = tmp_path / "runs"
+    import_hf([str(SEED_STUDY)], str(folder / "imported"), model_config=ROBERTA_BASE_CONFIG)
+    train_tiny(model_dirs["roberta"], tiny_data, folder / "mine", "own-run")
+    base = {
+        "base": str(SEED_CONFIG),
+        "overrides": [f"model.name={model_dirs['roberta']}", f"data.train={tiny_data}", "data.val_size=64",
+                      "data.max_length=32", "train.steps=8", "train.eval_every=4", "train.batch_size=16"],
+    }  # fmt: skip
+    sweep = tmp_path / "seeded.yaml"
+    sweep.write_text(yaml.safe_dump(base | {"name": "seeded", "seeds": [1, 2], "groups": {"scope": {"zip": {
+        "lora.scope": [["value"], ["query", "value"]], "lora.r": [4, 2]}}}}, sort_keys=False))  # fmt: skip
+    run_sweep(SweepOptions(str(sweep), runs=str(folder)), log=lambda *_: None)
+    search = tmp_path / "search.yaml"
+    search.write_text(yaml.safe_dump(base | {"name": "search", "space": {
+        "train.lr": {"low": 1e-3, "high": 3e-2, "log": True}, "lora.r": {"low": 1, "high": 8},
+        "lora.dropout": {"low": 0.0, "high": 0.2}}}))  # fmt: skip
+    run_search(SweepOptions(str(search), runs=str(folder), trials=3), log=lambda *_: None)
+    records = find_runs([str(folder)])
+    captions: dict[str, str] = {}
+    plotted = plot_runs(records, tmp_path / "figures", captions)
+    # The search's trials varied three settings at once: drawn by all three, not "by learning rate".
+    assert any("varying r, dropout, lr" in captions[stem] for stem in plotted if "search" in stem), captions
+    # The study's scope figure holds the study's scopes only; the sweep's its own two, averaged over seeds.
+    assert set(plotted["fig1_scope"]) >= {"query,key", "value"} and len(plotted["fig1_scope"]) == 6
+    seeded = [stem for stem in plotted if stem.startswith("fig1_scope_")]
+    scopes = [{label.split(", r=")[0] for label in plotted[stem]} for stem in seeded]
+    assert {"value", "query,value"} in scopes and all(len(plotted[stem]) == 2 for stem in seeded[-1:]), captions
+    out = tmp_path / "report.html"
+    assert main(["report", str(folder), "--out", str(out)]) == 0
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(out.as_uri())
+        assert errors == []
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+        # No number wraps onto a second line, in any table.
+        wrapped = page.evaluate(  # a text on one line has one line box
+            "[...document.querySelectorAll('td[data-sort]')].filter(td => { const r = document.createRange(); "
+            "r.selectNodeContents(td); return r.getClientRects().length > 1; }).length"
+        )
+        assert wrapped == 0
+        captions_shown = page.evaluate("[...document.querySelectorAll('figcaption')].map(c => c.textContent)")
+        assert all(" " in caption for caption in captions_shown)  # titles, not file names such as fig1_scope
+        assert len(captions_shown) == len(set(captions_shown))
+        browser.close()

@@ -53,7 +53,7 @@ def configuration_rows(records: list[RunRecord]) -> list[list[str]]:
         extra = len(group) - 1
         name = row["name"] + (f" (+{extra} {'copy' if extra == 1 else 'copies'})" if extra else "")
         rows.append([
-            name, row["group"], row["scope"], row["head"] or "-", row["r"] or "-",
+            name, row["group"], row["model"], row["seed"], row["scope"], row["head"] or "-", row["r"] or "-",
             "-" if row["alpha"] is None else f"{row['alpha']:g}", f"{row['lr']:g}",
             row["steps"], _cell("-" if row["trainable"] is None else f"{row['trainable']:,}", row["trainable"] or 0),
             _cell(f"{row['peak']:.4f}", row["peak"]),
@@ -102,6 +102,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 .wide { max-width: 100%; overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; overflow-wrap: anywhere; }
+td[data-sort] { white-space: nowrap; overflow-wrap: normal; }
 td:first-child, th:first-child { text-align: left; }
 th { background: #f0f0f0; cursor: pointer; user-select: none; }
 th[data-order="asc"]::after { content: " \\25B2"; }
@@ -115,11 +116,13 @@ def build_report(records: list[RunRecord], title: str = "loralab report") -> str
     best = max(records, key=lambda r: r.peak)
     row = best.row()
     with tempfile.TemporaryDirectory() as tmp:
-        plotted = plot_runs(records, tmp)
+        captions: dict[str, str] = {}
+        plotted = plot_runs(records, tmp, captions)
         figures = []
         for stem in sorted(plotted) + sorted(p.stem for p in Path(tmp).glob("loss_*.svg")):
             svg = (Path(tmp) / f"{stem}.svg").read_text()
-            figures.append(f"<figure>{svg[svg.index('<svg') :]}<figcaption>{html.escape(stem)}</figcaption></figure>")
+            caption = html.escape(captions.get(stem, stem))
+            figures.append(f"<figure>{svg[svg.index('<svg') :]}<figcaption>{caption}</figcaption></figure>")
     tests = [
         [t["a"], t["b"], _cell(f"{t['difference'] * 100:+.2f}", t["difference"]),
          "-" if t["p_value"] is None else _cell(f"{t['p_value']:.4f}", t["p_value"]),
@@ -129,7 +132,7 @@ def build_report(records: list[RunRecord], title: str = "loralab report") -> str
     seeded = [g for g in seed_groups(records) if len(g["seeds"]) > 1]
     seed_rows = [
         [g["configuration"], ", ".join(map(str, g["seeds"])), _cell(f"{g['mean']:.4f}", g["mean"]),
-         _cell(f"{g['sd']:.4f}", g["sd"]), f"[{g['ci_low']:.4f}, {g['ci_high']:.4f}]"]
+         _cell(f"{g['sd']:.4f}", g["sd"]), _cell(f"[{g['ci_low']:.4f}, {g['ci_high']:.4f}]", g["ci_low"])]
         for g in seeded
     ]  # fmt: skip
     glue = [
@@ -179,7 +182,22 @@ p &lt; 0.05 marks a difference unlikely to be noise.</p>
 <h2>Configurations</h2>
 {
         _table(
-            ["name", "group", "scope", "head", "r", "alpha", "lr", "steps", "trainable", "peak", "95% CI", "peak step"],
+            [
+                "name",
+                "group",
+                "model",
+                "seed",
+                "scope",
+                "head",
+                "r",
+                "alpha",
+                "lr",
+                "steps",
+                "trainable",
+                "peak",
+                "95% CI",
+                "peak step",
+            ],
             configuration_rows(records),
             "configurations",
         )

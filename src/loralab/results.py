@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from .config import Config, is_local
 from .errors import LoralabError
 from .stats import mcnemar_exact, paired_bootstrap_p, t_interval, wilson_interval
 from .store import Origin, RunDir, Summary, finished_runs_under
@@ -255,7 +255,10 @@ def seed_groups(records: list[RunRecord]) -> list[dict]:
 
 
 def _text(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    # A model or data folder by its own name: a full path would take the table's width.
+    return Path(value).name if isinstance(value, str) and "/" in value and is_local(value) else str(value)
 
 
 def format_seed_groups(groups: list[dict]) -> str:
