@@ -492,3 +492,22 @@ def test_a_postgresql_outage_mid_sweep_is_ridden_out(tmp_path, model_dirs, tiny_
     trials = optuna_trials(url, name)
     assert sorted(t.user_attrs["key"] for t in trials if t.state.name == "COMPLETE") == ["r/r_2", "r/r_4"]
     assert "s3cret" not in err and ":loralab@" not in err  # the password is never printed
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_ctrl_c_of_a_sweep_is_one_line_with_how_to_resume(tmp_path, model_dirs, tiny_data):
+    """Ctrl-C reaches the whole process group (the sweep and its workers): one line, no traceback."""
+    runs = tmp_path / "runs"
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, FOUR, steps=100_000, name="interrupted")
+    command = [sys.executable, "-m", "loralab.cli", "sweep", str(path), "--runs", str(runs), "--workers", "2"]
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while len(list(runs.glob("interrupted/*/*/metrics.jsonl"))) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(sweep.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("loralab:")]
+    assert lines == ["loralab: interrupted; run the same command again: finished trials are kept, interrupted ones "
+                     "resume from their checkpoints"], err[-2000:]  # fmt: skip
