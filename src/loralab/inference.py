@@ -1,4 +1,4 @@
-"""From a trained run to answers: evaluation reports, prediction files, and exported models."""
+"""From a trained run (or an ONNX export) to answers: evaluation reports and prediction files (exports: export.py)."""
 
 from __future__ import annotations
 

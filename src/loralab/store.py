@@ -9,7 +9,8 @@ owner.json             the process that trains (or last trained) the run; the lo
                        the folder, held while it trains and released by the kernel however the process ends
 best/, last/           PEFT adapters (LoRA weights and trained head) + frozen_weights.safetensors
                        (weights the base checkpoint lacks, drawn at random and frozen, which the
-                       adapter was trained on top of) + val_predictions.json (Predictions);
+                       adapter was trained on top of) + val_predictions.json (Predictions) + decision.json
+                       (Decision: thresholds or target scaling);
                        for model.finetune: full, the whole model (config.json, model.safetensors)
 checkpoint/            adapter/ (as above) and state.pt (optimizer, scheduler, RNG, LoopState)
 eval/<data>-<which>/   what `loralab eval` wrote
