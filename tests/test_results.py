@@ -1,3 +1,4 @@
+import contextlib
 import json
 import shutil
 import xml.etree.ElementTree as ElementTree
@@ -101,26 +102,34 @@ def test_report_is_self_contained(imported, tmp_path):
     assert "<td>train.lr</td>" not in page  # the best run has the default learning rate
 
 
-@needs_study
-def test_report_in_a_real_browser(imported, tmp_path):
-    """Headless Chromium: no console errors, no horizontal overflow at 1280 px, every figure drawn, a
-    header click sorts its table."""
+@contextlib.contextmanager
+def report_in_chromium(page_file):
+    """The report opened in headless Chromium at 1280 px: no console error, nothing wider than the window."""
     playwright = pytest.importorskip("playwright.sync_api")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
-    folder = str(next(iter(imported.values())).run.path.parent.parent)
-    out = tmp_path / "report.html"
-    assert main(["report", folder, "--out", str(out)]) == 0
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         errors = []
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(out.as_uri())
+        page.goto(page_file.as_uri())
         assert errors == []
         assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+        yield page
+        browser.close()
+
+
+@needs_study
+def test_report_in_a_real_browser(imported, tmp_path):
+    """Headless Chromium: no console errors, no horizontal overflow at 1280 px, every figure drawn, a
+    header click sorts its table."""
+    folder = str(next(iter(imported.values())).run.path.parent.parent)
+    out = tmp_path / "report.html"
+    assert main(["report", folder, "--out", str(out)]) == 0
+    with report_in_chromium(out) as page:
         sizes = page.evaluate("[...document.querySelectorAll('figure svg')].map(s => s.getBoundingClientRect().width)")
         assert len(sizes) >= 5 and all(width > 100 for width in sizes)
         table = "#configurations"
@@ -132,7 +141,6 @@ def test_report_in_a_real_browser(imported, tmp_path):
         assert ascending == sorted(ascending) and len(ascending) > 5
         page.click(f"{table} th:has-text('peak') >> nth=0")
         assert peaks() == sorted(ascending, reverse=True)
-        browser.close()
 
 
 def test_import_errors(tmp_path):
@@ -278,10 +286,6 @@ def test_report_of_a_mixed_folder_in_a_real_browser(tmp_path, model_dirs, tiny_d
     from loralab.plots import plot_runs
     from loralab.sweep import SweepOptions, run_search, run_sweep
 
-    playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
     folder = tmp_path / "runs"
     import_hf([str(SEED_STUDY)], str(folder / "imported"), model_config=ROBERTA_BASE_CONFIG)
     train_tiny(model_dirs["roberta"], tiny_data, folder / "mine", "own-run")
@@ -311,15 +315,7 @@ def test_report_of_a_mixed_folder_in_a_real_browser(tmp_path, model_dirs, tiny_d
     assert {"value", "query,value"} in scopes and all(len(plotted[stem]) == 2 for stem in seeded[-1:]), captions
     out = tmp_path / "report.html"
     assert main(["report", str(folder), "--out", str(out)]) == 0
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        errors = []
-        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(out.as_uri())
-        assert errors == []
-        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    with report_in_chromium(out) as page:
         # No number wraps onto a second line, in any table.
         wrapped = page.evaluate(  # a text on one line has one line box
             "[...document.querySelectorAll('td[data-sort]')].filter(td => { const r = document.createRange(); "
@@ -329,4 +325,3 @@ def test_report_of_a_mixed_folder_in_a_real_browser(tmp_path, model_dirs, tiny_d
         captions_shown = page.evaluate("[...document.querySelectorAll('figcaption')].map(c => c.textContent)")
         assert all(" " in caption for caption in captions_shown)  # titles, not file names such as fig1_scope
         assert len(captions_shown) == len(set(captions_shown))
-        browser.close()
