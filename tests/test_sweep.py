@@ -169,18 +169,20 @@ def test_workers_stop_when_the_sweep_is_killed(tmp_path, model_dirs, tiny_data):
     runs = tmp_path / "runs"
     path = tiny_sweep(tmp_path, model_dirs, tiny_data, FOUR, steps=100_000, name="orphans")
     command = [sys.executable, "-m", "loralab.cli", "sweep", str(path), "--runs", str(runs), "--workers", "2"]
-    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "sweep.log"
+    with log.open("w") as out:
+        sweep = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     storage = f"sqlite:///{runs / 'orphans' / 'optuna.db'}"
     workers = []
     deadline = time.time() + 300  # two workers importing torch on a loaded machine: seen over 120 s in CI
-    while len(workers) < 2 and time.time() < deadline:
+    while len(workers) < 2 and time.time() < deadline and sweep.poll() is None:
         time.sleep(0.5)
         try:
             workers = [int(t.user_attrs["worker"].rpartition(":")[2]) for t in optuna_trials(storage, "orphans")
                        if "worker" in t.user_attrs]  # fmt: skip
         except Exception:  # noqa: BLE001 - the study is not created yet
             workers = []
-    assert len(workers) == 2 and all(map(_running, workers))
+    assert len(workers) == 2 and all(map(_running, workers)), (sweep.poll(), log.read_text()[-3000:])
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
     deadline = time.time() + 30

@@ -31,6 +31,14 @@ def _lost_connection(err: BaseException) -> bool:
     return False
 
 
+def _lost_creation_race(err: BaseException) -> bool:
+    """Another process created the same table or version row first (SQLite's and PostgreSQL's wording)."""
+    from sqlalchemy import exc
+
+    text = str(err)
+    return isinstance(err, exc.IntegrityError) or "already exists" in text or "duplicate key" in text
+
+
 def _patient(method):
     """Call an RDBStorage method; where the connection is lost, say so and try again for OUTAGE_S seconds
     (heartbeats included, so a live trial is not taken for dead), then end in one line."""
@@ -82,15 +90,25 @@ def _patient_storage_class():
 
 def connect(url: str, heartbeat_s: int):
     """An open storage at `url`, with heartbeats every heartbeat_s seconds; one line if it cannot be opened."""
+    sqlite = url.startswith("sqlite")
     try:
-        sqlite = url.startswith("sqlite")
-        storage = _patient_storage_class()(
-            url,
-            # pool_pre_ping: a connection the server dropped (a restart) is replaced, not used and failed.
-            engine_kwargs={"connect_args": {"timeout": 120}} if sqlite else {"pool_pre_ping": True},
-            heartbeat_interval=heartbeat_s,
-            grace_period=2 * heartbeat_s,
-        )
+        for attempt in range(5):
+            try:
+                storage = _patient_storage_class()(
+                    url,
+                    # pool_pre_ping: a connection the server dropped (a restart) is replaced, not used and failed.
+                    engine_kwargs={"connect_args": {"timeout": 120}} if sqlite else {"pool_pre_ping": True},
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=2 * heartbeat_s,
+                )
+                break
+            except Exception as err:
+                # Optuna creates a new storage's tables and version row on opening, not atomically: two
+                # processes opening it at once (a sweep and its dashboard, or workers) can both see them
+                # missing, and the slower one's CREATE or INSERT fails. Opened again, it finds them there.
+                if not _lost_creation_race(err) or attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
         if sqlite:
             serialize_sqlite_transactions(storage.engine)
     except Exception as err:  # SQLAlchemy raises many types for a bad URL or an unreachable server
