@@ -1,6 +1,6 @@
 """loralab: LoRA fine-tuning of transformer encoders for text classification under a hard budget of
-trainable parameters (head included). Commands: train, budget, eval, predict, export, sweep, search,
-dashboard, runs, import-hf, plot, report; `loralab COMMAND --help` for each."""
+trainable parameters (head included). Commands: train, budget, eval, predict, export, serve, sweep,
+search, dashboard, runs, import-hf, plot, report; `loralab COMMAND --help` for each."""
 
 from __future__ import annotations
 
@@ -133,6 +133,25 @@ def cmd_export(args) -> int:
             f"probabilities within {check['max_probability_difference']:.2g}, {check['metric']} "
             f"{check['export']:.4f} (adapter {check['adapter']:.4f}); see export.json"
         )
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import ServeOptions, serve
+
+    options = ServeOptions(
+        runs=args.runs,
+        host=args.host,
+        port=args.port,
+        which=args.which,
+        precision=args.precision,
+        base_model=args.base_model,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_texts=args.max_texts,
+        max_chars=args.max_chars,
+    )
+    serve(options)
     return 0
 
 
@@ -348,6 +367,27 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-check", action="store_true", help="skip the check (export.json says so)")
     _base_model_argument(export)
     export.set_defaults(run=cmd_export)
+
+    server = commands.add_parser(
+        "serve", help="an HTTP server for runs: one copy of their base, every adapter beside it, batched requests"
+    )
+    server.add_argument(
+        "runs", metavar="RUN", nargs="+", help="run directories, or NAME=RUN to serve a run under another name"
+    )
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    server.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one, printed)")
+    _which_argument(server)
+    server.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: faster where the CPU or GPU has it"
+    )
+    server.add_argument("--max-batch", type=int, default=32, help="rows in one forward pass, from any requests")
+    server.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share its batch"
+    )
+    server.add_argument("--max-texts", type=int, default=256, help="texts in one request, at most (more: 413)")
+    server.add_argument("--max-chars", type=int, default=65_536, help="characters in one text, at most (more: 413)")
+    _base_model_argument(server)
+    server.set_defaults(run=cmd_serve)
 
     sweep = commands.add_parser("sweep", help="run a sweep file's trials (skips finished ones, resumes interrupted)")
     _optuna_arguments(sweep)

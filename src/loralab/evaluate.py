@@ -111,8 +111,9 @@ def first_token_after_last_attention(model):
 
 
 def batched_logits(forward, tokenizer, data: Encoded, batch_size: int, n_outputs: int, device="cpu", progress=False):
-    """Logits of every row, in the rows' order, from `forward(padded batch)`; batches are length-sorted so
-    padding stays small. Kept on the device until the end: one copy to the host, not a wait per batch.
+    """Logits of every row, in the rows' order, from `forward(padded batch, its row indices)`; batches are
+    length-sorted so padding stays small. Kept on the device until the end: one copy to the host, not a
+    wait per batch.
 
     `progress`: a bar (rows, rows/s, ETA) on a terminal; nothing where stderr is a file or a pipe."""
     from tqdm.auto import tqdm
@@ -122,7 +123,7 @@ def batched_logits(forward, tokenizer, data: Encoded, batch_size: int, n_outputs
     with bar:
         for indices in eval_batches(data.lengths, batch_size):
             batch = tokenizer.pad(data.features(indices), return_tensors="pt").to(device)
-            logits[torch.tensor(indices, device=device)] = forward(batch)
+            logits[torch.tensor(indices, device=device)] = forward(batch, indices)
             bar.update(len(indices))
     return logits.cpu()
 
@@ -137,13 +138,16 @@ def predict_logits(
     autocast=nullcontext,
     pooling: str = "first",
     progress: bool = False,
+    adapter_names: list[str] | None = None,
 ) -> torch.Tensor:
     """A PyTorch model's logits of every row (batched_logits), the last block trimmed to the first token
-    where the head reads only that."""
+    where the head reads only that. `adapter_names`: each row's adapter of a PEFT model holding several
+    (PEFT's mixed-adapter batches: LoRA layers and trained heads alike follow each row's name)."""
 
-    def forward(batch):
+    def forward(batch, indices):
+        mixed = {} if adapter_names is None else {"adapter_names": [adapter_names[i] for i in indices]}
         with autocast():
-            return model(**batch).logits.float()
+            return model(**batch, **mixed).logits.float()
 
     was_training = model.training
     model.eval()

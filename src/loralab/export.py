@@ -240,7 +240,7 @@ def onnx_logits(folder: Path, tokenizer, texts: list[str], pairs: list[str] | No
     names = {i.name for i in session.get_inputs()}
     data = encode(tokenizer, texts, pairs, cfg.data.max_length, "token_type_ids" in names)
 
-    def forward(batch) -> torch.Tensor:
+    def forward(batch, _indices) -> torch.Tensor:
         feed = {name: value.numpy().astype(np.int64) for name, value in batch.items() if name in names}
         return torch.from_numpy(session.run(["logits"], feed)[0])
 

@@ -164,19 +164,17 @@ def predict_file(
     task = task_for(cfg)
     scored = task.score(logits, decision)
     names = cfg.data.label_names
-    shown = (lambda i: names[i]) if label_names else (lambda i: i)  # noqa: E731
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     answer = {"single_label": "Label", "multi_label": "Labels", "regression": "Score"}[cfg.data.task]
     with_probs = probs and cfg.data.task != "regression"
     writer.writerow(["ID", answer] + ([f"prob_{name}" for name in names] if with_probs else []))
     for row, prediction, score in zip(ids or range(len(texts)), scored.predictions, scored.scores):
+        value = task.answer(prediction, names if label_names else None)
         if cfg.data.task == "multi_label":
-            value = cfg.data.label_separator.join(str(shown(i)) for i, on in enumerate(prediction) if on)
+            value = cfg.data.label_separator.join(map(str, value))
         elif cfg.data.task == "regression":
-            value = f"{prediction:.6g}"
-        else:
-            value = shown(prediction)
+            value = f"{value:.6g}"
         writer.writerow([row, value] + ([f"{x:.6f}" for x in score] if with_probs else []))
     write_text_atomic(Path(out_path), buffer.getvalue())
     return len(texts)

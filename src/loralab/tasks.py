@@ -129,6 +129,10 @@ class SingleLabel:
         probabilities = logits.float().softmax(-1)
         return Scored(probabilities.argmax(-1).tolist(), probabilities.tolist())
 
+    def answer(self, prediction: int, names: list[str] | None):
+        """One row's answer as users read it (predict's CSV, the server's JSON): the class, by name if given."""
+        return names[prediction] if names else prediction
+
     def interval(self, name: str, targets, predictions) -> tuple[float, float]:
         if name == "accuracy":  # a proportion: the closed form
             return wilson_interval(int(np.sum(np.asarray(targets) == np.asarray(predictions))), len(targets))
@@ -158,6 +162,10 @@ class MultiLabel:
         thresholds = torch.tensor(decision.thresholds or [0.5] * self.n)
         return Scored((probabilities >= thresholds).int().tolist(), probabilities.tolist())
 
+    def answer(self, prediction: list[int], names: list[str] | None) -> list:
+        """The labels that are on, by name if given."""
+        return [names[i] if names else i for i, on in enumerate(prediction) if on]
+
     def tune(self, logits: torch.Tensor, targets: list) -> Decision:
         """Per label, the threshold of the grid with the best F1 on these rows (ties: the one nearest 0.5)."""
         probabilities, truth = logits.float().sigmoid().numpy(), np.asarray(targets)
@@ -186,6 +194,9 @@ class Regression:
     def score(self, logits: torch.Tensor, decision: Decision) -> Scored:
         values = (logits.float().squeeze(-1) * decision.target_std + decision.target_mean).tolist()
         return Scored(values, values)
+
+    def answer(self, prediction: float, names: list[str] | None) -> float:
+        return prediction
 
     def interval(self, name: str, targets, predictions) -> tuple[float, float]:
         return bootstrap_interval(self.metric_functions()[name], targets, predictions)

@@ -1,0 +1,223 @@
+"""`loralab serve`, met as users meet it: a real server process on loopback, real HTTP requests."""
+
+import csv
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import pair_rows, synthetic_rows, train_tiny, write_csv
+
+from loralab.cli import main
+
+pytest.importorskip("fastapi")
+
+TEXTS = [text for _, text in synthetic_rows(24, seed=11)]
+
+
+@pytest.fixture(scope="module")
+def runs(model_dirs, tiny_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-runs")
+    train_tiny(model_dirs["roberta"], tiny_data, root, "one")
+    # Another rank, seed and trained head on the same base: shares the server's one copy of it.
+    train_tiny(model_dirs["roberta"], tiny_data, root, "two", "lora.r=2", "train.seed=7", "train.lr=3e-2")
+    train_tiny(model_dirs["roberta"], tiny_data, root, "mean", "model.pooling=mean")
+    train_tiny(model_dirs["bert"], tiny_data, root, "bert")
+    pairs = write_csv(root / "pairs.csv", pair_rows(300), ("label", "premise", "hypothesis"))
+    train_tiny(model_dirs["bert"], pairs, root, "pairs", "data.text_column=premise", "data.text_pair_column=hypothesis")
+    return root
+
+
+def start(*argv: str) -> tuple[subprocess.Popen, int]:
+    """A `loralab serve` process on a free port; returns it with the port it printed."""
+    command = [sys.executable, "-m", "loralab.cli", "serve", *argv, "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    assert line.startswith("serving"), process.stderr.read()
+    return process, int(line.split("http://127.0.0.1:")[1].split("/")[0])
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    return out
+
+
+def call(port: int, method: str, path: str, body=None) -> tuple[int, object]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    raw = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    connection.request(method, path, body=raw, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    is_json = response.getheader("content-type", "").startswith("application/json")
+    return response.status, json.loads(data) if is_json else data.decode()
+
+
+def predicted(run, tmp_path, rows, header=("text",), *extra) -> list[list[str]]:
+    """`loralab predict RUN --label-names --probs` of the same rows: (label, probabilities) per row."""
+    source = write_csv(tmp_path / f"{run.name}-in.csv", rows, header)
+    out = tmp_path / f"{run.name}-out.csv"
+    assert (
+        main(["predict", str(run), "--input", str(source), "--out", str(out), "--label-names", "--probs", *extra]) == 0
+    )
+    with open(out) as handle:
+        return [(row[1], [float(x) for x in row[2:]]) for row in list(csv.reader(handle))[1:]]
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    process, port = start(f"{runs / 'one'}", f"second={runs / 'two'}", "--max-wait-ms", "100", "--max-batch", "64")
+    yield port
+    assert "stopped: every request was answered" in stop(process)
+
+
+def test_mixed_adapter_batches_answer_as_predict_does(server, runs, tmp_path):
+    """Concurrent requests for two adapters share forward passes; each row answers as `predict` of its run
+    (label and probabilities: the LoRA layers and the trained head both follow the row's adapter)."""
+    expected = {
+        "one": predicted(runs / "one", tmp_path, [(t,) for t in TEXTS]),
+        "second": predicted(runs / "two", tmp_path, [(t,) for t in TEXTS]),
+    }
+    assert [p for _, p in expected["one"]] != [p for _, p in expected["second"]], "two adapters must differ"
+    answers, errors = {}, []
+
+    def client(adapter: str) -> None:
+        for i in range(0, len(TEXTS), 3):
+            status, body = call(server, "POST", "/v1/classify", {"adapter": adapter, "texts": TEXTS[i : i + 3],
+                                                                   "probabilities": True})  # fmt: skip
+            if status != 200:
+                errors.append(body)
+                continue
+            for j, (label, probabilities) in enumerate(zip(body["labels"], body["probabilities"])):
+                answers[adapter, i + j] = (label, list(probabilities.values()))
+
+    threads = [threading.Thread(target=client, args=(a,)) for a in ("one", "second", "second", "one")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for (adapter, i), (label, probabilities) in answers.items():
+        assert label == expected[adapter][i][0]
+        assert probabilities == pytest.approx(expected[adapter][i][1], abs=1e-5)
+    assert len(answers) == 2 * len(TEXTS)
+    # Four clients sent 32 requests; rows of several requests (of both adapters) shared forward passes.
+    metrics = call(server, "GET", "/metrics")[1]
+    passes = float(
+        next(line.split()[1] for line in metrics.splitlines() if line.startswith("loralab_batch_rows_count"))
+    )
+    assert passes < 32
+    assert 'loralab_rows_total{adapter="second"}' in metrics
+
+
+def test_adapters_health_and_metrics(server, runs):
+    status, body = call(server, "GET", "/v1/adapters")
+    assert status == 200
+    by_name = {a["name"]: a for a in body["adapters"]}
+    assert set(by_name) == {"one", "second"}
+    summary = json.loads((runs / "two" / "summary.json").read_text())
+    assert by_name["second"]["trainable"] == summary["trainable"]["total"] < by_name["one"]["trainable"]
+    assert by_name["second"]["peak_validation_accuracy"] == summary["peak_val_accuracy"]
+    assert by_name["one"]["labels"] == ["World", "Sports", "Business", "Sci/Tech"]
+    assert call(server, "GET", "/healthz") == (200, {"status": "ok", "adapters": 2})
+    before = call(server, "GET", "/metrics")[1]
+    call(server, "POST", "/v1/classify", {"adapter": "one", "texts": ["a", "b", "c"]})
+    after = call(server, "GET", "/metrics")[1]
+
+    def value(text: str, key: str) -> float:
+        return float(next((line.split()[-1] for line in text.splitlines() if line.startswith(key)), 0))
+
+    assert value(after, 'loralab_rows_total{adapter="one"}') - value(before, 'loralab_rows_total{adapter="one"}') == 3
+    key = 'loralab_requests_total{path="/v1/classify",status="200"}'
+    assert value(after, key) - value(before, key) == 1
+
+
+BAD_REQUESTS = [
+    ("POST", "/v1/classify", b'{"adapter": ', 400, "not JSON"),
+    ("POST", "/v1/classify", b"", 400, "not JSON"),
+    ("POST", "/v1/classify", b'{"adapter": "one", "texts": ["caf\xe9"]}', 400, "not UTF-8"),
+    ("POST", "/v1/classify", [1, 2], 422, "JSON object"),
+    ("POST", "/v1/classify", "hello", 422, "JSON object"),
+    ("POST", "/v1/classify", {"adapter": "one"}, 422, 'no "texts"'),
+    ("POST", "/v1/classify", {"adapter": "one", "texts": "a text"}, 422, "list of strings"),
+    ("POST", "/v1/classify", {"adapter": "one", "texts": ["a", 3]}, 422, "list of strings"),
+    ("POST", "/v1/classify", {"adapter": "one", "texts": [None]}, 422, "list of strings"),
+    ("POST", "/v1/classify", {"adapter": "one", "texts": [["nested"]]}, 422, "list of strings"),
+    ("POST", "/v1/classify", {"adapter": "one", "texts": []}, 422, "empty"),
+    ("POST", "/v1/classify", {"adapter": "nope", "texts": ["a"]}, 404, "no adapter 'nope'"),
+    ("POST", "/v1/classify", {"adapter": 3, "texts": ["a"]}, 422, '"adapter" must be'),
+    ("POST", "/v1/classify", {"texts": ["a"]}, 422, "one, second"),  # two adapters: which one?
+    ("POST", "/v1/classify", {"adapter": "one", "texts": ["x" * 1_048_576]}, 413, "1,048,576 characters"),
+    ("POST", "/v1/classify", {"adapter": "one", "texts": ["a"] * 100_000}, 413, "100,000 texts"),
+    ("POST", "/v1/classify", {"adapter": "one", "texts": ["a"], "text_pairs": ["b"]}, 422, "single texts"),
+    ("POST", "/v1/classify", {"adapter": "one", "texts": ["a", "b"], "text_pairs": ["c"]}, 422, "one pair per"),
+    ("POST", "/v1/classify", {"adapter": "one", "texts": ["a"], "probabilities": "yes"}, 422, "true or false"),
+    ("POST", "/v1/classify", {"adapter": "one", "text": ["a"]}, 422, "unknown field(s) 'text'"),
+    ("GET", "/v1/classify", None, 405, "GET is not allowed"),
+    ("DELETE", "/v1/adapters", None, 405, "DELETE is not allowed"),
+    ("POST", "/healthz", None, 405, "POST is not allowed"),
+    ("GET", "/v2/classify", None, 404, "no such path /v2/classify"),
+]
+
+
+def test_bad_requests_are_4xx_naming_the_problem_and_the_server_goes_on(server):
+    good = {"adapter": "one", "texts": TEXTS[:2]}
+    expected = call(server, "POST", "/v1/classify", good)
+    assert expected[0] == 200
+    for method, path, body, status, message in BAD_REQUESTS:
+        got_status, got = call(server, method, path, body)
+        assert (got_status, message in got.get("error", "")) == (status, True), (method, path, got)
+        assert call(server, "POST", "/v1/classify", good) == expected
+
+
+def test_a_pair_run_served_alone_and_sigterm_answers_what_is_in_flight(runs, tmp_path):
+    rows = pair_rows(12, seed=4)
+    expected = predicted(runs / "pairs", tmp_path, [(a, b) for _, a, b in rows], ("premise", "hypothesis"))
+    # A long batching wait: the request is still waiting in the server when SIGTERM arrives.
+    process, port = start(str(runs / "pairs"), "--max-wait-ms", "3000")
+    assert call(port, "POST", "/v1/classify", {"texts": ["a"]}) == (
+        422,
+        {"error": 'adapter pairs was trained on text pairs: send "text_pairs" beside "texts"'},
+    )
+    answered = {}
+
+    def client():
+        body = {"texts": [a for _, a, _ in rows], "text_pairs": [b for _, _, b in rows], "probabilities": True}
+        answered["response"] = call(port, "POST", "/v1/classify", body)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    time.sleep(1.0)
+    assert "stopped" in stop(process)
+    thread.join()
+    status, body = answered["response"]
+    assert status == 200 and body["labels"] == [label for label, _ in expected]
+    served = [x for row in body["probabilities"] for x in row.values()]
+    assert served == pytest.approx([x for _, row in expected for x in row], abs=1e-5)
+
+
+def test_bad_serve_arguments_are_one_line(runs, capsys):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    cases = [
+        ([str(runs / "nothing")], "is not a finished run"),
+        ([str(runs / "one"), str(runs / "bert")], "have different bases"),
+        ([str(runs / "one"), f"one={runs / 'two'}"], "'one' is given twice"),
+        ([str(runs / "one"), str(runs / "mean")], "pool differently"),
+        ([str(runs / "one"), "--port", str(taken.getsockname()[1])], "choose another --port"),
+        ([str(runs / "one"), "--max-batch", "0"], "--max-batch must be at least 1"),
+        ([f"={runs / 'one'}"], "names no adapter"),
+    ]
+    for argv, message in cases:
+        assert main(["serve", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("loralab: error: serve: ") and message in err and err.count("\n") == 1, err
+    taken.close()
