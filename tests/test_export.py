@@ -44,6 +44,9 @@ def test_every_export_writes_its_proof(runs, tmp_path, capsys, kind, argv):
     for name, digest in record["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
     assert set(record["files"]) | {"export.json"} == {p.name for p in out.iterdir()}
+    if kind == "onnx":  # what Optimum's ORTModelForSequenceClassification reads beside the graph
+        config = json.loads((out / "config.json").read_text())
+        assert config["id2label"] == {"0": "World", "1": "Sports", "2": "Business", "3": "Sci/Tech"}
 
 
 def test_onnx_keeps_mean_pooling_and_bert_segments_and_predict_reads_it_in_a_fresh_process(runs, tmp_path):

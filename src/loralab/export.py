@@ -162,6 +162,8 @@ def write_files(tmp: Path, options: ExportOptions, cfg: Config, tokenizer, model
         model.save_pretrained(tmp)
     else:
         write_onnx(model, tokenizer, cfg, tmp / ONNX_FILE, options.quantize)
+        # Labels and model type beside the graph: Optimum's ORTModelForSequenceClassification loads the folder.
+        model.config.save_pretrained(tmp)
     if (folder / DECISION).exists():  # thresholds or target scaling: what turns its logits into answers
         shutil.copy(folder / DECISION, tmp / DECISION)
     write_text_atomic(tmp / RUN_CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
