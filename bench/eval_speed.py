@@ -34,7 +34,7 @@ def main() -> None:
     from transformers import Trainer, TrainingArguments
 
     from loralab.data import load_texts
-    from loralab.inference import InferenceOptions, predict_file
+    from loralab.inference import InferenceOptions, PredictOptions, predict_file
     from loralab.model import load_trained
 
     texts = load_texts(args.data, "text")[0][: args.rows]
@@ -45,7 +45,7 @@ def main() -> None:
         def time_predict(precision: str) -> float:
             started = time.perf_counter()
             out = str(Path(workdir) / f"{precision}.csv")
-            predict_file(args.run, str(subset), out, InferenceOptions(precision=precision))
+            predict_file(args.run, PredictOptions(str(subset), out), InferenceOptions(precision=precision))
             return len(texts) / (time.perf_counter() - started)
 
         ours = time_predict("fp32")

@@ -95,19 +95,18 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .inference import predict_file
+    from .inference import PredictOptions, predict_file
 
-    rows = predict_file(
-        args.run_dir,
-        args.input,
-        args.out,
-        inference_options(args),
+    predict = PredictOptions(
+        input=args.input,
+        out=args.out,
         text_column=args.text_column,
         pair_column=args.text_pair_column,
         allow_pickle=args.allow_pickle,
         label_names=args.label_names,
         probs=args.probs,
     )
+    rows = predict_file(args.run_dir, predict, inference_options(args))
     print(f"wrote {rows} predictions to {args.out}")
     return 0
 

@@ -1,4 +1,5 @@
-"""From a trained run (or an ONNX export) to answers: evaluation reports and prediction files (exports: export.py)."""
+"""From a trained run (or an ONNX export) to answers: evaluation reports and prediction files (exports: export.py,
+the HTTP server: serve.py)."""
 
 from __future__ import annotations
 
@@ -126,19 +127,23 @@ def training_rows_in(cfg, rows: LabelledTexts) -> int | None:
     return sum(row in seen for row in zip(rows.texts, rows.pairs or [""] * len(rows.texts)))
 
 
-def predict_file(
-    run_path: str,
-    input_path: str,
-    out_path: str,
-    options: InferenceOptions,
-    text_column: str | None = None,
-    pair_column: str | None = None,
-    allow_pickle: bool = False,
-    label_names: bool = False,
-    probs: bool = False,
-) -> int:
+@dataclass
+class PredictOptions:
+    """What `predict` reads and writes: one object from the CLI (how the model runs: InferenceOptions)."""
+
+    input: str  # a CSV, JSONL, parquet or (with allow_pickle) pickled datasets.Dataset of texts
+    out: str  # the CSV to write
+    text_column: str | None = None  # default: the column the run was trained on
+    pair_column: str | None = None  # default: the run's second text column, if it had one
+    allow_pickle: bool = False
+    label_names: bool = False  # class names instead of indices
+    probs: bool = False  # each class's probability beside the answer
+
+
+def predict_file(run_path: str, predict: PredictOptions, options: InferenceOptions) -> int:
     """Write what the task answers for every input row, in input order: `ID,Label` (single-label; with
     probabilities if asked), `ID,Labels` (multi-label, joined by data.label_separator) or `ID,Score`."""
+    out_path = predict.out
     if Path(out_path).is_dir():
         raise LoralabError(
             f"--out {out_path} is a directory: name the CSV file to write, e.g. {Path(out_path) / 'predictions.csv'}"
@@ -149,10 +154,10 @@ def predict_file(
     # The columns default to those the run was trained on.
     saved = onnx_export(run_path)[0] if onnx else RunDir(Path(run_path)).read_config()
     texts, pairs, ids = load_texts(
-        input_path,
-        text_column or saved.data.text_column,
-        allow_pickle,
-        saved.data.text_pair_column if pair_column is None else pair_column,
+        predict.input,
+        predict.text_column or saved.data.text_column,
+        predict.allow_pickle,
+        saved.data.text_pair_column if predict.pair_column is None else predict.pair_column,
     )
     if onnx:  # ONNX Runtime: the fastest CPU path, batched the same way
         cfg, tokenizer, decision = onnx_export(run_path)
@@ -167,10 +172,10 @@ def predict_file(
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     answer = {"single_label": "Label", "multi_label": "Labels", "regression": "Score"}[cfg.data.task]
-    with_probs = probs and cfg.data.task != "regression"
+    with_probs = predict.probs and cfg.data.task != "regression"
     writer.writerow(["ID", answer] + ([f"prob_{name}" for name in names] if with_probs else []))
     for row, prediction, score in zip(ids or range(len(texts)), scored.predictions, scored.scores):
-        value = task.answer(prediction, names if label_names else None)
+        value = task.answer(prediction, names if predict.label_names else None)
         if cfg.data.task == "multi_label":
             value = cfg.data.label_separator.join(map(str, value))
         elif cfg.data.task == "regression":
