@@ -5,6 +5,7 @@ search, dashboard, runs, import-hf, plot, report; `loralab COMMAND --help` for e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -63,10 +64,17 @@ def parse_layers(text: str) -> list[int]:
         ) from None
 
 
+def options_from(cls, args, **given):
+    """A command's typed options object (InferenceOptions, ExportOptions, ...): each field from the parsed
+    argument of the same name, where there is one, unless given here."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**(values | given))
+
+
 def inference_options(args):
     from .inference import InferenceOptions
 
-    return InferenceOptions(args.which, args.batch_size, args.precision, args.base_model)
+    return options_from(InferenceOptions, args)
 
 
 def cmd_eval(args) -> int:
@@ -97,15 +105,7 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .inference import PredictOptions, predict_file
 
-    predict = PredictOptions(
-        input=args.input,
-        out=args.out,
-        text_column=args.text_column,
-        pair_column=args.text_pair_column,
-        allow_pickle=args.allow_pickle,
-        label_names=args.label_names,
-        probs=args.probs,
-    )
+    predict = options_from(PredictOptions, args, pair_column=args.text_pair_column)
     rows = predict_file(args.run_dir, predict, inference_options(args))
     print(f"wrote {rows} predictions to {args.out}")
     return 0
@@ -114,15 +114,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .export import ExportOptions, export_run
 
-    options = ExportOptions(
-        which=args.which,
-        format=args.format,
-        adapter_only=args.adapter_only,
-        quantize=args.quantize,
-        check_data=args.check_data,
-        check=not args.no_check,
-        base_model=args.base_model,
-    )
+    options = options_from(ExportOptions, args, check=not args.no_check)
     out, check = export_run(args.run_dir, args.out_dir, options)
     if "skipped" in check:
         print(f"exported to {out} (not checked: --no-check)")
@@ -138,18 +130,7 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import ServeOptions, serve
 
-    options = ServeOptions(
-        runs=args.runs,
-        host=args.host,
-        port=args.port,
-        which=args.which,
-        precision=args.precision,
-        base_model=args.base_model,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        max_texts=args.max_texts,
-        max_chars=args.max_chars,
-    )
+    options = options_from(ServeOptions, args)
     serve(options)
     return 0
 
@@ -226,16 +207,7 @@ def cmd_report(args) -> int:
 def sweep_options(args):
     from .sweep import SweepOptions
 
-    return SweepOptions(
-        file=args.file,
-        overrides=args.overrides,
-        storage=args.storage,
-        workers=args.workers,
-        per_gpu=args.per_gpu,
-        runs=args.runs,
-        heartbeat=args.heartbeat,
-        trials=getattr(args, "trials", 0),
-    )
+    return options_from(SweepOptions, args)
 
 
 def cmd_sweep(args) -> int:
