@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000, help="how many of its validation rows (default 2000)")
     args = parser.parse_args()
 
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # the exports load the base: no load report
     from loralab.export import ExportOptions, export_run
     from loralab.inference import validation_rows
     from loralab.stats import mcnemar_exact

@@ -6,8 +6,8 @@ For each setting, a fresh `loralab serve` process; --clients client threads send
 rows (texts of the run's training data, drawn at random) for --seconds, then stop. With fewer than 8
 runs, the 8 adapters repeat them under 8 names: 8 adapters are loaded, each its own weights and head
 (what memory and the mixed batches cost does not depend on the values in them). Prints one JSON line
-per setting (rows/s, latency p50/p95/p99, errors, the server's resident memory when it was ready and at
-the end) and one with the ratios, all measured in this one run.
+per setting (rows/s, latency p50/p95/p99, errors, the server's resident memory after a 10-second warm-up
+at the same load and at the end) and one with the ratios, all measured in this one run.
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def setting(runs: list[str], n_adapters: int, texts: list[str], args) -> dict:
         raise SystemExit(server.stderr.read()[-3000:])
     port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
     names = [spec.partition("=")[0] for spec in specs]
-    load(port, names, texts, 2, 5, args.texts)  # warm-up: first passes allocate, the memory at start is after them
+    # Warm-up at the same load for 10 s: the memory "at the start" is that of a server already under this
+    # load (its batches' working set), so the end is compared with it for growth, not with an idle server.
+    load(port, names, texts, args.clients, 10, args.texts)
     start_rss = rss_mib(server.pid)
     result = load(port, names, texts, args.clients, args.seconds, args.texts)
     end_rss = rss_mib(server.pid)

@@ -149,6 +149,14 @@ def test_eval_batches_sorted_and_complete():
     assert batches == [[1, 3], [0, 4], [2]]
 
 
+def test_eval_batches_end_at_a_token_budget():
+    """A budget of padded tokens: short rows share a batch, long ones are not padded beside many others."""
+    lengths = [100, 10, 100, 10, 10, 100]
+    assert eval_batches(lengths, 8, max_tokens=250) == [[1, 3, 4], [0, 2], [5]]
+    assert eval_batches(lengths, 2, max_tokens=10_000) == [[1, 3], [4, 0], [2, 5]]
+    assert eval_batches([300], 8, max_tokens=100) == [[0]]  # a row longer than the budget still gets a batch
+
+
 def test_encode_truncates():
     tokenizer = make_tokenizer()
     encoded = encode(tokenizer, ["f1 " * 50, "f2"], None, max_length=10, token_types=False)

@@ -351,7 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: faster where the CPU or GPU has it"
     )
-    server.add_argument("--max-batch", type=int, default=32, help="rows in one forward pass, from any requests")
+    server.add_argument("--max-batch", type=int, default=32, help="rows classified together, from any requests")
+    server.add_argument(
+        "--max-tokens", type=int, default=2048, help="padded tokens in one forward pass (a GPU takes more)"
+    )
     server.add_argument(
         "--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share its batch"
     )

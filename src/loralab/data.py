@@ -474,7 +474,14 @@ def training_batches(lengths: list[int], batch_size: int, seed: int, epoch: int)
     return [batches[i] for i in shuffled]
 
 
-def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Batches of rows sorted by length, so no row is padded far past its own length."""
+def eval_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Batches of rows sorted by length, so no row is padded far past its own length; with `max_tokens`,
+    a batch also ends before its rows x its longest row would pass that many (padded) tokens."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = [[]]
+    for i in order:
+        full = len(batches[-1]) == batch_size
+        if full or (max_tokens and batches[-1] and (len(batches[-1]) + 1) * lengths[i] > max_tokens):
+            batches.append([])
+        batches[-1].append(i)
+    return batches if order else []

@@ -110,18 +110,21 @@ def first_token_after_last_attention(model):
             handle.remove()
 
 
-def batched_logits(forward, tokenizer, data: Encoded, batch_size: int, n_outputs: int, device="cpu", progress=False):
+def batched_logits(
+    forward, tokenizer, data: Encoded, batch_size: int, n_outputs: int, device="cpu", progress=False, max_tokens=None
+):
     """Logits of every row, in the rows' order, from `forward(padded batch, its row indices)`; batches are
     length-sorted so padding stays small. Kept on the device until the end: one copy to the host, not a
     wait per batch.
 
-    `progress`: a bar (rows, rows/s, ETA) on a terminal; nothing where stderr is a file or a pipe."""
+    `progress`: a bar (rows, rows/s, ETA) on a terminal; nothing where stderr is a file or a pipe.
+    `max_tokens`: batches also end at that many padded tokens (see eval_batches)."""
     from tqdm.auto import tqdm
 
     logits = torch.empty(len(data), n_outputs, device=device)
     bar = tqdm(total=len(data), unit="rows", disable=None if progress else True, dynamic_ncols=True)
     with bar:
-        for indices in eval_batches(data.lengths, batch_size):
+        for indices in eval_batches(data.lengths, batch_size, max_tokens):
             batch = tokenizer.pad(data.features(indices), return_tensors="pt").to(device)
             logits[torch.tensor(indices, device=device)] = forward(batch, indices)
             bar.update(len(indices))
@@ -139,6 +142,7 @@ def predict_logits(
     pooling: str = "first",
     progress: bool = False,
     adapter_names: list[str] | None = None,
+    max_tokens: int | None = None,
 ) -> torch.Tensor:
     """A PyTorch model's logits of every row (batched_logits), the last block trimmed to the first token
     where the head reads only that. `adapter_names`: each row's adapter of a PEFT model holding several
@@ -153,7 +157,9 @@ def predict_logits(
     model.eval()
     # Mean pooling reads every token of the last layer, so nothing can be trimmed.
     with first_token_after_last_attention(model) if pooling == "first" else nullcontext():
-        logits = batched_logits(forward, tokenizer, data, batch_size, model.config.num_labels, device, progress)
+        logits = batched_logits(
+            forward, tokenizer, data, batch_size, model.config.num_labels, device, progress, max_tokens
+        )
     model.train(was_training)
     return logits
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .allocator import release_freed_memory
 from .budget import Breakdown, breakdown_for, check_budget, shapes_for
 from .config import LOWER_IS_BETTER, Config, check_class_weights, metric_for_best
 from .data import (
@@ -366,18 +367,6 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
         accelerator.print(f"peak val {metric} {summary.peak:.4f} at step {summary.peak_step}; run in {run.path}")
     accelerator.wait_for_everyone()
     return summary
-
-
-def release_freed_memory() -> None:
-    """Give the memory Python and torch have freed back to the system (glibc's malloc_trim). On a CPU the
-    allocator otherwise keeps what the longest batch or the weights' fp32 copies once took, and a sweep
-    worker's resident size only grows. Changes no number. Elsewhere than glibc (macOS, musl) nothing."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class Progress:
