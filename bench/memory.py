@@ -4,6 +4,10 @@
     python bench/memory.py --model ... --set "lora.scope=[query,key,value,attention_output,ffn_in,ffn_out]" \
         --set lora.r=6 --set model.head=out_proj                                                  # six scopes
 
+The allocator is part of the figure: run it under another one as the training would run, e.g.
+`LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 python bench/memory.py ...` (the environment is
+passed to the training process).
+
 Each configuration trains in a fresh process (60 steps of 16 in bf16 and one evaluation of the 640
 validation rows, as the issue measured) and prints one JSON line: the configuration, the peak RSS in GiB,
 the wall time, and the peak accuracy (the same settings must give the same numbers with or without a
