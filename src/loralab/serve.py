@@ -108,7 +108,7 @@ def sharing_problem(first: Adapter, other: Adapter, which: str) -> str | None:
     mine, theirs = read_frozen(RunDir(first.run).adapter(which)), read_frozen(RunDir(other.run).adapter(which))
     if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k]) for k in mine):
         return (
-            f"{first.run} and {other.run} were trained on different frozen random head weights (model.head: "
+            f"{both} were trained on different frozen random head weights (model.head: "
             f"{a.model.head}), which the base holds once: run one server for each"
         )
     return None
