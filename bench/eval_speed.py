@@ -34,8 +34,8 @@ def main() -> None:
     from transformers import Trainer, TrainingArguments
 
     from loralab.data import load_texts
-    from loralab.inference import InferenceOptions, PredictOptions, predict_file
-    from loralab.model import load_trained
+    from loralab.modeling.model import load_trained
+    from loralab.serving.inference import InferenceOptions, PredictOptions, predict_file
 
     texts = load_texts(args.data, "text")[0][: args.rows]
     with tempfile.TemporaryDirectory() as workdir:

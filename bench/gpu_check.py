@@ -129,8 +129,8 @@ def main() -> None:
         script = f"""
 import json, time, torch
 from loralab.data import load_texts
-from loralab.inference import classify
-from loralab.model import load_trained
+from loralab.serving.inference import classify
+from loralab.modeling.model import load_trained
 texts = load_texts({args.data!r}, "text")[0][:{rows}]
 cfg, tokenizer, model = load_trained({str(work / "runs" / "study")!r}, merged=True)
 precision = "bf16" if torch.cuda.is_available() else "fp32"

@@ -27,8 +27,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for loralab train")
     args = parser.parse_args()
 
-    from loralab import budget, config
-    from loralab.model import build_model, optimizer_groups
+    from loralab import config
+    from loralab.budget import count as budget
+    from loralab.modeling.model import build_model, optimizer_groups
 
     cfg = config.load(ROOT / "configs" / "seed.yaml", [f"model.name={args.model}", *args.overrides])
     shapes = budget.shapes_for(cfg)

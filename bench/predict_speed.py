@@ -40,10 +40,10 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # the exports load the base: no load report
-    from loralab.export import ExportOptions, export_run
-    from loralab.inference import validation_rows
+    from loralab.runs.rundir import RunDir
+    from loralab.serving.export import ExportOptions, export_run
+    from loralab.serving.inference import validation_rows
     from loralab.stats import mcnemar_exact
-    from loralab.store import RunDir
 
     run = RunDir(Path(args.run))
     rows = validation_rows(run, run.read_config())

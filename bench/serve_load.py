@@ -106,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from loralab.data import load_labelled
-    from loralab.store import RunDir
+    from loralab.runs.rundir import RunDir
 
     cfg = RunDir(Path(args.runs[0])).read_config()
     texts = load_labelled(cfg.data.train, cfg.data).texts

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def loralab_samples_per_s(args, workdir: str) -> float:
     from loralab import config
-    from loralab.train import train
+    from loralab.training.train import train
 
     cfg = config.load(
         ROOT / "configs" / "seed.yaml",

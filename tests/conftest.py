@@ -192,6 +192,6 @@ def train_tiny(model_dir, data, out_dir, name, *extra):
         *extra,
     ]
     from loralab import config
-    from loralab.train import train
+    from loralab.training.train import train
 
     return train(config.load(SEED_CONFIG, overrides))

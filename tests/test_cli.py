@@ -11,7 +11,7 @@ from conftest import SEED_CONFIG, make_model_dir, synthetic_rows, write_csv
 
 from loralab import config
 from loralab.cli import main
-from loralab.train import train
+from loralab.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +323,7 @@ def test_a_run_works_from_any_directory_and_when_moved(env, tmp_path, monkeypatc
 
 
 def test_interrupted_adapter_writes_are_cleaned_on_resume(tmp_path):
-    from loralab.store import RunDir
+    from loralab.runs.rundir import RunDir
 
     run = RunDir(tmp_path)
     (tmp_path / ".checkpoint.abc123").mkdir()  # killed while filling a new checkpoint

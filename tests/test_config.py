@@ -4,7 +4,7 @@ from conftest import SEED_CONFIG
 
 from loralab import config
 from loralab.errors import LoralabError
-from loralab.store import RunDir
+from loralab.runs.rundir import RunDir
 
 
 def test_seed_config_is_the_study_run():
@@ -72,7 +72,7 @@ def test_saved_config_round_trips(tmp_path):
 def test_shipped_configs_fit_roberta_base_exactly_as_the_study(name):
     from transformers import RobertaConfig
 
-    from loralab.budget import ModelShapes, breakdown_for
+    from loralab.budget.count import ModelShapes, breakdown_for
 
     cfg = config.load(SEED_CONFIG.parent / name)
     breakdown, _ = breakdown_for(cfg, ModelShapes.of(RobertaConfig(num_labels=len(cfg.data.label_names))))
@@ -81,7 +81,7 @@ def test_shipped_configs_fit_roberta_base_exactly_as_the_study(name):
 
 
 def test_shipped_sweep_files_expand(tmp_path):
-    from loralab.sweep import read_sweep
+    from loralab.sweeps.sweep import read_sweep
 
     paths = sorted((SEED_CONFIG.parent / "sweeps").glob("*.yaml"))
     assert len(paths) >= 5

@@ -25,7 +25,7 @@ def _config_arguments(parser: argparse.ArgumentParser, positional: bool) -> None
 
 def cmd_train(args) -> int:
     from . import config
-    from .train import train
+    from .training.train import train
 
     train(config.load(args.config, args.overrides), resume=args.resume)
     return 0
@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
 
 def cmd_budget(args) -> int:
     from . import config
-    from .budget import breakdown_for, format_plan, largest_fitting_rank, plan_table, shapes_for
+    from .budget.count import breakdown_for, format_plan, largest_fitting_rank, plan_table, shapes_for
 
     values = {"model.name": args.model} if args.model else {}
     if args.budget:
@@ -72,13 +72,13 @@ def options_from(cls, args, **given):
 
 
 def inference_options(args):
-    from .inference import InferenceOptions
+    from .serving.inference import InferenceOptions
 
     return options_from(InferenceOptions, args)
 
 
 def cmd_eval(args) -> int:
-    from .inference import evaluate_run
+    from .serving.inference import evaluate_run
 
     report = evaluate_run(args.run_dir, args.data, args.split, inference_options(args))
     if args.json:
@@ -103,7 +103,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .inference import PredictOptions, predict_file
+    from .serving.inference import PredictOptions, predict_file
 
     predict = options_from(PredictOptions, args, pair_column=args.text_pair_column)
     rows = predict_file(args.run_dir, predict, inference_options(args))
@@ -112,7 +112,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import ExportOptions, export_run
+    from .serving.export import ExportOptions, export_run
 
     options = options_from(ExportOptions, args, check=not args.no_check)
     out, check = export_run(args.run_dir, args.out_dir, options)
@@ -128,7 +128,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve import ServeOptions, serve
+    from .serving.serve import ServeOptions, serve
 
     options = options_from(ServeOptions, args)
     serve(options)
@@ -136,7 +136,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .results import (
+    from .runs.results import (
         against_references,
         find_runs,
         format_against,
@@ -173,7 +173,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_import_hf(args) -> int:
-    from .hf_import import import_hf
+    from .runs.hf_import import import_hf
 
     written = import_hf(args.paths, args.out, args.val_rows, args.model_config)
     print(f"imported {len(written)} runs into {args.out}")
@@ -181,7 +181,7 @@ def cmd_import_hf(args) -> int:
 
 
 def _finished_runs(paths: list[str]):
-    from .results import find_runs
+    from .runs.results import find_runs
 
     records = find_runs(paths)
     if not records:
@@ -190,7 +190,7 @@ def _finished_runs(paths: list[str]):
 
 
 def cmd_plot(args) -> int:
-    from .plots import plot_runs
+    from .reporting.plots import plot_runs
 
     plotted = plot_runs(_finished_runs(args.paths), args.out)
     print(f"wrote {len(plotted)} accuracy figures and their loss curves (PNG and SVG) to {args.out}")
@@ -198,33 +198,33 @@ def cmd_plot(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .reporting.report import write_report
 
     print(f"wrote {write_report(_finished_runs(args.paths), args.out, args.title)}")
     return 0
 
 
 def sweep_options(args):
-    from .sweep import SweepOptions
+    from .sweeps.sweep import SweepOptions
 
     return options_from(SweepOptions, args)
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import run_sweep
+    from .sweeps.sweep import run_sweep
 
     return 0 if run_sweep(sweep_options(args))["unfinished"] == 0 else 1
 
 
 def cmd_search(args) -> int:
-    from .sweep import run_search
+    from .sweeps.sweep import run_search
 
     run_search(sweep_options(args))
     return 0
 
 
 def cmd_dashboard(args) -> int:
-    from .sweep import serve_dashboard
+    from .sweeps.sweep import serve_dashboard
 
     serve_dashboard(args.file, args.storage, args.runs, args.host, args.port)
     return 0

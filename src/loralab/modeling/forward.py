@@ -1,0 +1,205 @@
+"""Classification metrics on held-out rows: loss, accuracy, macro-F1, and the per-row predictions."""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import Config, metric_for_best
+from ..data import Encoded, eval_batches
+from .tasks import Decision, metrics, per_label_f1, task_for
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    values: dict[str, float]  # every metric of the task
+    metric: str  # the one that picks the peak (train.metric_for_best)
+    predictions: list  # in the rows' original order
+    decision: Decision  # what turned logits into the predictions (tuned thresholds included)
+
+    @property
+    def score(self) -> float:
+        return self.values[self.metric]
+
+    def metrics(self) -> dict:
+        return {"loss": self.loss, **self.values}
+
+
+def confusion_matrix(labels: list[int], predictions: list[int], n_classes: int) -> list[list[int]]:
+    """matrix[true][predicted] = rows."""
+    matrix = [[0] * n_classes for _ in range(n_classes)]
+    for y, p in zip(labels, predictions):
+        matrix[y][p] += 1
+    return matrix
+
+
+def per_class(labels: list[int], predictions: list[int], n_classes: int) -> list[dict]:
+    """Precision, recall, F1 and support of each class; 0 where undefined, as scikit-learn does."""
+    matrix = confusion_matrix(labels, predictions, n_classes)
+    rows = []
+    for c in range(n_classes):
+        tp = matrix[c][c]
+        predicted = sum(matrix[y][c] for y in range(n_classes))
+        actual = sum(matrix[c])
+        rows.append(
+            {
+                "precision": tp / predicted if predicted else 0.0,
+                "recall": tp / actual if actual else 0.0,
+                "f1": 2 * tp / (predicted + actual) if predicted + actual else 0.0,
+                "support": actual,
+            }
+        )
+    return rows
+
+
+def evaluation_report(task, labels: list, predictions: list, label_names: list[str], decision: Decision) -> dict:
+    """Every metric of the task with its 95% interval (Wilson for accuracy, bootstrap for the others), and
+    per class (single-label: precision, recall, F1, confusion matrix) or per label (multi-label: F1)."""
+    report = {"rows": len(labels), "task": task.name}
+    for name, value in metrics(task, labels, predictions).items():
+        report[name] = value
+        report[f"{name}_95ci"] = list(task.interval(name, labels, predictions))
+    if task.name == "single_label":
+        n = len(label_names)
+        report["per_class"] = {name: row for name, row in zip(label_names, per_class(labels, predictions, n))}
+        report["confusion_matrix"] = confusion_matrix(labels, predictions, n)
+    elif task.name == "multi_label":
+        truth = np.asarray(labels)
+        f1s = per_label_f1(truth, np.asarray(predictions))
+        report["per_label"] = {
+            name: {"f1": float(f1), "support": int(support), "threshold": threshold}
+            for name, f1, support, threshold in zip(
+                label_names, f1s, truth.sum(0), decision.thresholds or [0.5] * len(label_names)
+            )
+        }
+    return report
+
+
+# BERT-style blocks (the families whose layers are `encoder.layer.N`) add the attention residual
+# inside `attention`, so what it returns is the whole input of the block's feed-forward.
+BLOCK_ATTENTION = re.compile(r"encoder\.layer\.(\d+)\.attention$")
+
+
+@contextmanager
+def first_token_after_last_attention(model):
+    """Run the last block's feed-forward for the first token only; yields whether it applies.
+
+    Every classification head here reads only the first token of the last layer, and the
+    feed-forward is two thirds of a block's work: like `logits_to_keep` in Hugging Face language
+    models, the rest of the sequence is dropped where nothing reads it. Other layouts run whole.
+    """
+    blocks = {
+        int(found.group(1)): module for name, module in model.named_modules() if (found := BLOCK_ATTENTION.search(name))
+    }
+
+    def keep_first_token(module, args, output):
+        if isinstance(output, tuple):
+            return (output[0][:, :1], *output[1:])
+        return output[:, :1]
+
+    handle = blocks[max(blocks)].register_forward_hook(keep_first_token) if blocks else None
+    try:
+        yield handle is not None
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def batched_logits(
+    forward, tokenizer, data: Encoded, batch_size: int, n_outputs: int, device="cpu", progress=False, max_tokens=None
+):
+    """Logits of every row, in the rows' order, from `forward(padded batch, its row indices)`; batches are
+    length-sorted so padding stays small. Kept on the device until the end: one copy to the host, not a
+    wait per batch.
+
+    `progress`: a bar (rows, rows/s, ETA) on a terminal; nothing where stderr is a file or a pipe.
+    `max_tokens`: batches also end at that many padded tokens (see eval_batches)."""
+    from tqdm.auto import tqdm
+
+    logits = torch.empty(len(data), n_outputs, device=device)
+    bar = tqdm(total=len(data), unit="rows", disable=None if progress else True, dynamic_ncols=True)
+    with bar:
+        for indices in eval_batches(data.lengths, batch_size, max_tokens):
+            batch = tokenizer.pad(data.features(indices), return_tensors="pt").to(device)
+            logits[torch.tensor(indices, device=device)] = forward(batch, indices)
+            bar.update(len(indices))
+    return logits.cpu()
+
+
+@torch.no_grad()
+def predict_logits(
+    model,
+    tokenizer,
+    data: Encoded,
+    batch_size: int,
+    device,
+    autocast=nullcontext,
+    pooling: str = "first",
+    progress: bool = False,
+    adapter_names: list[str] | None = None,
+    max_tokens: int | None = None,
+) -> torch.Tensor:
+    """A PyTorch model's logits of every row (batched_logits), the last block trimmed to the first token
+    where the head reads only that. `adapter_names`: each row's adapter of a PEFT model holding several
+    (PEFT's mixed-adapter batches: LoRA layers and trained heads alike follow each row's name)."""
+
+    def forward(batch, indices):
+        mixed = {} if adapter_names is None else {"adapter_names": [adapter_names[i] for i in indices]}
+        with autocast():
+            return model(**batch, **mixed).logits.float()
+
+    was_training = model.training
+    model.eval()
+    # Mean pooling reads every token of the last layer, so nothing can be trimmed.
+    with first_token_after_last_attention(model) if pooling == "first" else nullcontext():
+        logits = batched_logits(
+            forward, tokenizer, data, batch_size, model.config.num_labels, device, progress, max_tokens
+        )
+    model.train(was_training)
+    return logits
+
+
+def evaluate(
+    model,
+    tokenizer,
+    data: Encoded,
+    cfg: Config,
+    decision: Decision,
+    device,
+    autocast=nullcontext,
+    accelerator=None,
+) -> Evaluation:
+    """Loss, the task's metrics and the predictions on `data` (a multi-label run with
+    train.tune_thresholds chooses its thresholds on these rows first).
+
+    With an Accelerator of several processes, each scores every world-th row and the logits are
+    gathered: every process gets the whole split, and each row is scored once.
+    """
+    task = task_for(cfg)
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
+    rows = list(range(rank, len(data), world))
+    part = Encoded([data.input_ids[i] for i in rows], [], None if data.token_type_ids is None else
+                   [data.token_type_ids[i] for i in rows])  # fmt: skip
+    logits = predict_logits(model, tokenizer, part, cfg.train.eval_batch_size, device, autocast, cfg.model.pooling)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        whole = torch.empty(len(data), logits.shape[-1])
+        for part_rows, part_logits in gather_object([(rows, logits)]):
+            whole[part_rows] = part_logits
+        logits = whole
+    if cfg.data.task == "multi_label" and cfg.train.tune_thresholds:
+        decision = task.tune(logits, data.labels)
+    scored = task.score(logits, decision)
+    return Evaluation(
+        loss=task.loss(logits, torch.tensor(data.labels), decision).item(),
+        values=metrics(task, data.labels, scored.predictions),
+        metric=metric_for_best(cfg),
+        predictions=scored.predictions,
+        decision=decision,
+    )

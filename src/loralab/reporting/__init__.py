@@ -1,0 +1,1 @@
+"""What runs show: tables, figures, the HTML report, the GLUE table."""

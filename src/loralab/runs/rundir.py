@@ -1,0 +1,518 @@
+"""The run directory: the one place that knows what a run holds on disk, typed, written atomically.
+
+config.yaml            the resolved Config
+metrics.jsonl          one row per log or evaluation
+summary.json           Summary: written last, so its presence means the run finished
+origin.json            Origin: which sweep or import a run came from (optional)
+data.json              DataIdentity: hashes of the data and of the validation rows the run was trained on
+owner.json             the process that trains (or last trained) the run; the lock itself is an OS lock on
+                       the folder, held while it trains and released by the kernel however the process ends
+best/, last/           PEFT adapters (LoRA weights and trained head) + frozen_weights.safetensors
+                       (weights the base checkpoint lacks, drawn at random and frozen, which the
+                       adapter was trained on top of) + val_predictions.json (Predictions) + decision.json
+                       (Decision: thresholds or target scaling);
+                       for model.finetune: full, the whole model (config.json, model.safetensors)
+checkpoint/            adapter/ (as above) and state.pt (optimizer, scheduler, RNG, LoopState)
+eval/<data>-<which>/   what `loralab eval` wrote
+logs/                  what train.report_to's trackers write
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data import DataIdentity
+from ..errors import LoralabError
+from ..modeling.tasks import Decision
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+FROZEN_WEIGHTS = "frozen_weights.safetensors"
+VAL_PREDICTIONS = "val_predictions.json"
+DECISION = "decision.json"
+ADAPTERS = ("best", "last")
+
+
+def safe_dirname(name: str) -> str:
+    """A folder name from a run's label: commas, '*', '=' and spaces are legal but awkward in paths."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
+
+
+def _no_space(err: BaseException) -> bool:
+    """A write that failed because the disk is full: OSError ENOSPC, or how torch's zip writer and
+    safetensors report it (`unexpected pos`, `No space left on device`)."""
+    text = str(err)
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or any(
+        words in text
+        for words in ("No space left on device", "unexpected pos", "file write failed", "PytorchStreamWriter failed")
+    )
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def _size(path: Path) -> int:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def disk_full(path: Path, needed: str) -> LoralabError:
+    """The one line for a write the disk had no room for: which file, how much it needed, what is free."""
+    free = shutil.disk_usage(Path(path).parent).free
+    return LoralabError(
+        f"cannot write {path}: no space left on the disk ({_megabytes(free)} free, {needed} needed): free some "
+        "space or move output.dir, then continue with --resume (what was written before is kept)"
+    )
+
+
+def shared_mode(directory: bool = False) -> int:
+    """The mode a plain open() or mkdir() would give under this process's umask: mkstemp and mkdtemp make
+    0600/0700, but results are meant to be read by the group (and others) where the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, shared_mode())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if _no_space(err):
+            raise disk_full(path, _megabytes(len(text.encode()))) from None
+        raise
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def replace_dir(target: Path, fill) -> None:
+    """Build a directory in a temporary sibling with `fill(tmp_path)`, then swap it in for `target`."""
+    target = Path(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        fill(tmp)
+        # safetensors writes 0600, mkdtemp makes 0700: give everything the mode the umask would.
+        for path in [tmp, *tmp.rglob("*")]:
+            os.chmod(path, shared_mode(directory=path.is_dir()))
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException as err:
+        written = _size(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _no_space(err):  # the earlier copy of target is untouched
+            last = _size(target)
+            raise disk_full(
+                target, _megabytes(last) + " (its last copy)" if last else f"more than {_megabytes(written)}"
+            ) from None
+        raise
+
+
+def _from_json(cls, data: dict, where: Path):
+    """A dataclass from a JSON object; keys it does not know (from a newer version) are ignored."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in known})
+    except TypeError as err:
+        raise LoralabError(f"{where}: not a loralab {cls.__name__.lower()} ({err})") from err
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LoralabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+    if not isinstance(data, dict):
+        raise LoralabError(f"{path}: expected a JSON object")
+    return data
+
+
+@dataclass
+class Summary:
+    """summary.json: what a finished run found, and how it ran."""
+
+    name: str
+    peak_val_accuracy: float | None  # a single-label run's accuracy at its peak; None for other tasks
+    peak_step: int
+    final: dict | None  # the last evaluation: step, loss and the task's metrics
+    steps_done: int
+    val_rows: int
+    trainable: dict | None  # Breakdown.as_dict(); None for an import whose model config was unreadable
+    stopped_early: bool = False
+    wall_time_s: float | None = None
+    train_samples_per_s: float | None = None
+    versions: dict = field(default_factory=dict)
+    git_commit: str | None = None
+    imported_from: str | None = None  # the trainer_state.json of an imported run
+    metric: str = "accuracy"  # train.metric_for_best: what picked the peak
+    peak: float | None = None  # its value at the peak (runs before 0.3: peak_val_accuracy)
+    peak_95ci: list[float] | None = None  # its 95% interval on the validation rows
+
+    @property
+    def peak_value(self) -> float:
+        return self.peak if self.peak is not None else self.peak_val_accuracy
+
+
+@dataclass
+class Origin:
+    """origin.json: where a run came from, for grouping runs in tables and figures."""
+
+    group: str = ""
+    axes: dict[str, Any] = field(default_factory=dict)  # the config keys its sweep varied, with values
+    sweep: str | None = None
+    key: str | None = None  # group/label inside the sweep
+    imported_from: str | None = None
+
+
+@dataclass
+class Predictions:
+    """val_predictions.json: the label predicted for every validation row at one evaluation."""
+
+    step: int
+    labels: list  # the task's targets: class indices, multi-hot lists or numbers
+    predictions: list
+
+
+@dataclass
+class LoopState:
+    """What the training loop carries from step to step; a checkpoint saves it (the step is the data position)."""
+
+    step: int = 0
+    best_score: float | None = None  # of train.metric_for_best
+    best_step: int = 0
+    evals_since_best: int = 0
+    last_eval: dict | None = None
+    stopped_early: bool = False
+    train_time_s: float = 0.0
+    elapsed_s: float = 0.0
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fill_adapter(folder: Path, model, frozen: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    model.save_pretrained(folder)
+    if frozen:
+        save_file({name: t.detach().cpu().contiguous() for name, t in frozen.items()}, str(folder / FROZEN_WEIGHTS))
+
+
+def read_frozen(folder: Path) -> dict[str, torch.Tensor]:
+    """The frozen weights saved beside an adapter (empty where it has none)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / FROZEN_WEIGHTS
+    return load_file(str(path)) if path.exists() else {}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory (layout in this module's docstring)."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def origin(self) -> Path:
+        return self.path / "origin.json"
+
+    @property
+    def data(self) -> Path:
+        return self.path / "data.json"
+
+    @property
+    def owner(self) -> Path:
+        return self.path / "owner.json"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint"
+
+    def clean_interrupted_writes(self) -> None:
+        """Finish or drop what an interrupted replace_dir left: a `.NAME.old` whose NAME is gone is put
+        back (the kill fell between the two renames); temporary `.NAME.*` folders are removed."""
+        for old in self.path.glob(".*.old"):
+            target = self.path / old.name[1 : -len(".old")]
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, target)
+        for folder in ADAPTERS + ("checkpoint",):
+            for partial in self.path.glob(f".{folder}.*"):
+                if partial.is_dir():
+                    shutil.rmtree(partial, ignore_errors=True)
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> RunDir:
+        """Where a configuration's run lives: output.dir/output.name."""
+        return cls(Path(cfg.output.dir) / cfg.output.name)
+
+    # --- one writer at a time ------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self):
+        """Hold the run directory's OS lock (an flock on the folder itself, so taking it writes nothing).
+        A second writer is refused at once, naming the holder; the kernel releases the lock when the
+        holding process ends, killed or not, so a killed run can be resumed straight away."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LoralabError(
+                    f"run {self.path} is being trained by {self.holder()}: wait for it to finish or stop it "
+                    "(a stopped run continues with --resume); two writers would mix their steps in one run"
+                ) from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def write_owner(self) -> None:
+        """Who holds the lock, for the message a second writer gets."""
+        command = " ".join(["loralab", *sys.argv[1:]]) if sys.argv else "loralab"
+        write_json_atomic(
+            self.owner, {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "command": command}
+        )
+
+    def holder(self) -> str:
+        try:
+            owner = json.loads(self.owner.read_text())
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner["since"]))
+            return f"process {owner['pid']} on {owner['host']} (`{owner['command']}`, since {since})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    def eval_dir(self, tag: str) -> Path:
+        return self.path / "eval" / tag
+
+    # --- config, summary, origin ---------------------------------------------------------------
+
+    def read_config(self) -> Config:
+        """Through the dataclasses, so a run saved before a field existed reads with that field's default."""
+        from .. import config as config_io
+
+        if not self.config.is_file():
+            raise LoralabError(f"{self.path} is not a run directory (no config.yaml)")
+        return config_io.from_dict(config_io.read_yaml(self.config))
+
+    def write_config(self, cfg: Config) -> None:
+        import yaml
+
+        write_text_atomic(self.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def read_summary(self) -> Summary:
+        return _from_json(Summary, _read_json(self.summary), self.summary)
+
+    def write_summary(self, summary: Summary) -> None:
+        write_json_atomic(self.summary, dataclasses.asdict(summary))
+
+    def read_origin(self) -> Origin:
+        return _from_json(Origin, _read_json(self.origin), self.origin) if self.origin.exists() else Origin()
+
+    def write_origin(self, origin: Origin) -> None:
+        write_json_atomic(self.origin, dataclasses.asdict(origin))
+
+    def read_data_identity(self) -> DataIdentity | None:
+        """None for a run saved before loralab recorded its data."""
+        return _from_json(DataIdentity, _read_json(self.data), self.data) if self.data.exists() else None
+
+    def write_data_identity(self, identity: DataIdentity) -> None:
+        write_json_atomic(self.data, dataclasses.asdict(identity))
+
+    # --- metrics -------------------------------------------------------------------------------
+
+    def append_metrics(self, row: dict) -> None:
+        line = json.dumps(row) + "\n"
+        try:
+            with open(self.metrics, "a") as handle:
+                handle.write(line)
+        except OSError as err:
+            if _no_space(err):
+                raise disk_full(self.metrics, _megabytes(len(line))) from None
+            raise
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.exists():
+            return []
+        lines = [line for line in self.metrics.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise LoralabError(f"{self.metrics}: line {number} is not JSON") from None
+                # The last line of a write cut short (a full disk, a kill): resume logs it again.
+        return rows
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drop rows logged after `last_step`: a resumed run logs those steps again."""
+        kept = [row for row in self.read_metrics() if row["step"] <= last_step]
+        write_text_atomic(self.metrics, "".join(json.dumps(row) + "\n" for row in kept))
+
+    # --- adapters and predictions --------------------------------------------------------------
+
+    def save_adapter(
+        self, which: str, model, frozen: dict[str, torch.Tensor], predictions: Predictions, decision: Decision
+    ) -> None:
+        """PEFT's save_pretrained, the frozen weights it was trained on, the predictions and what turned
+        logits into them (decision.json), swapped in whole."""
+
+        def fill(tmp: Path) -> None:
+            _fill_adapter(tmp, model, frozen)
+            write_json_atomic(tmp / VAL_PREDICTIONS, dataclasses.asdict(predictions))
+            write_json_atomic(tmp / DECISION, dataclasses.asdict(decision))
+
+        replace_dir(self.path / which, fill)
+
+    def adapter(self, which: str = "best") -> Path:
+        """The folder of the `which` adapter, checked to hold one."""
+        if not self.config.is_file():
+            raise LoralabError(f"{self.path} is not a run directory (no config.yaml)")
+        folder = self.path / which
+        if not (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():  # a full fine-tuning
+            raise LoralabError(f"run {self.path} has no adapter in {which}/ (did it finish an evaluation?)")
+        return folder
+
+    def read_decision(self, which: str = "best") -> Decision:
+        """The thresholds or target scaling saved with an adapter (none before loralab 0.3: the defaults)."""
+        path = self.path / which / DECISION
+        return _from_json(Decision, _read_json(path), path) if path.exists() else Decision()
+
+    def read_predictions(self, which: str = "best") -> Predictions | None:
+        path = self.path / which / VAL_PREDICTIONS
+        return _from_json(Predictions, _read_json(path), path) if path.exists() else None
+
+    # --- checkpoint ----------------------------------------------------------------------------
+
+    def save_checkpoint(self, model, frozen: dict[str, torch.Tensor], optimizer, scheduler, state: LoopState) -> None:
+        def fill(tmp: Path) -> None:
+            _fill_adapter(tmp / "adapter", model, frozen)
+            torch.save(
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "loop": dataclasses.asdict(state),
+                },
+                tmp / "state.pt",
+            )
+
+        replace_dir(self.checkpoint, fill)
+
+    def load_checkpoint(self, model, optimizer, scheduler) -> LoopState:
+        """Restore adapter, frozen weights, optimizer, scheduler and RNG; returns the loop state."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = self.checkpoint / "adapter"
+        frozen = read_frozen(folder)
+        if frozen:
+            load_frozen_into(model.get_base_model(), frozen)
+        if (folder / ADAPTER_WEIGHTS).exists():
+            set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+        else:  # full fine-tuning: the checkpoint holds the whole model
+            model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        saved = torch.load(self.checkpoint / "state.pt", weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+        # Checkpoints written before LoopState kept its fields at the top level.
+        loop = saved.get("loop") or {k: v for k, v in saved.items() if k not in ("optimizer", "scheduler", "rng")}
+        if "best_accuracy" in loop:  # checkpoints before metric_for_best
+            loop["best_score"] = loop.pop("best_accuracy")
+        return LoopState(**{k: v for k, v in loop.items() if k in {f.name for f in dataclasses.fields(LoopState)}})
+
+
+def finished_runs_under(path: Path) -> list[RunDir]:
+    """The finished runs (config.yaml and summary.json) at or below `path`, in path order."""
+    candidates = (
+        [RunDir(path)]
+        if RunDir(path).summary.exists()
+        else [RunDir(p.parent) for p in sorted(path.rglob("summary.json"))]
+    )
+    return [run for run in candidates if run.config.exists()]
+
+
+def load_frozen_into(model, weights: dict[str, torch.Tensor]) -> None:
+    """Copy saved frozen weights into a (not yet PEFT-wrapped, or unwrapped base) model by parameter name."""
+    if not weights:
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            target = params[name] if name in params else params.get(_lora_base_name(name))
+            if target is None:
+                raise LoralabError(f"saved frozen weight '{name}' has no place in the model")
+            target.copy_(value)
+
+
+def _lora_base_name(name: str) -> str:
+    """Where PEFT moved a LoRA-wrapped layer's own weight: `x.dense.weight` -> `x.dense.base_layer.weight`."""
+    module, _, leaf = name.rpartition(".")
+    return f"{module}.base_layer.{leaf}"

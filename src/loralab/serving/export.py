@@ -1,0 +1,372 @@
+"""Exports of a trained run, each proving that it answers like the run's adapter: a merged Hugging Face
+folder, the adapter alone (with a model card), or an ONNX graph, fp32 or int8, for ONNX Runtime.
+
+export.json beside the files says where they came from (run, adapter, base model), their checksums, and
+the check: the run's validation rows (or --check-data) scored by the in-memory adapter and by the export
+read back from disk, the rows with the same answer, the largest probability difference, both metrics and
+the exact McNemar p between them. An export that fails its tolerance is refused and nothing is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config, metric_for_best
+from ..data import LabelledTexts, encode, load_labelled
+from ..errors import LoralabError
+from ..modeling.forward import batched_logits
+from ..modeling.model import load_adapter_folder, load_trained, uses_token_types
+from ..modeling.tasks import Decision, metrics, task_for
+from ..runs.rundir import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    DECISION,
+    FROZEN_WEIGHTS,
+    RunDir,
+    replace_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
+from ..stats import mcnemar_exact
+from .inference import classify, validation_rows
+
+FORMATS = ("hf", "onnx")
+ONNX_FILE = "model.onnx"
+RUN_CONFIG = "loralab.yaml"  # the run's configuration: task, labels, columns, max length for `predict`
+EXPORT_RECORD = "export.json"
+# fp32 exports answer as the adapter does, to float rounding; int8 weights cost a little accuracy.
+PROBABILITY_TOLERANCE = 1e-3
+INT8_METRIC_TOLERANCE = 0.01
+
+
+@dataclass
+class ExportOptions:
+    """What `loralab export` is given: one object from the CLI."""
+
+    which: str = "best"  # the adapter at the validation peak, or after the final evaluation (last)
+    format: str = "hf"  # hf: a merged transformers folder; onnx: an ONNX graph for ONNX Runtime
+    adapter_only: bool = False  # the adapter and head files with a model card (hf only)
+    quantize: str | None = None  # int8: ONNX Runtime's dynamic quantization of the weights (onnx only)
+    check_data: str | None = None  # labelled rows for the check (default: the run's validation rows)
+    check: bool = True  # --no-check: skip the check (export.json says so)
+    base_model: str | None = None  # the pretrained model, where the run's is not on this machine
+
+
+def _kind(options: ExportOptions) -> str:
+    if options.adapter_only:
+        return "adapter"
+    return "onnx-int8" if options.quantize else options.format
+
+
+def _check_options(run_path: str, cfg: Config, options: ExportOptions) -> None:
+    if options.format not in FORMATS:
+        raise LoralabError(f"--format: '{options.format}' is not one of {', '.join(FORMATS)}")
+    if options.quantize not in (None, "int8"):
+        raise LoralabError(f"--quantize: '{options.quantize}' is not int8")
+    if options.quantize and options.format != "onnx":
+        raise LoralabError("--quantize int8 quantizes an ONNX graph: add --format onnx")
+    if options.adapter_only and options.format != "hf":
+        raise LoralabError("--adapter-only writes PEFT's adapter files: it takes no --format onnx")
+    if options.adapter_only and cfg.model.finetune == "full":
+        raise LoralabError(
+            f"run {run_path} fine-tuned every weight: it has no adapter; export it without --adapter-only"
+        )
+    if options.format == "hf" and not options.adapter_only and cfg.model.pooling != "first":
+        raise LoralabError(
+            f"run {run_path} pools the {cfg.model.pooling} of the last layer, which a plain transformers head "
+            "cannot do: export it with --adapter-only, or --format onnx (the pooling goes into the graph)"
+        )
+    if options.format == "onnx":
+        for module in ("onnxruntime", "onnxscript"):
+            if importlib.util.find_spec(module) is None:
+                raise LoralabError(f"--format onnx needs {module}: pip install -e '.[onnx]'")
+
+
+def export_run(run_path: str, out_dir: str, options: ExportOptions) -> tuple[Path, dict]:
+    """Write the export into a new folder, check it against the in-memory adapter, and swap it in whole;
+    returns the folder and the check."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LoralabError(f"{out} is a file: name a new folder to export into")
+    if out.exists() and any(out.iterdir()):
+        raise LoralabError(f"{out} exists and is not empty: name a new folder to export into")
+    run = RunDir(Path(run_path))
+    folder = run.adapter(options.which)
+    _check_options(run_path, run.read_config(), options)
+    # Loading also refuses a run that cannot be reproduced, for every kind of export.
+    merged = not options.adapter_only
+    cfg, tokenizer, model = load_trained(run.path, options.which, merged=merged, base_model=options.base_model)
+    rows = None
+    if options.check:
+        rows = load_labelled(options.check_data, cfg.data) if options.check_data else validation_rows(run, cfg)
+    decision = run.read_decision(options.which)
+    record = {
+        "loralab": _version(),
+        "run": str(run.path.resolve()),
+        "adapter": options.which,
+        "format": _kind(options),
+        "base_model": cfg.model.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+    def fill(tmp: Path) -> None:
+        write_files(tmp, options, cfg, tokenizer, model, folder, run)
+        record["check"] = (
+            check_export(tmp, options, run, cfg, rows, decision) if rows is not None else {"skipped": "--no-check"}
+        )
+        record["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        write_json_atomic(tmp / EXPORT_RECORD, record)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rmdir()
+    replace_dir(out, fill)
+    return out, record["check"]
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_files(tmp: Path, options: ExportOptions, cfg: Config, tokenizer, model, folder: Path, run: RunDir) -> None:
+    import yaml
+
+    if options.adapter_only:
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FROZEN_WEIGHTS):
+            if (folder / name).exists():
+                shutil.copy(folder / name, tmp / name)
+        (tmp / "README.md").write_text(model_card(cfg, run, frozen=(folder / FROZEN_WEIGHTS).exists()))
+    elif options.format == "hf":
+        model.save_pretrained(tmp)
+    else:
+        write_onnx(model, tokenizer, cfg, tmp / ONNX_FILE, options.quantize)
+        # Labels and model type beside the graph: Optimum's ORTModelForSequenceClassification loads the folder.
+        model.config.save_pretrained(tmp)
+    if (folder / DECISION).exists():  # thresholds or target scaling: what turns its logits into answers
+        shutil.copy(folder / DECISION, tmp / DECISION)
+    write_text_atomic(tmp / RUN_CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tokenizer.save_pretrained(tmp)
+
+
+def write_onnx(model, tokenizer, cfg: Config, path: Path, quantize: str | None) -> None:
+    """The merged model (mean pooling included: its hooks are traced into the graph) as ONNX with dynamic
+    batch and length, through torch.onnx's exporter; int8 through ONNX Runtime's dynamic quantization."""
+    model = model.float().eval().requires_grad_(False)
+    types = uses_token_types(tokenizer, model.config)
+    pairs = ["a second text"] * 2 if cfg.data.text_pair_column else None
+    sample = encode(tokenizer, ["an example", "another example text"], pairs, cfg.data.max_length, types)
+    batch = tokenizer.pad(sample.features([0, 1]), return_tensors="pt")
+    names = list(batch.keys())
+    batch_dim, length_dim = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (),
+            kwargs=dict(batch),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_shapes={name: {0: batch_dim, 1: length_dim} for name in names},
+            dynamo=True,
+        )
+        target = path.with_name("fp32.onnx") if quantize else path
+        program.save(str(target))
+        if quantize:
+            from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+            prepared = path.with_name("prepared.onnx")
+            # ONNX shape inference and graph folding, as ONNX Runtime advises (its symbolic pass cannot read
+            # the exporter's dynamic shapes).
+            quant_pre_process(str(target), str(prepared), skip_symbolic_shape=True)
+            quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
+            for extra in [*path.parent.glob("fp32.onnx*"), *path.parent.glob("prepared.onnx*")]:
+                extra.unlink()
+
+
+@contextlib.contextmanager
+def _quiet_loggers():
+    """torch.onnx and ONNX Runtime's quantizer log progress and advice at WARNING (on the root logger too):
+    an export says its one line of result instead."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "torch._dynamo", "torch.export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def onnx_export(folder: str | Path) -> tuple[Config, object, Decision]:
+    """An ONNX export's run configuration, tokenizer and decision, for `predict`."""
+    from transformers import AutoTokenizer
+
+    from .. import config as config_io
+
+    folder = Path(folder)
+    cfg = config_io.from_dict(config_io.read_yaml(folder / RUN_CONFIG))
+    decision = Decision(**json.loads((folder / DECISION).read_text())) if (folder / DECISION).exists() else Decision()
+    return cfg, AutoTokenizer.from_pretrained(folder), decision
+
+
+def onnx_logits(folder: Path, tokenizer, texts: list[str], pairs: list[str] | None, cfg: Config, batch_size: int):
+    """Logits of an ONNX export for each text (or pair), batched as loralab's own inference."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(Path(folder) / ONNX_FILE), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    data = encode(tokenizer, texts, pairs, cfg.data.max_length, "token_type_ids" in names)
+
+    def forward(batch, _indices) -> torch.Tensor:
+        feed = {name: value.numpy().astype(np.int64) for name, value in batch.items() if name in names}
+        return torch.from_numpy(session.run(["logits"], feed)[0])
+
+    return batched_logits(forward, tokenizer, data, batch_size, len(cfg.data.label_names), progress=True)
+
+
+def check_export(
+    tmp: Path, options: ExportOptions, run: RunDir, cfg: Config, rows: LabelledTexts, decision: Decision
+) -> dict:
+    """The export read back from disk against the adapter in memory, on the same rows; refused outside
+    the tolerance (fp32: every answer the same, probabilities within 1e-3; int8: the metric within 1 point)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _, tokenizer, adapter = load_trained(run.path, options.which, merged=False, base_model=options.base_model)
+    reference = classify(adapter, tokenizer, rows.texts, rows.pairs, cfg, 16, "fp32")
+    kind = _kind(options)
+    exported_tokenizer = AutoTokenizer.from_pretrained(tmp)
+    if kind == "adapter":
+        exported = classify(load_adapter_folder(cfg, tmp), exported_tokenizer, rows.texts, rows.pairs, cfg, 16, "fp32")
+    elif kind == "hf":
+        model = AutoModelForSequenceClassification.from_pretrained(tmp)
+        exported = classify(model, exported_tokenizer, rows.texts, rows.pairs, cfg, 16, "fp32")
+    else:
+        exported = onnx_logits(tmp, exported_tokenizer, rows.texts, rows.pairs, cfg, 16)
+    task, metric = task_for(cfg), metric_for_best(cfg)
+    ours, theirs = task.score(reference, decision), task.score(exported, decision)
+    same = sum(a == b for a, b in zip(ours.predictions, theirs.predictions))
+    difference = float(np.max(np.abs(np.asarray(ours.scores, float) - np.asarray(theirs.scores, float))))
+    adapter_metric = metrics(task, rows.labels, ours.predictions)[metric]
+    export_metric = metrics(task, rows.labels, theirs.predictions)[metric]
+    check = {
+        "rows": len(rows.texts),
+        "data": options.check_data or f"{cfg.data.train} (validation rows)",
+        "same_answer": same,
+        "max_probability_difference": difference,
+        "metric": metric,
+        "adapter": adapter_metric,
+        "export": export_metric,
+    }
+    if cfg.data.task == "single_label":
+        right = [(a == y, b == y) for a, b, y in zip(ours.predictions, theirs.predictions, rows.labels)]
+        check["mcnemar_p"] = mcnemar_exact(sum(a and not b for a, b in right), sum(b and not a for a, b in right))
+    if kind == "onnx-int8":
+        passed = abs(adapter_metric - export_metric) <= INT8_METRIC_TOLERANCE
+        rule = f"{metric} within {INT8_METRIC_TOLERANCE * 100:g} point of the adapter's"
+    else:
+        passed = same == len(rows.texts) and difference <= PROBABILITY_TOLERANCE
+        rule = f"every answer the same and probabilities within {PROBABILITY_TOLERANCE:g}"
+    check |= {"tolerance": rule, "passed": passed}
+    if not passed:
+        raise LoralabError(
+            f"the {kind} export does not answer like the adapter on {len(rows.texts)} rows ({same} the same, "
+            f"probabilities up to {difference:.2g} apart, {metric} {export_metric:.4f} against {adapter_metric:.4f}; "
+            f"needed: {rule}): nothing was written; --no-check writes it anyway"
+        )
+    return check
+
+
+def loading_snippet(cfg, frozen: bool) -> str:
+    """How to load an exported adapter with transformers and PEFT (the model card shows it; a test runs it)."""
+    lines = [
+        "from peft import PeftModel",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        'folder = "."  # this folder',
+        f"base = AutoModelForSequenceClassification.from_pretrained({cfg.model.name!r}, "
+        f"num_labels={len(cfg.data.label_names)}, ignore_mismatched_sizes=True)",
+    ]
+    if frozen:
+        lines += [
+            "# The adapter was trained on top of head weights the base checkpoint lacks (drawn at random, frozen):",
+            "from safetensors.torch import load_file",
+            f'base.load_state_dict(load_file(f"{{folder}}/{FROZEN_WEIGHTS}"), strict=False)',
+        ]
+    if cfg.model.pooling == "mean":
+        lines += [
+            "# The head reads the mean of the last layer over the real tokens (loralab's model.pooling: mean):",
+            "from loralab.modeling.model import pool_mean_into_first_token",
+            "pool_mean_into_first_token(base)",
+        ]
+    lines += [
+        "model = PeftModel.from_pretrained(base, folder).eval()",
+        "tokenizer = AutoTokenizer.from_pretrained(folder)",
+    ]
+    return "\n".join(lines)
+
+
+def model_card(cfg, run: RunDir, frozen: bool) -> str:
+    summary = run.read_summary() if run.summary.exists() else None
+    trainable = (summary.trainable if summary else None) or {}
+    lines = [
+        "---",
+        f"base_model: {cfg.model.name}",
+        "library_name: peft",
+        "pipeline_tag: text-classification",
+        "---",
+        "",
+        f"# {cfg.output.name}",
+        "",
+        f"LoRA adapter for `{cfg.model.name}`, trained with loralab. Load it with:",
+        "",
+        "```python",
+        loading_snippet(cfg, frozen),
+        "```",
+        "",
+        f"- labels: {', '.join(cfg.data.label_names)}",
+        f"- LoRA: scope {', '.join(cfg.lora.scope)}, r={cfg.lora.r}, alpha={cfg.lora.alpha:g}, "
+        f"dropout={cfg.lora.dropout:g}; head {cfg.model.head}",
+        f"- pooling: {cfg.model.pooling}"
+        + (
+            " (the head reads the mean of the last layer over real tokens, written into position 0)"
+            if cfg.model.pooling == "mean"
+            else " token"
+        ),
+        f"- trainable parameters: {trainable['total']:,} of a budget of {cfg.lora.budget:,}"
+        if trainable
+        else f"- budget: {cfg.lora.budget:,}",
+    ]
+    for label, count in trainable.get("rows", {}).items():
+        lines.append(f"  - {label}: {count:,}")
+    if summary:
+        lines += [
+            f"- peak validation {summary.metric}: {summary.peak_value:.4f} at step {summary.peak_step} "
+            f"({summary.val_rows} rows)",
+            f"- training: {summary.steps_done} steps, lr {cfg.train.lr:g}, batch {cfg.train.batch_size}",
+        ]
+    return "\n".join(lines) + "\n"

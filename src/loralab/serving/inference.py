@@ -1,0 +1,185 @@
+"""From a trained run (or an ONNX export) to answers: evaluation reports and prediction files (exports: export.py,
+the HTTP server: serve.py)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import is_local, metric_for_best, missing_here
+from ..data import LabelledTexts, encode, load_labelled, load_texts, rows_sha256, training_and_validation
+from ..errors import LoralabError, warn
+from ..modeling.forward import evaluation_report, predict_logits
+from ..modeling.model import cast_frozen_linears, load_trained, uses_token_types
+from ..modeling.tasks import task_for
+from ..reporting.plots import plot_confusion
+from ..runs.rundir import (
+    RunDir,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+
+def autocast_for(precision: str):
+    if precision == "fp32":
+        return nullcontext
+    return lambda: torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class InferenceOptions:
+    """How `eval` and `predict` run a trained run: one object from the CLI."""
+
+    which: str = "best"  # the adapter at the validation peak (best) or after the final evaluation (last)
+    batch_size: int = 16
+    precision: str = "fp32"  # or bf16
+    base_model: str | None = None  # the pretrained model, where the run's is not on this machine
+
+
+def classify(
+    model, tokenizer, texts: list[str], pairs: list[str] | None, cfg, batch_size: int, precision: str
+) -> torch.Tensor:
+    """The head's logits for each text (or pair), in input order, truncated and pooled as the run was trained."""
+    data = encode(tokenizer, texts, pairs, cfg.data.max_length, uses_token_types(tokenizer, model.config))
+    # Nothing trains here: under autocast every Linear weight would be cast again for every batch.
+    model.requires_grad_(False)
+    cast_frozen_linears(model, precision)
+    model.to(device())
+    return predict_logits(
+        model, tokenizer, data, batch_size, device(), autocast_for(precision), cfg.model.pooling, progress=True
+    )
+
+
+def evaluate_run(run_path: str, data: str | None, split: str, options: InferenceOptions) -> dict:
+    """Metrics of a run's adapter on its own validation rows, or on another labelled set."""
+    run = RunDir(Path(run_path))
+    cfg, tokenizer, model = load_trained(run.path, options.which, merged=True, base_model=options.base_model)
+    report = {"run": str(run_path), "adapter": options.which, "data": data or f"{cfg.data.train} (validation rows)"}
+    if data is None:
+        rows = validation_rows(run, cfg)
+        tag = "val"
+    else:
+        rows = load_labelled(data, cfg.data, split)
+        tag = f"{Path(data).stem if Path(data).exists() else data.replace('/', '_')}-{split}"
+        seen = training_rows_in(cfg, rows)
+        if seen:
+            warn(
+                f"{seen} of the {len(rows.texts)} rows of {data} were training rows of this run: its metrics on "
+                "them are not a held-out estimate (without --data, eval scores the run's validation rows)"
+            )
+        report["training_rows"] = seen
+    task, decision = task_for(cfg), run.read_decision(options.which)
+    logits = classify(model, tokenizer, rows.texts, rows.pairs, cfg, options.batch_size, options.precision)
+    predictions = task.score(logits, decision).predictions
+    report |= evaluation_report(task, rows.labels, predictions, cfg.data.label_names, decision)
+    report["metric"] = metric_for_best(cfg)
+
+    folder = run.eval_dir(f"{tag}-{options.which}")
+    write_json_atomic(folder / "metrics.json", report)
+    write_json_atomic(folder / "predictions.json", {"labels": rows.labels, "predictions": predictions})
+    if "confusion_matrix" in report:
+        metric = report["metric"]
+        title = f"{run.path.name} ({options.which}) on {tag}: {metric} {report[metric]:.4f}"
+        plot_confusion(report["confusion_matrix"], cfg.data.label_names, folder / "confusion", title)
+    report["saved_in"] = str(folder)
+    return report
+
+
+def validation_rows(run: RunDir, cfg) -> LabelledTexts:
+    """The rows the run was validated on, drawn again from its training data and checked to be the same
+    rows (data.json): a training file that changed since would give other rows under the same name."""
+    if missing_here(cfg.data.train):
+        raise LoralabError(
+            f"run {run.path} drew its validation rows from {cfg.data.train}, which is not on this machine: "
+            "pass --data FILE to evaluate on a labelled file the run did not train on"
+        )
+    everything, _, rows = training_and_validation(cfg.data)
+    saved = run.read_data_identity()
+    if saved is None:
+        warn(
+            f"run {run.path} records no identity of its data (trained before loralab 0.3): the validation rows "
+            f"drawn again from {cfg.data.train} cannot be checked to be the ones it was scored on"
+        )
+    elif rows_sha256(rows) != saved.val_sha256:
+        raise LoralabError(
+            f"the validation rows of run {run.path} are no longer in {cfg.data.train}: the data changed since it "
+            f"trained ({saved.rows} rows then, {len(everything.texts)} now); restore it, or pass --data FILE with "
+            "labelled rows the run did not train on"
+        )
+    return rows
+
+
+def training_rows_in(cfg, rows: LabelledTexts) -> int | None:
+    """How many of `rows` the run trained on (by text), where its training data is on this machine."""
+    if not is_local(cfg.data.train) or missing_here(cfg.data.train):
+        return None
+    trained = training_and_validation(cfg.data)[1]
+    seen = set(zip(trained.texts, trained.pairs or [""] * len(trained.texts)))
+    return sum(row in seen for row in zip(rows.texts, rows.pairs or [""] * len(rows.texts)))
+
+
+@dataclass
+class PredictOptions:
+    """What `predict` reads and writes: one object from the CLI (how the model runs: InferenceOptions)."""
+
+    input: str  # a CSV, JSONL, parquet or (with allow_pickle) pickled datasets.Dataset of texts
+    out: str  # the CSV to write
+    text_column: str | None = None  # default: the column the run was trained on
+    pair_column: str | None = None  # default: the run's second text column, if it had one
+    allow_pickle: bool = False
+    label_names: bool = False  # class names instead of indices
+    probs: bool = False  # each class's probability beside the answer
+
+
+def predict_file(run_path: str, predict: PredictOptions, options: InferenceOptions) -> int:
+    """Write what the task answers for every input row, in input order: `ID,Label` (single-label; with
+    probabilities if asked), `ID,Labels` (multi-label, joined by data.label_separator) or `ID,Score`."""
+    out_path = predict.out
+    if Path(out_path).is_dir():
+        raise LoralabError(
+            f"--out {out_path} is a directory: name the CSV file to write, e.g. {Path(out_path) / 'predictions.csv'}"
+        )
+    from .export import ONNX_FILE, onnx_export, onnx_logits
+
+    onnx = (Path(run_path) / ONNX_FILE).is_file()
+    # The columns default to those the run was trained on.
+    saved = onnx_export(run_path)[0] if onnx else RunDir(Path(run_path)).read_config()
+    texts, pairs, ids = load_texts(
+        predict.input,
+        predict.text_column or saved.data.text_column,
+        predict.allow_pickle,
+        saved.data.text_pair_column if predict.pair_column is None else predict.pair_column,
+    )
+    if onnx:  # ONNX Runtime: the fastest CPU path, batched the same way
+        cfg, tokenizer, decision = onnx_export(run_path)
+        logits = onnx_logits(Path(run_path), tokenizer, texts, pairs, cfg, options.batch_size)
+    else:
+        cfg, tokenizer, model = load_trained(run_path, options.which, merged=True, base_model=options.base_model)
+        decision = RunDir(Path(run_path)).read_decision(options.which)
+        logits = classify(model, tokenizer, texts, pairs, cfg, options.batch_size, options.precision)
+    task = task_for(cfg)
+    scored = task.score(logits, decision)
+    names = cfg.data.label_names
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    answer = {"single_label": "Label", "multi_label": "Labels", "regression": "Score"}[cfg.data.task]
+    with_probs = predict.probs and cfg.data.task != "regression"
+    writer.writerow(["ID", answer] + ([f"prob_{name}" for name in names] if with_probs else []))
+    for row, prediction, score in zip(ids or range(len(texts)), scored.predictions, scored.scores):
+        value = task.answer(prediction, names if predict.label_names else None)
+        if cfg.data.task == "multi_label":
+            value = cfg.data.label_separator.join(map(str, value))
+        elif cfg.data.task == "regression":
+            value = f"{value:.6g}"
+        writer.writerow([row, value] + ([f"{x:.6f}" for x in score] if with_probs else []))
+    write_text_atomic(Path(out_path), buffer.getvalue())
+    return len(texts)

@@ -1,0 +1,1 @@
+"""Many runs: sweep files, workers, and the Optuna storage they share."""

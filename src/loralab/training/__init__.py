@@ -1,0 +1,1 @@
+"""The training loop and what watches it (experiment trackers)."""

@@ -1,0 +1,168 @@
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import FAMILIES, SEED_CONFIG
+from transformers import AutoModelForSequenceClassification, RobertaConfig
+
+from loralab import config
+from loralab.budget.count import ModelShapes, breakdown_for, check_budget, largest_fitting_rank, load_model_config
+from loralab.errors import LoralabError
+from loralab.modeling.model import build_model, peft_config, trainable_params
+
+ROBERTA_BASE_CONFIG = RobertaConfig(num_labels=4)
+ROBERTA_BASE = ModelShapes.of(ROBERTA_BASE_CONFIG)
+
+
+@pytest.mark.parametrize(
+    "scope, r, expected",
+    [
+        (["value"], 22, 999_172),
+        (["value"], 11, 796_420),
+        (["value"], 6, 704_260),
+        (["query", "value"], 11, 999_172),
+        (["query", "key", "value"], 7, 980_740),
+        (["query", "value"], 8, 888_580),
+    ],
+)
+def test_roberta_base_counts_match_the_study(scope, r, expected):
+    cfg = config.from_dict({"lora": {"scope": scope, "r": r}})
+    breakdown, _ = breakdown_for(cfg, ROBERTA_BASE)
+    assert breakdown.total == expected
+    assert dict(breakdown.rows)["head (full: classifier.dense + classifier.out_proj)"] == 593_668
+
+
+def test_full_size_roberta_base_built_with_peft_trains_999172():
+    cfg = config.from_dict({})
+    breakdown, plan = breakdown_for(cfg, ROBERTA_BASE)
+    from peft import get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForSequenceClassification.from_config(ROBERTA_BASE_CONFIG), peft_config(cfg, plan))
+    assert trainable_params(model) == breakdown.total == 999_172
+
+
+def test_largest_fitting_rank_is_exact():
+    cfg = config.from_dict({"lora": {"r": 30}})
+    rank = largest_fitting_rank(cfg, ROBERTA_BASE)
+    assert rank == 22
+    over = config.from_dict({"lora": {"r": rank + 1}})
+    assert breakdown_for(over, ROBERTA_BASE)[0].total > 1_000_000
+
+
+def test_over_budget_is_refused_with_the_largest_rank():
+    cfg = config.from_dict({"lora": {"r": 23}})
+    breakdown, _ = breakdown_for(cfg, ROBERTA_BASE)
+    with pytest.raises(LoralabError, match=r"over budget: 1,017,604 .* largest lora.r that fits is 22"):
+        check_budget(cfg, breakdown, ROBERTA_BASE)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("head", ["full", "out_proj", "lora"])
+@pytest.mark.parametrize("scope", [["value"], ["query", "key", "value", "attention_output", "ffn_in", "ffn_out"]])
+def test_count_equals_built_model(model_dirs, family, head, scope):
+    cfg = config.from_dict({"model": {"name": str(model_dirs[family]), "head": head}, "lora": {"scope": scope, "r": 3}})
+    model_config = load_model_config(cfg)
+    if family == "distilbert" and head != "full":
+        with pytest.raises(LoralabError, match="not available for distilbert"):
+            breakdown_for(cfg, ModelShapes.of(model_config))
+        return
+    breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
+    model = build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0]
+    assert trainable_params(model) == breakdown.total
+
+
+def test_rank_pattern_and_layers_count(model_dirs):
+    cfg = config.from_dict(
+        {
+            "model": {"name": str(model_dirs["roberta"])},
+            "lora": {"scope": ["query", "value"], "r": 2, "layers": [1], "rank_pattern": {1: 5}},
+        }
+    )
+    model_config = load_model_config(cfg)
+    breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
+    assert sorted(plan.lora_ranks.values()) == [5, 5]
+    head = 32 * 32 + 32 + 32 * 4 + 4
+    assert breakdown.total == 2 * 5 * (32 + 32) + head
+    assert trainable_params(build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0]) == breakdown.total
+
+
+def test_budget_command_needs_only_config_json(tmp_path, model_dirs):
+    folder = tmp_path / "just-config"
+    folder.mkdir()
+    ROBERTA_BASE_CONFIG.save_pretrained(folder)
+    assert [p.name for p in folder.iterdir()] == ["config.json"]
+    out = subprocess.run(
+        [sys.executable, "-m", "loralab.cli", "budget", str(SEED_CONFIG), f"model.name={folder}"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^  total +999,172$", out.stdout, re.M), out.stdout
+    assert re.search(r"^  headroom +828$", out.stdout, re.M), out.stdout
+
+
+VARIANTS = [
+    {"lora": {"use_rslora": True}},
+    {"lora": {"use_dora": True}},
+    {"lora": {"bias": "lora_only"}},
+    {"lora": {"init": "gaussian"}},
+    {"lora": {"init": "pissa"}},
+    {"lora": {"init": "olora"}},
+    {"lora": {"plus_ratio": 16.0}},
+    {"lora": {"use_dora": True, "bias": "lora_only"}, "model": {"head": "lora"}},
+]
+
+
+@pytest.mark.parametrize(
+    "variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for s in v.values() for k, x in s.items())
+)
+def test_variant_counts_equal_built_model(model_dirs, variant):
+    tree = {
+        "model": {"name": str(model_dirs["roberta"]), **variant.get("model", {})},
+        "lora": {"scope": ["query", "value", "ffn_in"], "r": 3, **variant["lora"]},
+    }
+    cfg = config.from_dict(tree)
+    model_config = load_model_config(cfg)
+    breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
+    assert trainable_params(build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0]) == breakdown.total
+
+
+def test_dora_and_bias_add_one_parameter_per_output():
+    plain = breakdown_for(config.from_dict({}), ROBERTA_BASE)[0].total
+    assert breakdown_for(config.from_dict({"lora": {"use_dora": True}}), ROBERTA_BASE)[0].total == plain + 12 * 768
+    assert breakdown_for(config.from_dict({"lora": {"bias": "lora_only"}}), ROBERTA_BASE)[0].total == plain + 12 * 768
+
+
+def test_plan_table_equals_built_models(model_dirs):
+    from loralab.budget.count import plan_table
+
+    cfg = config.from_dict({"model": {"name": str(model_dirs["roberta"])}, "lora": {"budget": 6000}})
+    model_config = load_model_config(cfg)
+    rows = plan_table(cfg, ModelShapes.of(model_config))
+    assert len(rows) == 63 * 3
+    for row in rows:
+        probe = config.from_dict(
+            {
+                "model": {"name": str(model_dirs["roberta"]), "head": row["head"]},
+                "lora": {"scope": row["scope"].split(","), "r": max(row["r"], 1), "budget": 6000},
+            }
+        )
+        breakdown, plan = breakdown_for(probe, ModelShapes.of(model_config))
+        built = trainable_params(build_model(probe, ModelShapes.of(model_config), plan, breakdown)[0])
+        if row["r"] == 0:
+            assert built > 6000
+            continue
+        assert built == row["total"] <= 6000
+        bigger = config.from_dict({"model": probe.model.__dict__, "lora": probe.lora.__dict__ | {"r": row["r"] + 1}})
+        assert breakdown_for(bigger, ModelShapes.of(model_config))[0].total > 6000
+
+
+def test_plan_upper_layers_only():
+    from loralab.budget.count import plan_table
+
+    rows = plan_table(config.from_dict({}), ROBERTA_BASE, layers=[8, 9, 10, 11])
+    value_full = next(r for r in rows if r["scope"] == "value" and r["head"] == "full")
+    assert value_full["r"] == 66 and value_full["total"] == 4 * 66 * 1536 + 593_668
