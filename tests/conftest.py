@@ -170,7 +170,24 @@ def tiny_overrides(model_dirs, tiny_data, tmp_path) -> list[str]:
 
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED_CONFIG = ROOT / "configs" / "seed.yaml"
+STUDY_CONFIG = ROOT / "configs" / "seed.yaml"
+
+
+def pinned_to_fp32(path: Path) -> Path:
+    """The study's configuration with fp32 pinned: its `auto` picks bf16 where the CPU computes it natively,
+    and the unit tests must compute the same numbers on every CPU (auto's choice has tests of its own)."""
+    import tempfile
+
+    import yaml
+
+    settings = yaml.safe_load(path.read_text())
+    settings.setdefault("train", {})["precision"] = "fp32"
+    pinned = Path(tempfile.mkdtemp(prefix="loralab-tests-")) / path.name
+    pinned.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return pinned
+
+
+SEED_CONFIG = pinned_to_fp32(STUDY_CONFIG)
 
 
 def train_tiny(model_dir, data, out_dir, name, *extra):

@@ -1,6 +1,6 @@
 import pytest
 import yaml
-from conftest import SEED_CONFIG
+from conftest import SEED_CONFIG, STUDY_CONFIG
 
 from loralab import config
 from loralab.errors import LoralabError
@@ -83,7 +83,7 @@ def test_shipped_configs_fit_roberta_base_exactly_as_the_study(name):
 def test_shipped_sweep_files_expand(tmp_path):
     from loralab.sweeps.sweep import read_sweep
 
-    paths = sorted((SEED_CONFIG.parent / "sweeps").glob("*.yaml"))
+    paths = sorted((STUDY_CONFIG.parent / "sweeps").glob("*.yaml"))
     assert len(paths) >= 5
     for path in paths:
         sweep = read_sweep(path, str(tmp_path))

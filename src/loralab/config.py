@@ -20,7 +20,7 @@ HEAD_MODES = ("full", "out_proj", "lora")
 POOLINGS = ("first", "mean")
 FINETUNE = ("lora", "full")
 SCHEDULERS = ("linear", "cosine", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TASKS = ("single_label", "multi_label", "regression")
 # The metrics each task reports; the first picks the peak unless train.metric_for_best names another.
 TASK_METRICS = {
@@ -129,7 +129,11 @@ class TrainConfig:
         "(1: off; 0.8-0.95 is usual)",
         1.0,
     )
-    precision: str = doc("fp32, or bf16/fp16 autocast", "fp32")
+    precision: str = doc(
+        "auto (bf16 where the device computes it natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; fp32 "
+        "elsewhere), fp32, or bf16/fp16 autocast (on a device that emulates it: a warning with its measured cost)",
+        "auto",
+    )
     gradient_checkpointing: bool = doc(
         "keep only each layer's input for the backward pass and recompute the rest there: a fraction of the "
         "activation memory (mpnet-base, the study's run: see the README) for about a third more compute; "

@@ -34,9 +34,17 @@ def runs(model_dirs, tiny_data, tmp_path_factory):
 def test_every_export_writes_its_proof(runs, tmp_path, capsys, kind, argv):
     out = tmp_path / kind
     assert main(["export", str(runs / "plain"), str(out), *argv]) == 0
-    assert "checked on 64 rows: 64 answered the same" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "checked on 64 rows: 64 answered the same" in printed
     record = json.loads((out / "export.json").read_text())
     check = record["check"]
+    # Its speed, measured here beside the adapter's on the same rows, and the ratio printed.
+    speed = check["speed"]
+    assert speed["machine"].startswith("machine: cpu ") and speed["adapter_rows_per_s"] > 0
+    assert speed["ratio"] == pytest.approx(speed["export_rows_per_s"] / speed["adapter_rows_per_s"])
+    assert f"{speed['ratio']:.2f}x" in printed and speed["export_engine"] == (
+        "onnx fp32" if kind == "onnx" else "pytorch fp32"
+    )
     assert check["passed"] and check["same_answer"] == check["rows"] == 64
     assert check["max_probability_difference"] <= 1e-3 and check["adapter"] == check["export"]
     assert check["mcnemar_p"] == 1.0 and record["run"] == str((runs / "plain").resolve())
@@ -60,7 +68,7 @@ def test_onnx_keeps_mean_pooling_and_bert_segments_and_predict_reads_it_in_a_fre
             target = tmp_path / f"{run}-{source.name}.csv"
             done = subprocess.run(
                 [sys.executable, "-m", "loralab.cli", "predict", str(source), "--input", str(texts), "--out",
-                 str(target), "--probs"], capture_output=True, text=True, timeout=300,
+                 str(target), "--probs", "--precision", "fp32"], capture_output=True, text=True, timeout=300,
             )  # fmt: skip
             assert done.returncode == 0, done.stderr
             with open(target) as handle:

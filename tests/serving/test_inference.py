@@ -227,7 +227,7 @@ def test_first_token_trim_keeps_logits(family, model_dirs):
 
 
 def test_bf16_predict_casts_linears_once_with_the_same_probabilities(runs, texts_file, tmp_path, monkeypatch):
-    import loralab.serving.inference as inference_module
+    import loralab.serving.engine as inference_module
 
     args = ["predict", str(runs / "out_proj"), "--input", str(texts_file), "--probs", "--precision", "bf16"]
     cast = inference_module.cast_frozen_linears
@@ -245,7 +245,7 @@ def test_bf16_predict_casts_linears_once_with_the_same_probabilities(runs, texts
     # Autocast would run the same Linear layers in bf16 from fp32 weights: the same numbers, bit for bit.
     assert (tmp_path / "cast.csv").read_text() == (tmp_path / "autocast.csv").read_text()
     fp32 = tmp_path / "fp32.csv"
-    assert main([*args[:-2], "--out", str(fp32)]) == 0
+    assert main([*args[:-1], "fp32", "--out", str(fp32)]) == 0
     assert fp32.read_text() != (tmp_path / "cast.csv").read_text()  # bf16 really ran: the comparison is not vacuous
 
 
@@ -260,3 +260,17 @@ def test_eval_on_the_training_file_says_how_many_rows_were_trained_on(runs, tiny
     assert main(["eval", str(runs / "full"), "--data", str(held_out), "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["training_rows"] == 0 and "warning" not in captured.err
+
+
+@pytest.mark.parametrize("flags, same_as", [({"avx2"}, "fp32"), ({"avx2", "avx512_bf16"}, "bf16")])
+def test_predict_by_default_runs_what_the_cpu_computes_natively(
+    runs, texts_file, tmp_path, monkeypatch, capsys, flags, same_as
+):
+    from loralab import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    args = ["predict", str(runs / "out_proj"), "--input", str(texts_file), "--probs"]
+    assert main([*args, "--out", str(tmp_path / "auto.csv")]) == 0
+    assert f"precision {same_as} (auto: " in capsys.readouterr().err
+    assert main([*args, "--precision", same_as, "--out", str(tmp_path / "explicit.csv")]) == 0
+    assert (tmp_path / "auto.csv").read_text() == (tmp_path / "explicit.csv").read_text()

@@ -34,8 +34,9 @@ def runs(model_dirs, tiny_data, tmp_path_factory):
 
 
 def start(*argv: str) -> tuple[subprocess.Popen, int]:
-    """A `loralab serve` process on a free port; returns it with the port it printed."""
-    command = [sys.executable, "-m", "loralab.cli", "serve", *argv, "--port", "0"]
+    """A `loralab serve` process on a free port, in fp32 (the numbers of predict's fp32 on any CPU); returns it
+    with the port it printed."""
+    command = [sys.executable, "-m", "loralab.cli", "serve", *argv, "--port", "0", "--precision", "fp32"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     assert line.startswith("serving"), process.stderr.read()
@@ -61,12 +62,11 @@ def call(port: int, method: str, path: str, body=None) -> tuple[int, object]:
 
 
 def predicted(run, tmp_path, rows, header=("text",), *extra) -> list[list[str]]:
-    """`loralab predict RUN --label-names --probs` of the same rows: (label, probabilities) per row."""
+    """`loralab predict RUN --label-names --probs` of the same rows in fp32: (label, probabilities) per row."""
     source = write_csv(tmp_path / f"{run.name}-in.csv", rows, header)
     out = tmp_path / f"{run.name}-out.csv"
-    assert (
-        main(["predict", str(run), "--input", str(source), "--out", str(out), "--label-names", "--probs", *extra]) == 0
-    )
+    argv = ["predict", str(run), "--input", str(source), "--out", str(out), "--label-names", "--probs"]
+    assert main([*argv, "--precision", "fp32", *extra]) == 0
     with open(out) as handle:
         return [(row[1], [float(x) for x in row[2:]]) for row in list(csv.reader(handle))[1:]]
 
@@ -139,6 +139,58 @@ def test_adapters_health_and_metrics(server, runs):
     assert value(after, key) - value(before, key) == 1
 
 
+@pytest.fixture(scope="module")
+def exports(runs, tmp_path_factory):
+    """ONNX exports of a run, fp32 and int8, each checked against its run as `loralab export` does."""
+    from loralab.serving.export import ExportOptions, export_run
+
+    root = tmp_path_factory.mktemp("serve-exports")
+    fp32, _ = export_run(str(runs / "one"), str(root / "fp32"), ExportOptions(format="onnx"))
+    int8, _ = export_run(str(runs / "one"), str(root / "int8"), ExportOptions(format="onnx", quantize="int8"))
+    return fp32, int8
+
+
+def test_onnx_exports_are_served_by_onnx_runtime_beside_a_run(runs, exports, tmp_path):
+    """Two exports and a run in one server: three models, each row answered by its own, as `predict` answers
+    from the same export or run; rows for several models that arrive together are split by model."""
+    fp32, int8 = exports
+    rows = [(t,) for t in TEXTS]
+    expected = {"fp32": predicted(fp32, tmp_path, rows), "int8": predicted(int8, tmp_path, rows),
+                "one": predicted(runs / "one", tmp_path, rows)}  # fmt: skip
+    # --max-batch 16 as predict's batches: int8's activation scales are per batch, so equal batches answer equally.
+    process, port = start(f"fp32={fp32}", f"int8={int8}", f"one={runs / 'one'}", "--max-batch", "16", "--threads", "1")
+    status, body = call(port, "POST", "/v1/classify", {"adapter": "int8", "texts": TEXTS, "probabilities": True})
+    assert status == 200 and body["labels"] == [label for label, _ in expected["int8"]]
+    served = [x for row in body["probabilities"] for x in row.values()]
+    assert served == pytest.approx([x for _, row in expected["int8"] for x in row], abs=1e-5)
+    answers, errors = {}, []
+
+    def client(adapter: str) -> None:
+        for i in range(0, len(TEXTS), 4):
+            status, body = call(port, "POST", "/v1/classify", {"adapter": adapter, "texts": TEXTS[i : i + 4],
+                                                                 "probabilities": True})  # fmt: skip
+            if status != 200:
+                errors.append(body)
+                continue
+            for j, (label, probabilities) in enumerate(zip(body["labels"], body["probabilities"])):
+                answers[adapter, i + j] = (label, list(probabilities.values()))
+
+    threads = [threading.Thread(target=client, args=(a,)) for a in ("fp32", "one", "fp32", "one")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(answers) == 2 * len(TEXTS)
+    for (adapter, i), (label, probabilities) in answers.items():
+        assert label == expected[adapter][i][0]
+        assert probabilities == pytest.approx(expected[adapter][i][1], abs=1e-5)
+    by_name = {a["name"]: a for a in call(port, "GET", "/v1/adapters")[1]["adapters"]}
+    assert (by_name["int8"]["engine"], by_name["int8"]["precision"]["used"]) == ("onnx", "int8")
+    assert (by_name["fp32"]["engine"], by_name["fp32"]["precision"]["used"]) == ("onnx", "fp32")
+    assert (by_name["one"]["engine"], by_name["one"]["precision"]["used"]) == ("pytorch", "fp32")
+    assert "stopped: every request was answered" in stop(process)
+
+
 BAD_REQUESTS = [
     ("POST", "/v1/classify", b'{"adapter": ', 400, "not JSON"),
     ("POST", "/v1/classify", b"", 400, "not JSON"),
@@ -208,7 +260,7 @@ def test_bad_serve_arguments_are_one_line(runs, capsys):
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     cases = [
-        ([str(runs / "nothing")], "is not a finished run"),
+        ([str(runs / "nothing")], "is neither a finished run (no summary.json) nor an ONNX export"),
         ([str(runs / "one"), str(runs / "bert")], "have different bases"),
         ([str(runs / "one"), f"one={runs / 'two'}"], "'one' is given twice"),
         ([str(runs / "one"), str(runs / "mean")], "pool differently"),

@@ -477,3 +477,23 @@ def test_gradient_checkpointing_recomputes_the_blocks_and_changes_no_number(tiny
     assert rows["true"] == rows["false"]  # dropout included: the RNG is restored for the recomputation
     # Block 0 ran twice per step (forward, then again in backward), and once per evaluation batch.
     assert len(calls) == 2 * 12 + 1
+
+
+@pytest.mark.parametrize("flags, used", [({"avx2", "fma"}, "fp32"), ({"avx2", "avx512_bf16"}, "bf16")])
+def test_precision_auto_trains_in_what_the_cpu_computes_natively_and_says_so(
+    tiny_overrides, monkeypatch, capsys, flags, used
+):
+    from loralab import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    casts = []
+    real_cast = train_module.cast_frozen_linears
+    monkeypatch.setattr(train_module, "cast_frozen_linears", lambda m, p: casts.append(p) or real_cast(m, p))
+    overrides = [*tiny_overrides, "train.precision=auto", "train.steps=2", "train.eval_every=2"]
+    assert main(["train", "--config", str(SEED_CONFIG), *overrides]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"precision {used} (auto: ")  # the first line: the choice and its reason
+    summary = json.loads(run_dir(overrides).summary.read_text())
+    assert summary["precision"]["asked"] == "auto" and summary["precision"]["used"] == used
+    assert casts == [used]  # what really ran: the frozen weights cast to bf16, or left in fp32
+    assert summary["machine"]["torch"] == torch.__version__ and summary["machine"]["cpu"]

@@ -180,6 +180,8 @@ class Summary:
     metric: str = "accuracy"  # train.metric_for_best: what picked the peak
     peak: float | None = None  # its value at the peak (runs before 0.3: peak_val_accuracy)
     peak_95ci: list[float] | None = None  # its 95% interval on the validation rows
+    precision: dict | None = None  # train.precision as resolved on the device: asked, used, reason
+    machine: dict | None = None  # where the samples/s were measured: CPU, threads, GPU, versions
 
     @property
     def peak_value(self) -> float:
@@ -241,6 +243,25 @@ def _fill_adapter(folder: Path, model, frozen: dict[str, torch.Tensor]) -> None:
     model.save_pretrained(folder)
     if frozen:
         save_file({name: t.detach().cpu().contiguous() for name, t in frozen.items()}, str(folder / FROZEN_WEIGHTS))
+
+
+def read_config_file(path: Path) -> Config:
+    """A saved configuration (a run's config.yaml, an export's loralab.yaml), through the dataclasses, so one
+    saved before a field existed reads with that field's default."""
+    from .. import config as config_io
+
+    return config_io.from_dict(config_io.read_yaml(path))
+
+
+def write_config_file(path: Path, cfg: Config) -> None:
+    import yaml
+
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_decision_file(path: Path) -> Decision:
+    """The thresholds or target scaling saved with an adapter or an export (none before loralab 0.2: the defaults)."""
+    return _from_json(Decision, _read_json(path), path) if path.exists() else Decision()
 
 
 def read_frozen(folder: Path) -> dict[str, torch.Tensor]:
@@ -353,17 +374,12 @@ class RunDir:
     # --- config, summary, origin ---------------------------------------------------------------
 
     def read_config(self) -> Config:
-        """Through the dataclasses, so a run saved before a field existed reads with that field's default."""
-        from .. import config as config_io
-
         if not self.config.is_file():
             raise LoralabError(f"{self.path} is not a run directory (no config.yaml)")
-        return config_io.from_dict(config_io.read_yaml(self.config))
+        return read_config_file(self.config)
 
     def write_config(self, cfg: Config) -> None:
-        import yaml
-
-        write_text_atomic(self.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_config_file(self.config, cfg)
 
     def read_summary(self) -> Summary:
         return _from_json(Summary, _read_json(self.summary), self.summary)
@@ -440,9 +456,7 @@ class RunDir:
         return folder
 
     def read_decision(self, which: str = "best") -> Decision:
-        """The thresholds or target scaling saved with an adapter (none before loralab 0.3: the defaults)."""
-        path = self.path / which / DECISION
-        return _from_json(Decision, _read_json(path), path) if path.exists() else Decision()
+        return read_decision_file(self.path / which / DECISION)
 
     def read_predictions(self, which: str = "best") -> Predictions | None:
         path = self.path / which / VAL_PREDICTIONS

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import importlib.util
 import io
-import json
 import shutil
 import time
 import warnings
@@ -23,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import hardware
 from ..config import Config, metric_for_best
 from ..data import LabelledTexts, encode, load_labelled
 from ..errors import LoralabError
-from ..modeling.forward import batched_logits
 from ..modeling.model import load_adapter_folder, load_trained, uses_token_types
 from ..modeling.tasks import Decision, metrics, task_for
 from ..runs.rundir import (
@@ -36,16 +35,14 @@ from ..runs.rundir import (
     FROZEN_WEIGHTS,
     RunDir,
     replace_dir,
+    write_config_file,
     write_json_atomic,
-    write_text_atomic,
 )
 from ..stats import mcnemar_exact
-from .inference import classify, validation_rows
+from .engine import EXPORT_RECORD, ONNX_FILE, RUN_CONFIG, OnnxEngine, TorchEngine, classify, open_engine
+from .inference import validation_rows
 
 FORMATS = ("hf", "onnx")
-ONNX_FILE = "model.onnx"
-RUN_CONFIG = "loralab.yaml"  # the run's configuration: task, labels, columns, max length for `predict`
-EXPORT_RECORD = "export.json"
 # fp32 exports answer as the adapter does, to float rounding; int8 weights cost a little accuracy.
 PROBABILITY_TOLERANCE = 1e-3
 INT8_METRIC_TOLERANCE = 0.01
@@ -151,8 +148,6 @@ def _sha256(path: Path) -> str:
 
 
 def write_files(tmp: Path, options: ExportOptions, cfg: Config, tokenizer, model, folder: Path, run: RunDir) -> None:
-    import yaml
-
     if options.adapter_only:
         for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FROZEN_WEIGHTS):
             if (folder / name).exists():
@@ -166,7 +161,7 @@ def write_files(tmp: Path, options: ExportOptions, cfg: Config, tokenizer, model
         model.config.save_pretrained(tmp)
     if (folder / DECISION).exists():  # thresholds or target scaling: what turns its logits into answers
         shutil.copy(folder / DECISION, tmp / DECISION)
-    write_text_atomic(tmp / RUN_CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_config_file(tmp / RUN_CONFIG, cfg)
     tokenizer.save_pretrained(tmp)
 
 
@@ -222,53 +217,30 @@ def _quiet_loggers():
             logger.setLevel(level)
 
 
-def onnx_export(folder: str | Path) -> tuple[Config, object, Decision]:
-    """An ONNX export's run configuration, tokenizer and decision, for `predict`."""
-    from transformers import AutoTokenizer
-
-    from .. import config as config_io
-
-    folder = Path(folder)
-    cfg = config_io.from_dict(config_io.read_yaml(folder / RUN_CONFIG))
-    decision = Decision(**json.loads((folder / DECISION).read_text())) if (folder / DECISION).exists() else Decision()
-    return cfg, AutoTokenizer.from_pretrained(folder), decision
-
-
-def onnx_logits(folder: Path, tokenizer, texts: list[str], pairs: list[str] | None, cfg: Config, batch_size: int):
-    """Logits of an ONNX export for each text (or pair), batched as loralab's own inference."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(Path(folder) / ONNX_FILE), providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-    data = encode(tokenizer, texts, pairs, cfg.data.max_length, "token_type_ids" in names)
-
-    def forward(batch, _indices) -> torch.Tensor:
-        feed = {name: value.numpy().astype(np.int64) for name, value in batch.items() if name in names}
-        return torch.from_numpy(session.run(["logits"], feed)[0])
-
-    return batched_logits(forward, tokenizer, data, batch_size, len(cfg.data.label_names), progress=True)
-
-
 def check_export(
     tmp: Path, options: ExportOptions, run: RunDir, cfg: Config, rows: LabelledTexts, decision: Decision
 ) -> dict:
     """The export read back from disk against the adapter in memory, on the same rows; refused outside
-    the tolerance (fp32: every answer the same, probabilities within 1e-3; int8: the metric within 1 point)."""
+    the tolerance (fp32: every answer the same, probabilities within 1e-3; int8: the metric within 1 point).
+    Both are timed on those rows: export.json records rows/s of each on this machine, so a user sees at
+    once whether the export pays here (int8 does not on every CPU)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    _, tokenizer, adapter = load_trained(run.path, options.which, merged=False, base_model=options.base_model)
-    reference = classify(adapter, tokenizer, rows.texts, rows.pairs, cfg, 16, "fp32")
+    # The reference: the adapter unmerged (so a merge that went wrong shows), in fp32, the export's precision.
+    reference = open_engine(run.path, options.which, "fp32", options.base_model, merged=False)
     kind = _kind(options)
-    exported_tokenizer = AutoTokenizer.from_pretrained(tmp)
+    tokenizer = AutoTokenizer.from_pretrained(tmp)
     if kind == "adapter":
-        exported = classify(load_adapter_folder(cfg, tmp), exported_tokenizer, rows.texts, rows.pairs, cfg, 16, "fp32")
+        exported = TorchEngine(cfg, decision, tokenizer, load_adapter_folder(cfg, tmp), "fp32")
     elif kind == "hf":
-        model = AutoModelForSequenceClassification.from_pretrained(tmp)
-        exported = classify(model, exported_tokenizer, rows.texts, rows.pairs, cfg, 16, "fp32")
+        merged = AutoModelForSequenceClassification.from_pretrained(tmp)
+        exported = TorchEngine(cfg, decision, tokenizer, merged, "fp32")
     else:
-        exported = onnx_logits(tmp, exported_tokenizer, rows.texts, rows.pairs, cfg, 16)
+        exported = OnnxEngine(tmp, kind=kind)
+    reference_logits, reference_rate = timed(reference, rows)
+    exported_logits, exported_rate = timed(exported, rows)
     task, metric = task_for(cfg), metric_for_best(cfg)
-    ours, theirs = task.score(reference, decision), task.score(exported, decision)
+    ours, theirs = task.score(reference_logits, decision), task.score(exported_logits, decision)
     same = sum(a == b for a, b in zip(ours.predictions, theirs.predictions))
     difference = float(np.max(np.abs(np.asarray(ours.scores, float) - np.asarray(theirs.scores, float))))
     adapter_metric = metrics(task, rows.labels, ours.predictions)[metric]
@@ -281,6 +253,14 @@ def check_export(
         "metric": metric,
         "adapter": adapter_metric,
         "export": export_metric,
+        "speed": {
+            "machine": hardware.machine_line(),
+            "adapter_rows_per_s": reference_rate,
+            "adapter_engine": "pytorch fp32, the adapter unmerged",
+            "export_rows_per_s": exported_rate,
+            "export_engine": f"{exported.kind} {exported.precision.used}",
+            "ratio": exported_rate / reference_rate,
+        },
     }
     if cfg.data.task == "single_label":
         right = [(a == y, b == y) for a, b, y in zip(ours.predictions, theirs.predictions, rows.labels)]
@@ -299,6 +279,13 @@ def check_export(
             f"needed: {rule}): nothing was written; --no-check writes it anyway"
         )
     return check
+
+
+def timed(engine, rows: LabelledTexts) -> tuple:
+    """An engine's logits of the rows, and its rows/s (tokenizing included, as predict runs)."""
+    start = time.perf_counter()
+    logits = classify(engine, rows.texts, rows.pairs)
+    return logits, len(rows.texts) / max(time.perf_counter() - start, 1e-9)
 
 
 def loading_snippet(cfg, frozen: bool) -> str:

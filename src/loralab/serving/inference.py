@@ -5,34 +5,18 @@ from __future__ import annotations
 
 import csv
 import io
-from contextlib import nullcontext
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..config import is_local, metric_for_best, missing_here
-from ..data import LabelledTexts, encode, load_labelled, load_texts, rows_sha256, training_and_validation
+from ..data import LabelledTexts, load_labelled, load_texts, rows_sha256, training_and_validation
 from ..errors import LoralabError, warn
-from ..modeling.forward import evaluation_report, predict_logits
-from ..modeling.model import cast_frozen_linears, load_trained, uses_token_types
+from ..modeling.forward import evaluation_report
 from ..modeling.tasks import task_for
 from ..reporting.plots import plot_confusion
-from ..runs.rundir import (
-    RunDir,
-    write_json_atomic,
-    write_text_atomic,
-)
-
-
-def autocast_for(precision: str):
-    if precision == "fp32":
-        return nullcontext
-    return lambda: torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16)
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from ..runs.rundir import RunDir, write_json_atomic, write_text_atomic
+from .engine import classify, config_of, open_engine
 
 
 @dataclass
@@ -41,28 +25,23 @@ class InferenceOptions:
 
     which: str = "best"  # the adapter at the validation peak (best) or after the final evaluation (last)
     batch_size: int = 16
-    precision: str = "fp32"  # or bf16
+    precision: str = "auto"  # bf16 where the device computes it natively, else fp32; or fp32, bf16
     base_model: str | None = None  # the pretrained model, where the run's is not on this machine
+    threads: int | None = None  # intra-op threads (default: one per core)
 
 
-def classify(
-    model, tokenizer, texts: list[str], pairs: list[str] | None, cfg, batch_size: int, precision: str
-) -> torch.Tensor:
-    """The head's logits for each text (or pair), in input order, truncated and pooled as the run was trained."""
-    data = encode(tokenizer, texts, pairs, cfg.data.max_length, uses_token_types(tokenizer, model.config))
-    # Nothing trains here: under autocast every Linear weight would be cast again for every batch.
-    model.requires_grad_(False)
-    cast_frozen_linears(model, precision)
-    model.to(device())
-    return predict_logits(
-        model, tokenizer, data, batch_size, device(), autocast_for(precision), cfg.model.pooling, progress=True
-    )
+def opened(path: str, options: InferenceOptions):
+    """The engine of a run or export, its precision and why said on stderr (stdout may be --json)."""
+    engine = open_engine(path, options.which, options.precision, options.base_model, options.threads)
+    print(f"engine: {engine.kind}, {engine.precision.line()}", file=sys.stderr)
+    return engine
 
 
 def evaluate_run(run_path: str, data: str | None, split: str, options: InferenceOptions) -> dict:
     """Metrics of a run's adapter on its own validation rows, or on another labelled set."""
     run = RunDir(Path(run_path))
-    cfg, tokenizer, model = load_trained(run.path, options.which, merged=True, base_model=options.base_model)
+    engine = opened(run_path, options)
+    cfg = engine.cfg
     report = {"run": str(run_path), "adapter": options.which, "data": data or f"{cfg.data.train} (validation rows)"}
     if data is None:
         rows = validation_rows(run, cfg)
@@ -77,11 +56,12 @@ def evaluate_run(run_path: str, data: str | None, split: str, options: Inference
                 "them are not a held-out estimate (without --data, eval scores the run's validation rows)"
             )
         report["training_rows"] = seen
-    task, decision = task_for(cfg), run.read_decision(options.which)
-    logits = classify(model, tokenizer, rows.texts, rows.pairs, cfg, options.batch_size, options.precision)
+    task, decision = task_for(cfg), engine.decision
+    logits = classify(engine, rows.texts, rows.pairs, options.batch_size)
     predictions = task.score(logits, decision).predictions
     report |= evaluation_report(task, rows.labels, predictions, cfg.data.label_names, decision)
     report["metric"] = metric_for_best(cfg)
+    report["engine"] = engine.describe()
 
     folder = run.eval_dir(f"{tag}-{options.which}")
     write_json_atomic(folder / "metrics.json", report)
@@ -148,24 +128,17 @@ def predict_file(run_path: str, predict: PredictOptions, options: InferenceOptio
         raise LoralabError(
             f"--out {out_path} is a directory: name the CSV file to write, e.g. {Path(out_path) / 'predictions.csv'}"
         )
-    from .export import ONNX_FILE, onnx_export, onnx_logits
-
-    onnx = (Path(run_path) / ONNX_FILE).is_file()
-    # The columns default to those the run was trained on.
-    saved = onnx_export(run_path)[0] if onnx else RunDir(Path(run_path)).read_config()
+    # The columns default to those the run (or the export's run) was trained on.
+    saved = config_of(run_path)
     texts, pairs, ids = load_texts(
         predict.input,
         predict.text_column or saved.data.text_column,
         predict.allow_pickle,
         saved.data.text_pair_column if predict.pair_column is None else predict.pair_column,
     )
-    if onnx:  # ONNX Runtime: the fastest CPU path, batched the same way
-        cfg, tokenizer, decision = onnx_export(run_path)
-        logits = onnx_logits(Path(run_path), tokenizer, texts, pairs, cfg, options.batch_size)
-    else:
-        cfg, tokenizer, model = load_trained(run_path, options.which, merged=True, base_model=options.base_model)
-        decision = RunDir(Path(run_path)).read_decision(options.which)
-        logits = classify(model, tokenizer, texts, pairs, cfg, options.batch_size, options.precision)
+    engine = opened(run_path, options)
+    cfg, decision = engine.cfg, engine.decision
+    logits = classify(engine, texts, pairs, options.batch_size)
     task = task_for(cfg)
     scored = task.score(logits, decision)
     names = cfg.data.label_names

@@ -3,7 +3,9 @@
 Runs trained on the same base share one copy of it in memory: each run's adapter and trained head are
 loaded beside it under their own name, and rows that arrive together are classified in one forward
 pass even when they ask for different adapters (PEFT's mixed-adapter batches). One run alone is
-merged into plain weights, as `predict` runs it.
+merged into plain weights, as `predict` runs it. An ONNX export (fp32 or int8) is served by ONNX
+Runtime as a model of its own: several exports are several models, in one server. PyTorch models run
+on the CUDA device where there is one, in the precision it computes natively (engine.py decides).
 
     POST /v1/classify   {"adapter": NAME, "texts": [...], "text_pairs": [...], "probabilities": true}
     GET  /v1/adapters   each adapter's base, task, labels, trainable count and validation peak
@@ -26,13 +28,12 @@ from fastapi import Request  # at module level: FastAPI resolves the handlers' a
 
 from ..allocator import release_freed_memory
 from ..config import Config
-from ..data import Encoded, encode
+from ..data import Encoded
 from ..errors import LoralabError
-from ..modeling.forward import predict_logits
-from ..modeling.model import cast_frozen_linears, load_trained, uses_token_types
+from ..modeling.model import load_trained
 from ..modeling.tasks import Decision, task_for
 from ..runs.rundir import RunDir, read_frozen
-from .inference import autocast_for
+from .engine import EXPORT_RECORD, ONNX_FILE, OnnxEngine, TorchEngine, is_onnx_export, set_threads
 
 
 @dataclass
@@ -43,8 +44,9 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port (the one taken is printed)
     which: str = "best"  # each run's adapter at its validation peak (best) or its final evaluation (last)
-    precision: str = "fp32"  # or bf16
+    precision: str = "auto"  # bf16 where the device computes it natively, else fp32; or fp32, bf16
     base_model: str | None = None  # the pretrained model, where the runs' is not on this machine
+    threads: int | None = None  # intra-op threads (default: one per core); for one replica per core group
     max_batch: int = 32  # rows in one batch, from however many requests
     max_tokens: int = 2048  # padded tokens in one forward pass: a batch of mixed lengths runs in several
     max_wait_ms: float = 5.0  # how long the first waiting row waits for others to join its batch
@@ -52,15 +54,29 @@ class ServeOptions:
     max_chars: int = 65_536  # per text: the tokenizer reads a text whole before truncating it
 
 
+class ModelGroup:
+    """Adapters that share one forward pass: one base with every run's adapter beside it (PyTorch), or one
+    ONNX export. A batch of rows for several groups runs one pass per group."""
+
+    def __init__(self, engine: TorchEngine | OnnxEngine, mixed: bool):
+        self.engine, self.mixed = engine, mixed
+
+    def logits(self, data: Encoded, peft_names: list[str], options: ServeOptions) -> torch.Tensor:
+        names = peft_names if self.mixed else None
+        return self.engine.logits(data, options.max_batch, names, options.max_tokens)
+
+
 @dataclass
 class Adapter:
-    """One served run: its public name, the name PEFT knows it by, and what turns its logits into answers."""
+    """One served run or export: its public name, its model group, the name PEFT knows it by there, and
+    what turns its logits into answers."""
 
     name: str
     run: Path
     cfg: Config
     decision: Decision
     peft_name: str
+    group: ModelGroup | None = None
     info: dict = field(default_factory=dict)
 
     @property
@@ -80,8 +96,11 @@ def named_runs(specs: list[str]) -> list[tuple[str, Path]]:
         name = name if sep else run.resolve().name
         if not name:
             raise LoralabError(f"serve: '{spec}' names no adapter: give NAME=RUN or the run directory alone")
-        if not RunDir(run).summary.is_file():
-            raise LoralabError(f"serve: {run} is not a finished run (no summary.json): train it, or name runs/NAME")
+        if not RunDir(run).summary.is_file() and not is_onnx_export(run):
+            raise LoralabError(
+                f"serve: {run} is neither a finished run (no summary.json) nor an ONNX export (no {ONNX_FILE}): "
+                "train it, or name runs/NAME or an export folder"
+            )
         if any(name == seen for seen, _ in named):
             raise LoralabError(f"serve: the adapter name '{name}' is given twice: name them apart, e.g. {name}-2={run}")
         named.append((name, run))
@@ -121,51 +140,49 @@ class Classifiers:
     """The served runs on one base, and the forward pass over a batch of rows for any of them."""
 
     def __init__(self, options: ServeOptions):
+        set_threads(options.threads)
         runs = named_runs(options.runs)
         self.options = options
         self.adapters: dict[str, Adapter] = {}
-        for i, (name, run) in enumerate(runs):
+        # Each ONNX export: a model of its own in ONNX Runtime.
+        for name, path in runs:
+            if is_onnx_export(path):
+                engine = OnnxEngine(path, options.threads)
+                group = ModelGroup(engine, mixed=False)
+                self.adapters[name] = Adapter(name, path, engine.cfg, engine.decision, "default", group)
+        trained = [(name, path) for name, path in runs if not is_onnx_export(path)]
+        for i, (name, run) in enumerate(trained):
             store = RunDir(run)
             self.adapters[name] = Adapter(
                 name, run, store.read_config(), store.read_decision(options.which), "default" if i == 0 else f"a{i}"
             )
-        first = next(iter(self.adapters.values()))
-        for adapter in list(self.adapters.values())[1:]:
+        if trained:
+            self._load_runs([self.adapters[name] for name, _ in trained])
+        for adapter in self.adapters.values():
+            adapter.info = adapter_info(adapter)
+
+    def _load_runs(self, adapters: list[Adapter]) -> None:
+        """The runs on one base: one copy of it, each adapter beside it (one run alone: merged)."""
+        options = self.options
+        first = adapters[0]
+        for adapter in adapters[1:]:
             problem = sharing_problem(first, adapter, options.which)
             if problem:
                 raise LoralabError(f"serve: {problem}")
-        # One run: merged into plain weights (as predict runs it). Several: one base, each adapter beside it.
-        self.mixed = len(self.adapters) > 1
-        cfg, self.tokenizer, self.model = load_trained(
-            first.run, options.which, merged=not self.mixed, base_model=options.base_model
-        )
-        for adapter in list(self.adapters.values())[1:]:
-            self.model.load_adapter(RunDir(adapter.run).adapter(options.which), adapter_name=adapter.peft_name)
-        self.model.requires_grad_(False)
-        cast_frozen_linears(self.model, options.precision)
-        self.model.eval()
-        self.pooling = cfg.model.pooling
-        self.token_types = uses_token_types(self.tokenizer, self.model.config)
-        for adapter in self.adapters.values():
-            adapter.info = adapter_info(adapter, cfg.model.name)
+        mixed = len(adapters) > 1
+        cfg, tokenizer, model = load_trained(first.run, options.which, merged=not mixed, base_model=options.base_model)
+        for adapter in adapters[1:]:
+            model.load_adapter(RunDir(adapter.run).adapter(options.which), adapter_name=adapter.peft_name)
+        group = ModelGroup(TorchEngine(cfg, first.decision, tokenizer, model, options.precision), mixed)
+        for adapter in adapters:
+            adapter.group = group
+
+    def groups(self) -> list[ModelGroup]:
+        return list({id(a.group): a.group for a in self.adapters.values()}.values())
 
     def encode(self, adapter: Adapter, texts: list[str], pairs: list[str] | None) -> Encoded:
         """Token ids as the run was trained (its own max_length); called off the event loop."""
-        return encode(self.tokenizer, texts, pairs, adapter.cfg.data.max_length, self.token_types)
-
-    def logits(self, data: Encoded, peft_names: list[str]) -> torch.Tensor:
-        """One row per entry of `data`, each through its own adapter; batched by length as predict batches."""
-        return predict_logits(
-            self.model,
-            self.tokenizer,
-            data,
-            self.options.max_batch,
-            torch.device("cpu"),
-            autocast_for(self.options.precision),
-            self.pooling,
-            adapter_names=peft_names if self.mixed else None,
-            max_tokens=self.options.max_tokens,
-        )
+        return adapter.group.engine.encode(texts, pairs, adapter.cfg.data.max_length)
 
     def answer(self, adapter: Adapter, logits: torch.Tensor, probabilities: bool) -> dict:
         scored = adapter.task.score(logits, adapter.decision)
@@ -176,14 +193,22 @@ class Classifiers:
         return out
 
 
-def adapter_info(adapter: Adapter, base: str) -> dict:
-    summary = RunDir(adapter.run).read_summary()
-    return {
+def adapter_info(adapter: Adapter) -> dict:
+    """What /v1/adapters tells of one adapter: where it comes from, its task, how it runs, how it scored."""
+    info = {
         "name": adapter.name,
         "run": str(adapter.run),
-        "base": base,
+        "base": adapter.cfg.model.name,
         "task": adapter.cfg.data.task,
         "labels": adapter.cfg.data.label_names,
+        **adapter.group.engine.describe(),
+    }
+    if is_onnx_export(adapter.run):  # its check against the run's adapter stands for the run's scores
+        record = RunDir(adapter.run).path / EXPORT_RECORD
+        check = json.loads(record.read_text()).get("check", {}) if record.exists() else {}
+        return info | {"trainable": None, "metric": check.get("metric"), "export_check": check.get("export")}
+    summary = RunDir(adapter.run).read_summary()
+    return info | {
         "trainable": summary.trainable["total"] if summary.trainable else None,
         "metric": summary.metric,
         "peak_validation": summary.peak_value,
@@ -232,29 +257,36 @@ class Batcher:
                     break
                 rows += len(batch[-1].data)
             try:
-                logits = await loop.run_in_executor(self.thread, self._forward, batch)
+                answers = await loop.run_in_executor(self.thread, self._forward, batch)
             except Exception as err:  # noqa: BLE001 - each waiting request answers 500 with it; the server goes on
                 for pending in batch:
                     pending.future.set_exception(err)
                 continue
-            start = 0
-            for pending in batch:
+            for pending, logits in zip(batch, answers):
                 if not pending.future.cancelled():  # a client that hung up
-                    pending.future.set_result(logits[start : start + len(pending.data)])
-                start += len(pending.data)
+                    pending.future.set_result(logits)
 
-    def _forward(self, batch: list[Pending]) -> torch.Tensor:
-        data = Encoded(
-            [ids for p in batch for ids in p.data.input_ids],
-            [],
-            None if batch[0].data.token_type_ids is None else [t for p in batch for t in p.data.token_type_ids],
-        )
-        names = [p.adapter.peft_name for p in batch for _ in range(len(p.data))]
-        self.metrics.batch_rows.observe(len(data))
-        with torch.inference_mode():
-            logits = self.classifiers.logits(data, names)
+    def _forward(self, batch: list[Pending]) -> list[torch.Tensor]:
+        """Each request's logits; the rows of one model group in one pass (split by length and --max-tokens)."""
+        self.metrics.batch_rows.observe(sum(len(p.data) for p in batch))
+        out: list[torch.Tensor | None] = [None] * len(batch)
+        for group in {id(p.adapter.group): p.adapter.group for p in batch}.values():
+            members = [i for i, p in enumerate(batch) if p.adapter.group is group]
+            parts = [batch[i].data for i in members]
+            data = Encoded(
+                [ids for part in parts for ids in part.input_ids],
+                [],
+                None if parts[0].token_type_ids is None else [t for part in parts for t in part.token_type_ids],
+            )
+            names = [batch[i].adapter.peft_name for i in members for _ in range(len(batch[i].data))]
+            with torch.inference_mode():
+                logits = group.logits(data, names, self.classifiers.options)
+            start = 0
+            for i in members:
+                out[i] = logits[start : start + len(batch[i].data)]
+                start += len(batch[i].data)
         release_freed_memory()  # the batch's activations, of a shape the next batch may not reuse
-        return logits
+        return out
 
 
 # --- metrics ------------------------------------------------------------------------------------------
@@ -472,6 +504,10 @@ def serve(options: ServeOptions, log=print) -> None:
         f"http://{host}:{port}/v1/classify (Ctrl-C to stop)",
         flush=True,
     )
+    for group in classifiers.groups():  # how each model runs: engine, device, precision and why
+        engine = group.engine
+        served = ", ".join(a.name for a in classifiers.adapters.values() if a.group is group)
+        log(f"  {served}: {engine.kind} on {engine.describe()['device']}, {engine.precision.line()}", flush=True)
     config = uvicorn.Config(build_app(classifiers), log_level="warning", timeout_graceful_shutdown=30)
     # uvicorn answers the requests in flight on Ctrl-C or SIGTERM, then raises the signal again for the
     # caller: here that is the end of a clean stop (exit 0), not an interruption.

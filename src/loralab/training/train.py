@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .. import hardware
 from ..allocator import release_freed_memory
 from ..budget.count import Breakdown, breakdown_for, check_budget, shapes_for
 from ..config import LOWER_IS_BETTER, Config, check_class_weights, metric_for_best
@@ -168,8 +169,18 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def resolve_precision(cfg: Config, where: torch.device) -> hardware.Precision:
+    """train.precision for this process's device (`auto`: bf16 only where it is native). The model's width
+    sizes the probe that prices an emulated bf16; a model that cannot be read is said later, in its place."""
+    try:
+        width = shapes_for(cfg).config.hidden_size
+    except LoralabError:
+        width = None
+    return hardware.resolve(cfg.train.precision, where, width)
+
+
 def make_accelerator(cfg: Config):
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
@@ -177,10 +188,11 @@ def make_accelerator(cfg: Config):
     # process, so each run starts from a fresh state (the distributed part, PartialState, is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     t = cfg.train
+    precision = resolve_precision(cfg, PartialState().device)
     run_path = RunDir.for_config(cfg).path
     try:
-        return Accelerator(
-            mixed_precision={"fp32": "no"}.get(t.precision, t.precision),
+        return precision, Accelerator(
+            mixed_precision={"fp32": "no"}.get(precision.used, precision.used),
             gradient_accumulation_steps=t.grad_accum,
             log_with=t.report_to or None,
             project_config=ProjectConfiguration(project_dir=str(run_path), logging_dir=str(run_path / "logs")),
@@ -229,7 +241,8 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     `on_eval(step, accuracy)` is called after each evaluation's checkpoint; a search uses it to
     prune a trial by raising.
     """
-    accelerator = make_accelerator(cfg)
+    precision, accelerator = make_accelerator(cfg)
+    accelerator.print(precision.line())
     run = RunDir.for_config(cfg)
     # Only the main process writes the run directory, and it holds the directory's lock while it does.
     with ExitStack() as ownership:
@@ -244,10 +257,10 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
                 ownership.enter_context(run.lock())
             start_run_dir(run, prep, resume)
         accelerator.wait_for_everyone()  # the others start once the directory exists
-        return run_loop(accelerator, run, prep, resume, on_eval)
+        return run_loop(accelerator, run, prep, precision, resume, on_eval)
 
 
-def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) -> Summary:
+def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, on_eval) -> Summary:
     """The training loop of a prepared run in its claimed directory, to the end or to early stopping."""
     cfg = prep.cfg
     t = cfg.train
@@ -255,7 +268,7 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
     start_trackers(accelerator, run, cfg, prep.breakdown)
 
     if not cfg.lora.use_dora:  # half-precision autocast: frozen Linear weights cast once, not every step
-        cast_frozen_linears(prep.model, cfg.train.precision)
+        cast_frozen_linears(prep.model, precision.used)
     if t.gradient_checkpointing:
         checkpoint_layers(prep.model.get_base_model() if cfg.model.finetune == "lora" else prep.model)
     release_freed_memory()  # the fp32 copies just cast, the data tables, the tokenizer's buffers
@@ -356,6 +369,8 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, resume: bool, on_eval) ->
         train_samples_per_s=state.step * samples_per_step / max(state.train_time_s, 1e-9),
         versions=library_versions(),
         git_commit=git_commit(),
+        precision=precision.record(),
+        machine=hardware.machine(),
     )
     accelerator.log({f"peak_val_{metric}": summary.peak, "peak_step": summary.peak_step}, step=state.step)
     for tracker in accelerator.trackers:  # not end_training(): it would also end the caller's process group
