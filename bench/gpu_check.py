@@ -4,7 +4,9 @@ tokenizer trained on the data, then measure, each in a fresh process:
 
 - training samples/s of loralab and of the seed study's recipe (bench/train_speed.py), bf16 and fp32;
 - the study's whole run (1,200 steps, an evaluation every 100, adapters saved), wall time;
-- inference rows/s on 7,600 rows (bf16, length-sorted, as `loralab predict` does);
+- inference rows/s on 7,600 rows (precision auto, length-sorted, as `loralab predict` does), and what
+  auto chose on the device;
+- `loralab serve` of the study's run under 8 clients for 20 s: rows/s, its device and precision, errors;
 - a sweep's throughput with K workers on the device against one worker;
 
 and print one JSON summary (also written to OUT/summary.json). Without a GPU it runs the same steps
@@ -84,8 +86,12 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     quick = args.quick or not gpu
     steps, study_steps, rows = (4, 4, 64) if quick else (600, 1200, 7600)
+    from loralab import hardware
+
     summary = {
         "device": torch.cuda.get_device_name(0) if gpu else "cpu",
+        "machine": hardware.machine_line(),
+        "precision_auto": hardware.resolve("auto").record(),
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
         "quick": quick,
     }
@@ -112,7 +118,7 @@ def main() -> None:
             summary[f"train_ratio_{precision}"] = ours / theirs
 
     def study_run():
-        overrides = [f"model.name={model}", f"data.train={args.data}", "train.precision=bf16",
+        overrides = [f"model.name={model}", f"data.train={args.data}", "train.precision=auto",
                      f"train.steps={study_steps}", f"train.eval_every={max(1, study_steps // 12)}",
                      f"output.dir={work / 'runs'}", "output.name=study"]  # fmt: skip
         _, wall = run(["loralab", "train", "--config", str(ROOT / "configs" / "seed.yaml"), *overrides], log)
@@ -121,6 +127,7 @@ def main() -> None:
             "process_wall_s": wall,
             "train_wall_s": saved["wall_time_s"],
             "peak_val_accuracy": saved["peak_val_accuracy"],
+            "precision": saved["precision"],
         }
 
     measured("study_run", summary, study_run)
@@ -129,27 +136,34 @@ def main() -> None:
         script = f"""
 import json, time, torch
 from loralab.data import load_texts
-from loralab.serving.inference import classify
-from loralab.modeling.model import load_trained
+from loralab.serving.engine import classify, open_engine
 texts = load_texts({args.data!r}, "text")[0][:{rows}]
-cfg, tokenizer, model = load_trained({str(work / "runs" / "study")!r}, merged=True)
-precision = "bf16" if torch.cuda.is_available() else "fp32"
-classify(model, tokenizer, texts[:256], None, cfg, 64, precision)  # warm-up
+engine = open_engine({str(work / "runs" / "study")!r})  # precision auto, on the GPU where there is one
+classify(engine, texts[:256], None, 64)  # warm-up
 if torch.cuda.is_available(): torch.cuda.synchronize()
 started = time.perf_counter()
-classify(model, tokenizer, texts, None, cfg, 64, precision)
+classify(engine, texts, None, 64)
 rate = len(texts) / (time.perf_counter() - started)
-print(json.dumps({{"rows": len(texts), "rows_per_s": rate, "precision": precision}}))
+print(json.dumps({{"rows": len(texts), "rows_per_s": rate, **engine.describe()}}))
 """
         stdout, _ = run([py, "-c", script], log)
         return json.loads(stdout.strip().splitlines()[-1])
 
     measured("inference", summary, inference)
 
+    def serving():
+        script = [py, str(ROOT / "bench" / "serve_load.py"), str(work / "runs" / "study"), "--clients", "8",
+                  "--seconds", "5" if quick else "20", "--warmup", "2" if quick else "5", "--only-one",
+                  "--max-batch", "64"]  # fmt: skip
+        stdout, _ = run(script, log)
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    measured("serve", summary, serving)
+
     def sweep_throughput():
         trials = args.workers
         spec = {"base": str(ROOT / "configs" / "seed.yaml"), "name": "concurrent",
-                "overrides": [f"model.name={model}", f"data.train={args.data}", "train.precision=bf16",
+                "overrides": [f"model.name={model}", f"data.train={args.data}", "train.precision=auto",
                               f"train.steps={steps}", f"train.eval_every={steps}"],
                 "groups": {"seeds": {"grid": {"train.seed": list(range(trials))}}}}  # fmt: skip
         results = {}

@@ -1,4 +1,5 @@
-"""`loralab predict` of the same rows four ways: PyTorch fp32, PyTorch bf16, ONNX fp32, ONNX int8.
+"""`loralab predict` of the same rows five ways: PyTorch with the default precision (auto), fp32 and bf16,
+ONNX fp32, ONNX int8; and how close PyTorch fp32 comes to this machine's measured fp32 GEMM rate.
 
     python bench/predict_speed.py RUN [--rows 2000]
 
@@ -7,7 +8,10 @@ them) are the rows, so every accuracy is held out. The ONNX exports are written 
 checked: this script measures agreement itself). Each way then runs as users run it, the whole
 `loralab predict` command in a fresh process, and the script prints one JSON line per way: rows/s,
 accuracy, rows answered as PyTorch fp32 answered them, and the exact McNemar p against PyTorch fp32;
-then the ratios of rows/s, all measured in this one run.
+then the ratios of rows/s, all measured in this one run. First it names the machine and measures its fp32
+GEMM rate (a feed-forward-shaped product of the model's width); last, the roofline: the FLOPs of PyTorch
+fp32's forward passes over the rows (counted by torch's FlopCounterMode) per second of those passes alone
+(in this process, the model loaded), as a fraction of that GEMM rate.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000, help="how many of its validation rows (default 2000)")
     args = parser.parse_args()
 
+    from loralab import hardware
+
+    print(hardware.machine_line(), file=sys.stderr)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # the exports load the base: no load report
     from loralab.runs.rundir import RunDir
     from loralab.serving.export import ExportOptions, export_run
@@ -58,7 +65,8 @@ def main() -> None:
             options = ExportOptions(format="onnx", quantize=quantize, check=False)
             export_run(args.run, str(tmp / f"onnx-{quantize or 'fp32'}"), options)
         ways = {
-            "pytorch_fp32": (args.run, []),
+            "pytorch_auto": (args.run, []),
+            "pytorch_fp32": (args.run, ["--precision", "fp32"]),
             "pytorch_bf16": (args.run, ["--precision", "bf16"]),
             "onnx_fp32": (str(tmp / "onnx-fp32"), []),
             "onnx_int8": (str(tmp / "onnx-int8"), []),
@@ -90,9 +98,35 @@ def main() -> None:
                 "onnx_int8_vs_pytorch_bf16": round(speed["onnx_int8"] / speed["pytorch_bf16"], 2),
                 "onnx_fp32_vs_pytorch_fp32": round(speed["onnx_fp32"] / speed["pytorch_fp32"], 2),
                 "pytorch_bf16_vs_pytorch_fp32": round(speed["pytorch_bf16"] / speed["pytorch_fp32"], 2),
+                "pytorch_auto_vs_pytorch_fp32": round(speed["pytorch_auto"] / speed["pytorch_fp32"], 2),
             }
         )
     )
+    print(json.dumps(roofline(args.run, texts)))
+
+
+def roofline(run: str, texts: list[str]) -> dict:
+    """PyTorch fp32's forward passes over the rows: their FLOPs per second against the fp32 GEMM rate."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from loralab import hardware
+    from loralab.serving.engine import open_engine
+
+    engine = open_engine(run, precision="fp32")
+    data = engine.encode(texts, None)
+    with FlopCounterMode(display=False) as counter:  # a pass of its own: counting slows it
+        engine.logits(data)
+    flops = counter.get_total_flops()
+    start = time.perf_counter()
+    engine.logits(data)
+    seconds = time.perf_counter() - start
+    peak = hardware.fp32_gemm_peak(engine.model.config.hidden_size)
+    return {
+        "forward_rows_per_s": round(len(texts) / seconds, 1),
+        "gflop_per_s": round(flops / seconds / 1e9, 1),
+        "gemm_peak_gflop_per_s": round(peak, 1),
+        "fraction_of_peak": round(flops / seconds / 1e9 / peak, 3),
+    }
 
 
 if __name__ == "__main__":

@@ -358,3 +358,19 @@ def test_budget_over_the_budget_says_so_as_train_does(capsys):
     out = capsys.readouterr().out
     assert "over budget: 1,036,036 trainable parameters > lora.budget 1,000,000" in out
     assert main(["budget", str(SEED_CONFIG)]) == 0 and "over budget" not in capsys.readouterr().out
+
+
+def test_options_and_overrides_in_any_order(capsys):
+    from loralab.cli import build_parser, parse_intermixed
+
+    # The case: overrides after an option were refused as "unrecognized arguments".
+    args = parse_intermixed(build_parser(), ["sweep", "f.yaml", "--runs", "d", "a.b=1", "--workers", "2", "c=3"])
+    assert (args.file, args.runs, args.workers, args.overrides) == ("f.yaml", "d", 2, ["a.b=1", "c=3"])
+    # Run for real: the override after the option decides the budget check (r=24 is over it: exit 1).
+    assert main(["budget", str(SEED_CONFIG), "--labels", "4", "lora.r=24"]) == 1
+    assert "over budget" in capsys.readouterr().out
+    assert main(["budget", str(SEED_CONFIG), "--labels", "4", "lora.r=2"]) == 0
+    # An unknown option is still argparse's one line and exit 2.
+    with pytest.raises(SystemExit) as stop:
+        main(["budget", str(SEED_CONFIG), "--bogus", "lora.r=2"])
+    assert stop.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -74,7 +74,7 @@ def test_shipped_configs_fit_roberta_base_exactly_as_the_study(name):
 
     from loralab.budget.count import ModelShapes, breakdown_for
 
-    cfg = config.load(SEED_CONFIG.parent / name)
+    cfg = config.load(STUDY_CONFIG.parent / name)
     breakdown, _ = breakdown_for(cfg, ModelShapes.of(RobertaConfig(num_labels=len(cfg.data.label_names))))
     assert breakdown.total == 999_172
     assert (cfg.train.steps, cfg.train.batch_size, cfg.data.val_size, cfg.data.split_seed) == (1200, 16, 640, 42)

@@ -168,3 +168,21 @@ def test_real_ag_news_csv():
     rows = load_labelled(str(AG_NEWS_CSV), CFG)
     assert len(rows.texts) == 8791
     assert [rows.labels.count(c) for c in range(4)] == [2198, 2219, 2199, 2175]
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "NaN", "1e999", "", "ten"])
+def test_a_regression_target_that_is_not_a_finite_number_is_refused_naming_its_line(tmp_path, bad):
+    path = tmp_path / "scores.csv"
+    path.write_text(f"label,text\n1.5,a\n2,b\n{bad},c\n")
+    cfg = DataConfig(task="regression", label_names=[])
+    with pytest.raises(LoralabError, match=r"scores.csv: line 4 has label .* a regression target must be a finite"):
+        load_labelled(str(path), cfg)
+    path.write_text("label,text\n1.5,a\n2,b\n-3e2,c\n")
+    assert load_labelled(str(path), cfg).labels == [1.5, 2.0, -300.0]
+
+
+def test_a_class_index_that_is_not_finite_is_refused(tmp_path):
+    # Python's JSON reader takes NaN and Infinity, which strict JSON has not.
+    (tmp_path / "n.jsonl").write_text('{"label": 0, "text": "a"}\n{"label": NaN, "text": "b"}\n')
+    with pytest.raises(LoralabError, match="line 2 has label nan in 'label', not a finite number"):
+        load_labelled(str(tmp_path / "n.jsonl"), CFG)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import math
 import os
 import sys
 import warnings
 
+from . import strictjson
 from .config import TASK_METRICS
 from .errors import LoralabError
 
@@ -82,12 +83,15 @@ def cmd_eval(args) -> int:
 
     report = evaluate_run(args.run_dir, args.data, args.split, inference_options(args))
     if args.json:
-        print(json.dumps(report))
+        print(strictjson.dumps(report))
         return 0
     print(f"{report['data']}: {report['rows']} rows, adapter {report['adapter']}, {report['task']}")
     for name in TASK_METRICS[report["task"]]:
         low, high = report[f"{name}_95ci"]
         chosen = "  (picks the peak)" if name == report["metric"] else ""
+        if math.isnan(report[name]):
+            print(f"{name:<16} undefined ({strictjson.reason(name)}){chosen}")
+            continue
         print(f"{name:<16} {report[name]:.4f}  (95% CI {low:.4f}-{high:.4f}){chosen}")
     if "per_class" in report:
         print(f"{'class':<14} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
@@ -172,7 +176,7 @@ def cmd_runs(args) -> int:
     elif args.csv:
         print(to_csv(rows), end="")
     elif args.json:
-        print(json.dumps(rows, indent=2))
+        print(strictjson.dumps(rows, indent=2))
     else:
         print(format_table(rows) if rows else f"no finished runs under {', '.join(args.paths or ['runs'])}")
     return 0
@@ -449,13 +453,27 @@ def attach_dash_values(argv: list[str]) -> list[str]:
     return out
 
 
+def parse_intermixed(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options and positionals in any order: argparse fills a command's list positional (overrides, paths,
+    runs) from the words before the first option only, so the words after one are added to it here.
+    (argparse's own parse_intermixed_args does not take sub-commands.)"""
+    args, extra = parser.parse_known_args(argv)
+    options = [word for word in extra if word.startswith("-")]
+    lists = [name for name in ("overrides", "paths", "runs") if isinstance(getattr(args, name, None), list)]
+    if options or (extra and not lists):
+        parser.parse_args(argv)  # argparse's own one-line error and exit 2, naming what it did not recognise
+    if extra:
+        getattr(args, lists[0]).extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # a "Loading weights" bar per load; ours is the one that matters
-    args = build_parser().parse_args(attach_dash_values(sys.argv[1:] if argv is None else argv))
+    args = parse_intermixed(build_parser(), attach_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.run(args)
     except LoralabError as err:

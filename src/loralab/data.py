@@ -7,6 +7,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -219,6 +220,11 @@ def _whole_number(label, row: int, source: str, cfg: DataConfig) -> int | None:
     if isinstance(label, int):
         return label
     if isinstance(label, float):
+        if not math.isfinite(label):
+            raise LoralabError(
+                f"{source}: {row_place(source, row, cfg)} has label {label!r} in '{cfg.label_column}', not a finite "
+                "number: give the row its class, or remove it"
+            )
         if label.is_integer():
             return int(label)
         raise LoralabError(
@@ -246,15 +252,16 @@ def target(value, row: int, source: str, cfg: DataConfig):
         chosen = {class_index(item, row, source, cfg) for item in _label_items(value, cfg)}
         return [1.0 if i in chosen else 0.0 for i in range(len(label_names_of(cfg)))]
     if cfg.task == "regression":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
         try:
-            return float(value)
+            number = float(value) if not isinstance(value, bool) else None
         except (TypeError, ValueError):
+            number = None
+        if number is None or not math.isfinite(number):  # nan, inf: a loss of nan, or one row that outweighs all
             raise LoralabError(
                 f"{source}: {row_place(source, row, cfg)} has label {value!r} in '{cfg.label_column}': a "
-                "regression target must be a number"
-            ) from None
+                "regression target must be a finite number"
+            )
+        return number
     return class_index(value, row, source, cfg)
 
 

@@ -67,7 +67,11 @@ class Precision:
         return asdict(self)
 
     def line(self) -> str:
-        return f"precision {self.used} ({self.asked}: {self.reason})"
+        return (
+            f"precision {self.used} ({self.asked}: {self.reason})"
+            if self.asked == "auto"
+            else (f"precision {self.used} ({self.reason})")
+        )
 
 
 def resolve(asked: str, where: torch.device | None = None, width: int | None = None) -> Precision:
@@ -87,7 +91,7 @@ def resolve(asked: str, where: torch.device | None = None, width: int | None = N
     if asked == "fp16" and where.type == "cpu" and not {"avx512_fp16", "amx_fp16"} & cpu_flags():
         slower = emulation_slowdown(width or 768, torch.float16, where)
         warn(f"precision fp16 on a CPU: a matmul of this model's width ran {slower:.1f}x slower than fp32 here")
-    return Precision(asked, asked, "asked for" if asked != "fp32" else "fp32 asked for")
+    return Precision(asked, asked, "set explicitly")
 
 
 def emulation_slowdown(width: int, dtype: torch.dtype, where: torch.device) -> float:

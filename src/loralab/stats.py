@@ -4,6 +4,7 @@ two runs on the same rows, and intervals over seeds."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,7 +32,9 @@ def bootstrap_interval(
     rng = np.random.default_rng(seed)
     n = len(targets)
     values = [metric(targets[idx], predictions[idx]) for idx in rng.integers(0, n, (BOOTSTRAP_SAMPLES, n))]
-    low, high = np.nanpercentile(values, [2.5, 97.5])
+    with warnings.catch_warnings():  # every resample undefined (constant values): NaN, said once by the caller
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(values, [2.5, 97.5])
     return (float(low), float(high))
 
 

@@ -152,7 +152,7 @@ def test_regression_end_to_end_in_a_fresh_process(model_dirs, tmp_path):
     assert np.corrcoef(scores, truth)[0, 1] > 0.8 and abs(scores.mean() - truth.mean()) < 5
 
 
-def test_epochs_warmup_ratio_and_a_validation_file(model_dirs, tiny_data, tmp_path):
+def test_epochs_warmup_ratio_and_a_validation_file(model_dirs, tiny_data, tmp_path, capsys):
     from conftest import synthetic_rows
 
     held_out = write_csv(tmp_path / "dev.csv", synthetic_rows(50, seed=4))
@@ -163,6 +163,9 @@ def test_epochs_warmup_ratio_and_a_validation_file(model_dirs, tiny_data, tmp_pa
     summary = train(config.load(SEED_CONFIG, overrides))
     # 400 training rows (none held out: validation comes from dev.csv) x 1.5 epochs / 16 per step.
     assert summary.steps_done == 38 and summary.val_rows == 50
+    out = capsys.readouterr().out  # which of two settings decided, and what it came to, in the first lines
+    assert "train.epochs 1.5 decides the length: 38 steps over 400 rows (train.steps 1,200 not used)" in out
+    assert "train.warmup_ratio 0.1 decides the warmup: 4 steps (train.warmup_steps 100 not used)" in out
     saved = RunDir(tmp_path / "runs" / "epochs").read_config()
     assert (saved.train.steps, saved.train.warmup_steps) == (38, 4)
 
@@ -173,7 +176,7 @@ def test_epochs_warmup_ratio_and_a_validation_file(model_dirs, tiny_data, tmp_pa
         (["data.task=regression", "data.label_names=[a, b]"], "a regression has one output"),
         (["train.metric_for_best=pearson"], "'pearson' is not a single_label metric"),
         (["data.task=ranking"], "data.task: 'ranking' is not one of"),
-        (["data.task=regression", "data.train={words}"], "in 'label': a regression target must be a number"),
+        (["data.task=regression", "data.train={words}"], "in 'label': a regression target must be a finite number"),
         (["data.text_pair_column=nope"], "no 'nope' column"),
         (["train.warmup_ratio=1"], "train.warmup_ratio"),
     ],
@@ -209,3 +212,39 @@ def test_other_tasks_in_runs_against_plots_and_jsonl_lists(model_dirs, tmp_path,
     assert plotted and (tmp_path / "figures" / "loss_runs.png").exists()
     (curves,) = [v for v in plotted.values()]
     assert sorted(curves.values()) == sorted([a.peak, b.peak])  # the curves drawn are of the run's metric
+
+
+def strict_loads(text: str):
+    """A parser as strict as browsers, jq, Go and Java: NaN and Infinity are errors."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_undefined_metrics_are_null_with_their_reason_in_every_json_and_said_once(model_dirs, tmp_path, capfd):
+    """Constant targets make a correlation undefined: files and `eval --json` stay strict JSON (null, and the
+    reason beside it), the terminal says "undefined (...)" with no numpy warning, and the run reads back."""
+    constant = write_csv(tmp_path / "flat.csv", [(10.0, t) for _, t in regression_rows(120)])
+    overrides = tiny(model_dirs["roberta"], constant, tmp_path / "runs", "flat", "data.task=regression",
+                     "data.label_names=[]", "train.steps=4")  # fmt: skip
+    assert main(["train", "--config", str(SEED_CONFIG), *overrides]) == 0
+    run = tmp_path / "runs" / "flat"
+    summary = strict_loads((run / "summary.json").read_text())
+    assert summary["peak"] is None and summary["peak_undefined"].startswith("the targets or the predictions are const")
+    rows = [strict_loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [row for row in rows if row["split"] == "val"]
+    assert val and all(row["pearson"] is None and "constant" in row["pearson_undefined"] for row in val)
+    capfd.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    out, err = capfd.readouterr()
+    report = strict_loads(out)
+    assert report["pearson"] is None and report["pearson_95ci"] == [None, None] and report["mse"] >= 0
+    assert "Warning" not in err
+    assert main(["eval", str(run)]) == 0
+    out, err = capfd.readouterr()
+    assert out.count("undefined (the targets or the predictions are constant on these rows)") == 2  # pearson, spearman
+    assert "Warning" not in err
+    assert main(["runs", str(tmp_path / "runs"), "--json"]) == 0  # the run reads back and lists
+    assert strict_loads(capfd.readouterr().out)[0]["name"] == "flat"

@@ -219,7 +219,7 @@ def test_seed_groups_name_the_settings_that_tell_configurations_apart(tmp_path):
         return RunRecord(RunDir(tmp_path / name), cfg, summary, [], Origin())
 
     decayed, plain = seed_groups([record("decay", 0.92, layer_lr_decay=0.9), record("plain", 0.91)])
-    assert decayed["configuration"].endswith("lr=0.001 steps=1200 precision=fp32 train.layer_lr_decay=0.9")
+    assert decayed["configuration"].endswith("lr=0.001 steps=1200 precision=auto train.layer_lr_decay=0.9")
     assert plain["configuration"].endswith("train.layer_lr_decay=1.0")
     # Settings every configuration shares stay out of the line.
     assert "label_smoothing" not in decayed["configuration"]

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import strictjson
 from ..config import Config
 from ..data import DataIdentity
 from ..errors import LoralabError
@@ -112,7 +113,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_text_atomic(path, strictjson.dumps(data, indent=2) + "\n")
 
 
 def replace_dir(target: Path, fill) -> None:
@@ -152,7 +153,7 @@ def _from_json(cls, data: dict, where: Path):
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
+        data = strictjson.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise LoralabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
     if not isinstance(data, dict):
@@ -403,7 +404,7 @@ class RunDir:
     # --- metrics -------------------------------------------------------------------------------
 
     def append_metrics(self, row: dict) -> None:
-        line = json.dumps(row) + "\n"
+        line = strictjson.dumps(row) + "\n"
         try:
             with open(self.metrics, "a") as handle:
                 handle.write(line)
@@ -419,7 +420,7 @@ class RunDir:
         rows = []
         for number, line in enumerate(lines, 1):
             try:
-                rows.append(json.loads(line))
+                rows.append(strictjson.loads(line))
             except json.JSONDecodeError:
                 if number < len(lines):
                     raise LoralabError(f"{self.metrics}: line {number} is not JSON") from None
@@ -429,7 +430,7 @@ class RunDir:
     def truncate_metrics(self, last_step: int) -> None:
         """Drop rows logged after `last_step`: a resumed run logs those steps again."""
         kept = [row for row in self.read_metrics() if row["step"] <= last_step]
-        write_text_atomic(self.metrics, "".join(json.dumps(row) + "\n" for row in kept))
+        write_text_atomic(self.metrics, "".join(strictjson.dumps(row) + "\n" for row in kept))
 
     # --- adapters and predictions --------------------------------------------------------------
 

@@ -40,8 +40,7 @@ def opened(path: str, options: InferenceOptions):
 def evaluate_run(run_path: str, data: str | None, split: str, options: InferenceOptions) -> dict:
     """Metrics of a run's adapter on its own validation rows, or on another labelled set."""
     run = RunDir(Path(run_path))
-    engine = opened(run_path, options)
-    cfg = engine.cfg
+    cfg = run.read_config()
     report = {"run": str(run_path), "adapter": options.which, "data": data or f"{cfg.data.train} (validation rows)"}
     if data is None:
         rows = validation_rows(run, cfg)
@@ -56,6 +55,7 @@ def evaluate_run(run_path: str, data: str | None, split: str, options: Inference
                 "them are not a held-out estimate (without --data, eval scores the run's validation rows)"
             )
         report["training_rows"] = seen
+    engine = opened(run_path, options)  # once the rows are read: a bad --data is one line, before any model
     task, decision = task_for(cfg), engine.decision
     logits = classify(engine, rows.texts, rows.pairs, options.batch_size)
     predictions = task.score(logits, decision).predictions

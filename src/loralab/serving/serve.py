@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations in this namespace
 
+from .. import strictjson
 from ..allocator import release_freed_memory
 from ..config import Config
 from ..data import Encoded
@@ -436,7 +437,8 @@ def build_app(classifiers: Classifiers):
         data = await asyncio.to_thread(classifiers.encode, adapter, texts, pairs)
         logits = await batcher.classify(adapter, data)
         metrics.rows.labels(adapter.name).inc(len(texts))
-        return {"adapter": adapter.name, **classifiers.answer(adapter, logits, probabilities)}
+        answer = {"adapter": adapter.name, **classifiers.answer(adapter, logits, probabilities)}
+        return Response(strictjson.dumps(answer), media_type="application/json")
 
     @app.get("/v1/adapters")
     async def adapters():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .. import hardware
+from .. import hardware, strictjson
 from ..allocator import release_freed_memory
 from ..budget.count import Breakdown, breakdown_for, check_budget, shapes_for
 from ..config import LOWER_IS_BETTER, Config, check_class_weights, metric_for_best
@@ -71,7 +71,7 @@ def prepare(cfg: Config, log=print, processes: int = 1) -> Prepared:
     check_class_weights(cfg)
     for problem in check_label_fit(cfg.data, train_rows, val_rows):
         warn(problem)
-    resolve_schedule(cfg, len(train_rows.texts), processes)
+    resolve_schedule(cfg, len(train_rows.texts), processes, log)
     shapes = shapes_for(cfg)
     breakdown, plan = breakdown_for(cfg, shapes)
     log(breakdown.format())  # shown once, before the one-line error of a run over the budget
@@ -89,14 +89,21 @@ def prepare(cfg: Config, log=print, processes: int = 1) -> Prepared:
     return Prepared(cfg, breakdown, tokenizer, model, frozen, train_set, val_set, identity, decision)
 
 
-def resolve_schedule(cfg: Config, train_rows: int, processes: int) -> None:
+def resolve_schedule(cfg: Config, train_rows: int, processes: int, log=print) -> None:
     """train.epochs as optimizer steps (every step takes batch_size x grad_accum rows on each process), and
-    train.warmup_ratio as warmup steps: published recipes are written in epochs and warmup ratios."""
+    train.warmup_ratio as warmup steps: published recipes are written in epochs and warmup ratios. Where
+    one setting replaces another, the first lines say which decided and what it came to."""
     t = cfg.train
     if t.epochs > 0:
+        given = t.steps
         t.steps = max(1, math.ceil(t.epochs * train_rows / (t.batch_size * t.grad_accum * processes)))
+        log(f"train.epochs {t.epochs:g} decides the length: {t.steps:,} steps over {train_rows:,} rows "
+            f"(train.steps {given:,} not used)")  # fmt: skip
     if t.warmup_ratio > 0:
+        given = t.warmup_steps
         t.warmup_steps = math.ceil(t.warmup_ratio * t.steps)
+        log(f"train.warmup_ratio {t.warmup_ratio:g} decides the warmup: {t.warmup_steps:,} steps "
+            f"(train.warmup_steps {given:,} not used)")  # fmt: skip
 
 
 def check_run_dir(run: RunDir, resume: bool) -> None:
@@ -180,15 +187,17 @@ def resolve_precision(cfg: Config, where: torch.device) -> hardware.Precision:
 
 
 def make_accelerator(cfg: Config):
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import ProjectConfiguration, parse_flag_from_env
 
     # Accelerate keeps one precision per process; a sweep trains several configurations in one
     # process, so each run starts from a fresh state (the distributed part, PartialState, is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     t = cfg.train
-    precision = resolve_precision(cfg, PartialState().device)
+    # The device Accelerate will pick, without starting its state (that would fix the process group too early).
+    where = torch.device("cpu") if parse_flag_from_env("ACCELERATE_USE_CPU") else hardware.device()
+    precision = resolve_precision(cfg, where)
     run_path = RunDir.for_config(cfg).path
     try:
         return precision, Accelerator(
@@ -379,7 +388,8 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
         run.write_summary(summary)  # last: its presence marks the run finished
         if not t.keep_checkpoint:  # a finished run is not resumed: its optimizer state is only weight
             shutil.rmtree(run.checkpoint, ignore_errors=True)
-        accelerator.print(f"peak val {metric} {summary.peak:.4f} at step {summary.peak_step}; run in {run.path}")
+        peak = f"{summary.peak:.4f}" if math.isfinite(summary.peak) else f"undefined ({strictjson.reason(metric)})"
+        accelerator.print(f"peak val {metric} {peak} at step {summary.peak_step}; run in {run.path}")
     accelerator.wait_for_everyone()
     return summary
 
