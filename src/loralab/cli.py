@@ -381,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--max-texts", type=int, default=256, help="texts in one request, at most (more: 413)")
     server.add_argument("--max-chars", type=int, default=65_536, help="characters in one text, at most (more: 413)")
+    server.add_argument(
+        "--max-queue", type=int, default=1024, help="rows waiting for a batch, at most (more: 503 with Retry-After)"
+    )
+    server.add_argument(
+        "--read-timeout", type=float, default=10.0, help="seconds for a request to arrive whole (stalled: 408, closed)"
+    )
     _base_model_argument(server)
     server.set_defaults(run=cmd_serve)
 

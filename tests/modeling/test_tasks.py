@@ -164,8 +164,8 @@ def test_epochs_warmup_ratio_and_a_validation_file(model_dirs, tiny_data, tmp_pa
     # 400 training rows (none held out: validation comes from dev.csv) x 1.5 epochs / 16 per step.
     assert summary.steps_done == 38 and summary.val_rows == 50
     out = capsys.readouterr().out  # which of two settings decided, and what it came to, in the first lines
-    assert "train.epochs 1.5 decides the length: 38 steps over 400 rows (train.steps 1,200 not used)" in out
-    assert "train.warmup_ratio 0.1 decides the warmup: 4 steps (train.warmup_steps 100 not used)" in out
+    assert "train.epochs 1.5 decides the length: 38 steps over 400 rows (train.steps 40 not used)" in out
+    assert "train.warmup_ratio 0.1 decides the warmup: 4 steps (train.warmup_steps 0 not used)" in out
     saved = RunDir(tmp_path / "runs" / "epochs").read_config()
     assert (saved.train.steps, saved.train.warmup_steps) == (38, 4)
 

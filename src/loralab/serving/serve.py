@@ -53,6 +53,8 @@ class ServeOptions:
     max_wait_ms: float = 5.0  # how long the first waiting row waits for others to join its batch
     max_texts: int = 256  # per request: more is a 413, so one client cannot hold the batcher for minutes
     max_chars: int = 65_536  # per text: the tokenizer reads a text whole before truncating it
+    max_queue: int = 1024  # rows waiting for a batch, at most: past it a request is answered 503 at once
+    read_timeout: float = 10.0  # seconds for a request's headers and body to arrive: a stalled one is closed
 
 
 class ModelGroup:
@@ -238,34 +240,47 @@ class Batcher:
 
         self.classifiers, self.metrics = classifiers, metrics
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.waiting = 0  # rows queued and not yet taken into a batch: what --max-queue bounds
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loralab-forward")
 
     async def classify(self, adapter: Adapter, data: Encoded) -> torch.Tensor:
+        """The logits of `data`'s rows; Overloaded at once where they would queue past --max-queue rows."""
+        limit = self.classifiers.options.max_queue
+        if self.waiting + len(data) > limit:
+            raise Overloaded(f"{self.waiting:,} rows are waiting, at most {limit:,} (--max-queue): retry shortly")
+        self.waiting += len(data)
         future = asyncio.get_running_loop().create_future()
         await self.queue.put(Pending(adapter, data, future))
         return await future
+
+    async def _take(self) -> Pending:
+        pending = await self.queue.get()
+        self.waiting -= len(pending.data)
+        return pending
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         options = self.classifiers.options
         while True:
-            batch = [await self.queue.get()]
+            batch = [await self._take()]
             rows, deadline = len(batch[0].data), loop.time() + options.max_wait_ms / 1000
             while rows < options.max_batch and (left := deadline - loop.time()) > 0:
                 try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                    batch.append(await asyncio.wait_for(self._take(), left))
                 except asyncio.TimeoutError:
                     break
                 rows += len(batch[-1].data)
             try:
                 answers = await loop.run_in_executor(self.thread, self._forward, batch)
             except Exception as err:  # noqa: BLE001 - each waiting request answers 500 with it; the server goes on
-                for pending in batch:
-                    pending.future.set_exception(err)
-                continue
-            for pending, logits in zip(batch, answers):
-                if not pending.future.cancelled():  # a client that hung up
-                    pending.future.set_result(logits)
+                answers = [err] * len(batch)
+            for pending, answer in zip(batch, answers):
+                if pending.future.done():  # a client that hung up: nobody waits for this answer
+                    continue
+                if isinstance(answer, Exception):
+                    pending.future.set_exception(answer)
+                else:
+                    pending.future.set_result(answer)
 
     def _forward(self, batch: list[Pending]) -> list[torch.Tensor]:
         """Each request's logits; the rows of one model group in one pass (split by length and --max-tokens)."""
@@ -315,6 +330,10 @@ class Metrics:
 
 
 # --- the HTTP application ---------------------------------------------------------------------------
+
+
+class Overloaded(Exception):
+    """More rows would wait than --max-queue allows: 503 with Retry-After, as TEI and infinity answer."""
 
 
 class BadRequest(Exception):
@@ -392,17 +411,22 @@ def build_app(classifiers: Classifiers):
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     metrics = Metrics(classifiers.options.max_batch)
     batcher = Batcher(classifiers, metrics)
 
+    batcher_task = None
+
     @asynccontextmanager
     async def lifespan(app):
-        task = asyncio.create_task(batcher.run())
+        nonlocal batcher_task
+        batcher_task = asyncio.create_task(batcher.run())
         yield
-        task.cancel()  # uvicorn has answered every request in flight by now
+        batcher_task.cancel()  # uvicorn has answered every request in flight by now
 
     app = FastAPI(title="loralab", lifespan=lifespan)
+    app.state.accepted = app.state.answered = 0  # requests taken in and answered: the shutdown line's truth
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -422,7 +446,9 @@ def build_app(classifiers: Classifiers):
     @app.middleware("http")
     async def count(request: Request, call_next):
         start = time.perf_counter()
+        app.state.accepted += 1
         response = await call_next(request)
+        app.state.answered += 1
         path = request.url.path if request.url.path in PATHS else "other"
         metrics.requests.labels(path, str(response.status_code)).inc()
         metrics.latency.labels(path).observe(time.perf_counter() - start)
@@ -434,8 +460,15 @@ def build_app(classifiers: Classifiers):
             adapter, texts, pairs, probabilities = parse_request(await request.body(), classifiers)
         except BadRequest as err:
             return error(err.status, str(err))
+        except ClientDisconnect:  # closed before its body came (a read timeout, or the client left)
+            return error(408, "the request's body did not arrive")
         data = await asyncio.to_thread(classifiers.encode, adapter, texts, pairs)
-        logits = await batcher.classify(adapter, data)
+        try:
+            logits = await batcher.classify(adapter, data)
+        except Overloaded as err:
+            return JSONResponse({"error": str(err)}, status_code=503, headers={"Retry-After": "1"})
+        except Exception as err:  # noqa: BLE001 - the batch failed: this request says why, the server goes on
+            return error(500, f"the batch holding this request failed: {type(err).__name__}: {err}")
         metrics.rows.labels(adapter.name).inc(len(texts))
         answer = {"adapter": adapter.name, **classifiers.answer(adapter, logits, probabilities)}
         return Response(strictjson.dumps(answer), media_type="application/json")
@@ -446,6 +479,10 @@ def build_app(classifiers: Classifiers):
 
     @app.get("/healthz")
     async def healthz():
+        """503 where the batcher is not running: a load balancer then stops sending here."""
+        if batcher_task is None or batcher_task.done():
+            failure = batcher_task.exception() if batcher_task and not batcher_task.cancelled() else None
+            return error(503, f"the batcher is not running ({failure or 'stopped'})")
         return {"status": "ok", "adapters": len(classifiers.adapters)}
 
     @app.get("/metrics")
@@ -464,6 +501,56 @@ PATHS = {
 
 
 # --- the server ---------------------------------------------------------------------------------------
+
+
+def raise_open_files_limit() -> None:
+    """The soft limit of open files up to the hard one, as servers do: every connection is a file, and the
+    usual soft 1024 would refuse clients long before the read timeout frees stalled ones."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def read_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol with a read timeout, which uvicorn lacks (it times out only idle keep-alive
+    connections): a connection whose request has not wholly arrived `seconds` after it opened or after its
+    last response is answered 408 where a request had begun, and closed. So stalled clients cannot hold
+    the server's connections; a request already read is answered however long it takes."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    body = b'{"error": "the request did not arrive within the read timeout (--read-timeout)"}'
+    timeout = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+    class ReadTimeout(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.read_timer = self.loop.call_later(seconds, self.read_timed_out)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.read_timer.cancel()
+            self.read_timer = self.loop.call_later(seconds, self.read_timed_out)
+
+        def connection_lost(self, exc) -> None:
+            self.read_timer.cancel()
+            super().connection_lost(exc)
+
+        def read_timed_out(self) -> None:
+            if self.transport.is_closing() or self.conn.their_state is h11.DONE:
+                return  # gone already, or the request is in and being answered
+            begun = self.conn.their_state is h11.SEND_BODY or bool(self.conn.trailing_data[0])
+            if begun:
+                self.transport.write(timeout)
+            self.transport.close()
+
+    return ReadTimeout
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -497,6 +584,14 @@ def serve(options: ServeOptions, log=print) -> None:
             raise LoralabError(f"serve: {flag} must be at least 1, got {value}")
     if options.max_wait_ms < 0:
         raise LoralabError(f"serve: --max-wait-ms must be 0 or more, got {options.max_wait_ms}")
+    if options.max_queue < options.max_texts:
+        raise LoralabError(
+            f"serve: --max-queue {options.max_queue} is below --max-texts {options.max_texts}: a whole request must "
+            "fit in the queue"
+        )
+    if options.read_timeout <= 0:
+        raise LoralabError(f"serve: --read-timeout must be above 0 seconds, got {options.read_timeout}")
+    raise_open_files_limit()
     named_runs(options.runs)  # a missing run or a name given twice: said before the port is taken
     sock = listening_socket(options.host, options.port)
     classifiers = Classifiers(options)
@@ -510,7 +605,10 @@ def serve(options: ServeOptions, log=print) -> None:
         engine = group.engine
         served = ", ".join(a.name for a in classifiers.adapters.values() if a.group is group)
         log(f"  {served}: {engine.kind} on {engine.describe()['device']}, {engine.precision.line()}", flush=True)
-    config = uvicorn.Config(build_app(classifiers), log_level="warning", timeout_graceful_shutdown=30)
+    app = build_app(classifiers)
+    config = uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=30, http=read_timeout_protocol(options.read_timeout)
+    )
     # uvicorn answers the requests in flight on Ctrl-C or SIGTERM, then raises the signal again for the
     # caller: here that is the end of a clean stop (exit 0), not an interruption.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
@@ -520,4 +618,8 @@ def serve(options: ServeOptions, log=print) -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-    log("stopped: every request was answered", flush=True)
+    lost = app.state.accepted - app.state.answered
+    if lost:
+        log(f"stopped: {lost} of {app.state.accepted} requests were not answered", flush=True)
+    else:
+        log(f"stopped: every request was answered ({app.state.accepted})", flush=True)
