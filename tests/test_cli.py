@@ -374,3 +374,37 @@ def test_options_and_overrides_in_any_order(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["budget", str(SEED_CONFIG), "--bogus", "lora.r=2"])
     assert stop.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_every_command_that_writes_meets_an_unwritable_path_with_one_line(env, tmp_path, capsys):
+    """A file where a folder must be, a special file system and a full device: one line naming the path,
+    exit 2, nothing half-written anywhere."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    texts = env.root / "texts.csv"
+    cases = [
+        ["train", "--config", str(SEED_CONFIG), f"model.name={env.model}", f"data.train={env.data}",
+         "train.steps=1", f"output.dir={blocker}/runs"],
+        ["export", str(env.run), str(blocker / "exported")],
+        ["predict", str(env.run), "--input", str(texts), "--out", str(blocker / "p.csv")],
+        ["predict", str(env.run), "--input", str(texts), "--out", "/proc/loralab-predictions.csv"],
+        ["plot", str(env.run), "--out", str(blocker / "figures")],
+        ["report", str(env.run), "--out", str(blocker / "report.html")],
+        ["report", str(env.run), "--out", "/proc/loralab-report.html"],
+        ["import-hf", str(env.root), "--out", str(blocker / "imported")],
+    ]  # fmt: skip
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("loralab: error: "), (argv, err)
+        assert "a-file" in err[0] or "/proc" in err[0], err[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == before and blocker.read_text() == "x"
+    # A special file (a pipe here; a device is the same case) is not replaced by the output.
+    import os
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert main(["predict", str(env.run), "--input", str(texts), "--out", str(fifo)]) == 2
+    assert "not a regular file" in capsys.readouterr().err and stat.S_ISFIFO(fifo.stat().st_mode)

@@ -123,10 +123,13 @@ def cmd_export(args) -> int:
     if "skipped" in check:
         print(f"exported to {out} (not checked: --no-check)")
     else:
+        low, high = check["difference_95ci"]
+        p = check["p_value"]
         print(
             f"exported to {out}; checked on {check['rows']} rows: {check['same_answer']} answered the same, "
             f"probabilities within {check['max_probability_difference']:.2g}, {check['metric']} "
-            f"{check['export']:.4f} (adapter {check['adapter']:.4f}); see export.json"
+            f"{check['export']:.4f} (adapter {check['adapter']:.4f}; difference {check['difference']:+.4f}, 95% CI "
+            f"{low:+.4f} to {high:+.4f}, p {p:.3g}, on {check['rows']} rows); see export.json"
         )
         speed = check["speed"]
         verdict = "" if speed["ratio"] > 1.05 else ": the export is no faster than the adapter on this machine"
@@ -487,6 +490,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # `loralab runs | head`
         return 0
+    except OSError as err:  # a path the writers above did not meet first: still one line naming it
+        if not err.filename:
+            raise
+        print(f"loralab: error: {err.strerror}: {err.filename}: choose a path you can use", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # one line below the progress bar, saying how to go on
         print(f"\nloralab: interrupted; {RESUME.get(args.command, 'nothing was left half-written')}", file=sys.stderr)
         return 130

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import types
 import typing
@@ -298,12 +297,8 @@ def _validate(cfg: Config) -> None:
         "/" not in name and "\\" not in name and name not in (".", ".."),
         f"output.name: '{name}' is a path; name the run directory only (it goes inside output.dir '{cfg.output.dir}')",
     )
-    for tracker in t.report_to:
+    for tracker in t.report_to:  # whether it is installed matters only to training (tracking.check_installed)
         require(tracker in TRACKERS, f"train.report_to: '{tracker}' is not one of {', '.join(TRACKERS)}")
-        require(
-            importlib.util.find_spec(TRACKERS[tracker]) is not None,
-            f"train.report_to: {tracker} is not installed (pip install {TRACKERS[tracker]})",
-        )
     if cfg.data.label_names:  # otherwise checked once the data has named them
         check_class_weights(cfg)
 
@@ -391,8 +386,11 @@ def from_dict(tree: dict, overrides: list[str] = (), values: dict[str, Any] | No
         _set_dotted(tree, dotted, value)
     cfg = _build(Config, tree, "")
     _validate(cfg)
+    # Every local path as an absolute one, so a saved run finds its files from any folder.
     cfg.model.name = local_path_or_id(cfg.model.name)
     cfg.data.train = local_path_or_id(cfg.data.train)
+    if cfg.data.validation and is_local(cfg.data.validation):
+        cfg.data.validation = local_path_or_id(cfg.data.validation)
     return cfg
 
 

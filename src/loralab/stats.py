@@ -60,6 +60,26 @@ def paired_bootstrap_p(
     return float(min(1.0, 2 * tail))
 
 
+def paired_difference_interval(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    targets: Sequence,
+    predictions_a: Sequence,
+    predictions_b: Sequence,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of metric(b) - metric(a) on the same rows, resampled together."""
+    targets, a, b = np.asarray(targets), np.asarray(predictions_a), np.asarray(predictions_b)
+    rng = np.random.default_rng(seed)
+    n = len(targets)
+    differences = [
+        metric(targets[i], b[i]) - metric(targets[i], a[i]) for i in rng.integers(0, n, (BOOTSTRAP_SAMPLES, n))
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(differences, [2.5, 97.5])
+    return (float(low), float(high))
+
+
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value: of the rows exactly one run gets right, is the split 50/50?"""
     n = only_a + only_b

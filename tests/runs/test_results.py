@@ -4,7 +4,7 @@ import shutil
 import xml.etree.ElementTree as ElementTree
 
 import pytest
-from conftest import ROOT, SEED_CONFIG, SEED_STUDY
+from conftest import ROOT, SEED_CONFIG, SEED_STUDY, regression_rows, write_csv
 
 from loralab.cli import main
 from loralab.errors import LoralabError
@@ -132,14 +132,14 @@ def test_report_in_a_real_browser(imported, tmp_path):
     with report_in_chromium(out) as page:
         sizes = page.evaluate("[...document.querySelectorAll('figure svg')].map(s => s.getBoundingClientRect().width)")
         assert len(sizes) >= 5 and all(width > 100 for width in sizes)
-        table = "#configurations"
+        table = "#configurations-0"
         peaks = lambda: page.evaluate(  # noqa: E731
-            f'[...document.querySelector("{table}").tBodies[0].rows].map(r => Number(r.cells[11].dataset.sort))'
+            f'[...document.querySelector("{table}").tBodies[0].rows].map(r => Number(r.cells[12].dataset.sort))'
         )
-        page.click(f"{table} th:has-text('peak') >> nth=0")
+        page.click(f"{table} th:text-is('peak') >> nth=0")
         ascending = peaks()
         assert ascending == sorted(ascending) and len(ascending) > 5
-        page.click(f"{table} th:has-text('peak') >> nth=0")
+        page.click(f"{table} th:text-is('peak') >> nth=0")
         assert peaks() == sorted(ascending, reverse=True)
 
 
@@ -289,6 +289,8 @@ def test_report_of_a_mixed_folder_in_a_real_browser(tmp_path, model_dirs, tiny_d
     folder = tmp_path / "runs"
     import_hf([str(SEED_STUDY)], str(folder / "imported"), model_config=ROBERTA_BASE_CONFIG)
     train_tiny(model_dirs["roberta"], tiny_data, folder / "mine", "own-run")
+    scores = write_csv(tmp_path / "scores.csv", regression_rows(200))
+    train_tiny(model_dirs["roberta"], scores, folder / "mine", "scores", "data.task=regression", "data.label_names=[]")
     base = {
         "base": str(SEED_CONFIG),
         "overrides": [f"model.name={model_dirs['roberta']}", f"data.train={tiny_data}", "data.val_size=64",
@@ -316,12 +318,22 @@ def test_report_of_a_mixed_folder_in_a_real_browser(tmp_path, model_dirs, tiny_d
     out = tmp_path / "report.html"
     assert main(["report", str(folder), "--out", str(out)]) == 0
     with report_in_chromium(out) as page:
-        # No number wraps onto a second line, in any table.
+        # No number or header wraps onto a second line, in any table: only prose cells may.
         wrapped = page.evaluate(  # a text on one line has one line box
-            "[...document.querySelectorAll('td[data-sort]')].filter(td => { const r = document.createRange(); "
-            "r.selectNodeContents(td); return r.getClientRects().length > 1; }).length"
+            "[...document.querySelectorAll('td:not(.text), th')].filter(td => { const r = document.createRange(); "
+            "r.selectNodeContents(td); return r.getClientRects().length > 1; }).map(td => td.textContent)"
         )
-        assert wrapped == 0
+        assert wrapped == []
+        # Unlike runs are never ranked together: each configurations table holds one metric, and the
+        # regression run has a table (and a best run) of its own.
+        metrics = page.evaluate(
+            "[...document.querySelectorAll('table[id^=configurations]')].map(t => "
+            "[...t.tBodies[0].rows].map(r => r.cells[11].textContent))"
+        )
+        assert all(len(set(column)) == 1 for column in metrics) and [["pearson"]] == [
+            sorted(set(column)) for column in metrics if "pearson" in column
+        ]
+        assert len(metrics) == page.evaluate("document.querySelectorAll('section h3:first-of-type').length") >= 3
         captions_shown = page.evaluate("[...document.querySelectorAll('figcaption')].map(c => c.textContent)")
         assert all(" " in caption for caption in captions_shown)  # titles, not file names such as fig1_scope
         assert len(captions_shown) == len(set(captions_shown))

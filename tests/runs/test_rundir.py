@@ -265,3 +265,35 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(tiny_ove
         assert run.read_summary().steps_done == 12
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_run_travels_relative_paths_resolve_and_trackers_matter_only_to_training(
+    model_dirs, tiny_data, tmp_path, monkeypatch, capsys
+):
+    """Trained in one folder with a relative data.validation, then read from another, on a machine without
+    the tracker it reported to: listed, evaluated and predicted with; only training asks for the tracker."""
+    from conftest import synthetic_rows, write_csv
+
+    work = tmp_path / "work"
+    work.mkdir()
+    write_csv(work / "dev.csv", synthetic_rows(40, seed=5))
+    monkeypatch.chdir(work)
+    overrides = [f"model.name={model_dirs['roberta']}", f"data.train={tiny_data}", "data.validation=dev.csv",
+                 "data.max_length=32", "lora.r=4", "train.steps=4", "train.eval_every=4", "train.batch_size=16",
+                 "output.dir=runs", "output.name=travelling"]  # fmt: skip
+    assert main(["train", "--config", str(SEED_CONFIG), *overrides]) == 0
+    run = work / "runs" / "travelling"
+    # What a machine without the tracker sees: a run that reported to one that is not installed here.
+    saved = run / "config.yaml"
+    saved.write_text(saved.read_text().replace("report_to: []", "report_to:\n  - aim"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0  # its validation rows: dev.csv, found from here
+    assert json.loads(capsys.readouterr().out)["rows"] == 40
+    assert main(["runs", str(run)]) == 0 and "travelling" in capsys.readouterr().out
+    texts = write_csv(elsewhere / "in.csv", [(t,) for _, t in synthetic_rows(5)], ("text",))
+    assert main(["predict", str(run), "--input", str(texts), "--out", "p.csv"]) == 0
+    assert main(["train", "--config", str(saved), "output.name=again"]) == 2
+    assert "train.report_to: aim is not installed (pip install aim)" in capsys.readouterr().err

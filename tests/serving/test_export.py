@@ -13,6 +13,7 @@ import pytest
 from conftest import synthetic_rows, train_tiny, write_csv
 
 from loralab.cli import main
+from loralab.errors import LoralabError
 from loralab.serving.export import ExportOptions, export_run
 
 pytest.importorskip("onnxruntime")
@@ -47,7 +48,7 @@ def test_every_export_writes_its_proof(runs, tmp_path, capsys, kind, argv):
     )
     assert check["passed"] and check["same_answer"] == check["rows"] == 64
     assert check["max_probability_difference"] <= 1e-3 and check["adapter"] == check["export"]
-    assert check["mcnemar_p"] == 1.0 and record["run"] == str((runs / "plain").resolve())
+    assert check["p_value"] == 1.0 and record["run"] == str((runs / "plain").resolve())
     # The checksums are of the files as written.
     for name, digest in record["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
@@ -79,12 +80,34 @@ def test_onnx_keeps_mean_pooling_and_bert_segments_and_predict_reads_it_in_a_fre
         assert np.abs(probabilities(ours) - probabilities(onnx)).max() <= 1e-4
 
 
-def test_int8_is_checked_by_its_metric(runs, tmp_path):
-    out, check = export_run(str(runs / "plain"), str(tmp_path / "int8"), ExportOptions(format="onnx", quantize="int8"))
-    assert check["tolerance"].startswith("accuracy within 1 point") and check["passed"]
-    assert abs(check["adapter"] - check["export"]) <= 0.01
-    fp32, _ = export_run(str(runs / "plain"), str(tmp_path / "fp32"), ExportOptions(format="onnx"))
+def test_int8_is_refused_only_where_the_rows_show_it_worse_than_chance(
+    runs, model_dirs, tiny_data, tmp_path, monkeypatch
+):
+    import loralab.serving.export as export_module
+
+    # A run that learned the task, so that a broken export can be told from chance on its 64 rows.
+    learned = train_tiny(model_dirs["roberta"], tiny_data, tmp_path, "learned", "lora.scope=[query,value,ffn_in]",
+                         "lora.r=8", "train.steps=200", "train.eval_every=100")  # fmt: skip
+    assert learned.peak_val_accuracy >= 0.5
+    run = tmp_path / "learned"
+    out, check = export_run(str(run), str(tmp_path / "int8"), ExportOptions(format="onnx", quantize="int8"))
+    assert check["tolerance"].startswith("accuracy not significantly worse") and check["passed"]
+    low, high = check["difference_95ci"]
+    assert check["difference"] == pytest.approx(check["export"] - check["adapter"]) and low <= high
+    assert check["p_value"] >= 0.05 or check["difference"] >= 0
+    fp32, _ = export_run(str(run), str(tmp_path / "fp32"), ExportOptions(format="onnx"))
     assert (out / "model.onnx").stat().st_size < (fp32 / "model.onnx").stat().st_size  # the weights are int8
+    # An int8 export that really is worse (one class favoured): refused on the same 64 rows, with its numbers.
+    real = export_module.write_files
+
+    def favour_one_class(tmp, options, cfg, tokenizer, model, folder, run):
+        model.classifier.out_proj.bias.data[0] += 3.0
+        real(tmp, options, cfg, tokenizer, model, folder, run)
+
+    monkeypatch.setattr(export_module, "write_files", favour_one_class)
+    with pytest.raises(LoralabError, match=r"on 64 rows .* difference 95% CI -0\.\d+ to -0\.\d+, p [0-9.e-]+; needed"):
+        export_run(str(run), str(tmp_path / "worse"), ExportOptions(format="onnx", quantize="int8"))
+    assert not (tmp_path / "worse").exists()
 
 
 def test_a_failing_check_writes_nothing_and_no_check_says_so(runs, tmp_path, capsys, monkeypatch):

@@ -181,7 +181,7 @@ def test_eval_on_validation_rows_matches_training(runs, run, capsys):
 
 
 def test_evaluation_report_by_hand():
-    from loralab.modeling.tasks import Decision, SingleLabel
+    from loralab.tasks import Decision, SingleLabel
 
     labels, predictions = [0, 0, 1, 1, 2, 3], [0, 1, 1, 1, 2, 0]
     report = evaluation_report(SingleLabel(4), labels, predictions, ["a", "b", "c", "d"], Decision())

@@ -78,13 +78,13 @@ def load_model_config(cfg: Config):
     if not Path(name).exists() and (bundled / "config.json").is_file():
         name = str(bundled)  # the hub model's own config.json, shipped: budgets need no network
     from ..data import label_names_of
-    from ..modeling.tasks import PROBLEM_TYPES
+    from ..tasks import SHAPES
 
     labels = label_names_of(cfg.data)
     try:
         return AutoConfig.from_pretrained(
             name,
-            problem_type=PROBLEM_TYPES[cfg.data.task],  # so a merged export loads with the right loss
+            problem_type=SHAPES[cfg.data.task].problem_type,  # so a merged export loads with the right loss
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},

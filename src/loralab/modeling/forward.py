@@ -6,12 +6,11 @@ import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..config import Config, metric_for_best
 from ..data import Encoded, eval_batches
-from .tasks import Decision, metrics, per_label_f1, task_for
+from ..tasks import Decision, metrics, task_for
 
 
 @dataclass
@@ -30,54 +29,14 @@ class Evaluation:
         return {"loss": self.loss, **self.values}
 
 
-def confusion_matrix(labels: list[int], predictions: list[int], n_classes: int) -> list[list[int]]:
-    """matrix[true][predicted] = rows."""
-    matrix = [[0] * n_classes for _ in range(n_classes)]
-    for y, p in zip(labels, predictions):
-        matrix[y][p] += 1
-    return matrix
-
-
-def per_class(labels: list[int], predictions: list[int], n_classes: int) -> list[dict]:
-    """Precision, recall, F1 and support of each class; 0 where undefined, as scikit-learn does."""
-    matrix = confusion_matrix(labels, predictions, n_classes)
-    rows = []
-    for c in range(n_classes):
-        tp = matrix[c][c]
-        predicted = sum(matrix[y][c] for y in range(n_classes))
-        actual = sum(matrix[c])
-        rows.append(
-            {
-                "precision": tp / predicted if predicted else 0.0,
-                "recall": tp / actual if actual else 0.0,
-                "f1": 2 * tp / (predicted + actual) if predicted + actual else 0.0,
-                "support": actual,
-            }
-        )
-    return rows
-
-
 def evaluation_report(task, labels: list, predictions: list, label_names: list[str], decision: Decision) -> dict:
-    """Every metric of the task with its 95% interval (Wilson for accuracy, bootstrap for the others), and
-    per class (single-label: precision, recall, F1, confusion matrix) or per label (multi-label: F1)."""
+    """Every metric of the task with its 95% interval (Wilson for accuracy, bootstrap for the others), and what
+    the task shows beyond them (per class and the confusion matrix, or per label)."""
     report = {"rows": len(labels), "task": task.name}
     for name, value in metrics(task, labels, predictions).items():
         report[name] = value
         report[f"{name}_95ci"] = list(task.interval(name, labels, predictions))
-    if task.name == "single_label":
-        n = len(label_names)
-        report["per_class"] = {name: row for name, row in zip(label_names, per_class(labels, predictions, n))}
-        report["confusion_matrix"] = confusion_matrix(labels, predictions, n)
-    elif task.name == "multi_label":
-        truth = np.asarray(labels)
-        f1s = per_label_f1(truth, np.asarray(predictions))
-        report["per_label"] = {
-            name: {"f1": float(f1), "support": int(support), "threshold": threshold}
-            for name, f1, support, threshold in zip(
-                label_names, f1s, truth.sum(0), decision.thresholds or [0.5] * len(label_names)
-            )
-        }
-    return report
+    return report | task.report(labels, predictions, label_names, decision)
 
 
 # BERT-style blocks (the families whose layers are `encoder.layer.N`) add the attention residual
@@ -193,8 +152,7 @@ def evaluate(
         for part_rows, part_logits in gather_object([(rows, logits)]):
             whole[part_rows] = part_logits
         logits = whole
-    if cfg.data.task == "multi_label" and cfg.train.tune_thresholds:
-        decision = task.tune(logits, data.labels)
+    decision = task.fit_decision(logits, data.labels, decision, cfg.train.tune_thresholds)
     scored = task.score(logits, decision)
     return Evaluation(
         loss=task.loss(logits, torch.tensor(data.labels), decision).item(),

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..runs.results import RunRecord
-from ..runs.rundir import safe_dirname
+from ..runs.rundir import make_dir, safe_dirname
 from ..stats import t_interval
 
 FORMATS = ("png", "svg")
@@ -36,7 +36,7 @@ def pyplot():
 
 def save_figure(fig, stem: Path, formats=FORMATS) -> list[Path]:
     """Write each format to a temporary name, then rename: no half-written figure is ever visible."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(stem.parent)
     written = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")

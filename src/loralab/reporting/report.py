@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 import html
+import math
 import tempfile
 from pathlib import Path
 
-from ..config import Config
+from ..config import LOWER_IS_BETTER, Config
 from ..runs.results import RunRecord, compare, configuration_key, seed_groups
 from ..runs.rundir import write_text_atomic
 from .glue import glue_table
 from .plots import plot_runs
 
 
+def goodness(record: RunRecord) -> float:
+    """Higher is better, whatever the metric (MSE is negated); an undefined peak ranks last."""
+    if math.isnan(record.peak):
+        return -math.inf
+    return -record.peak if record.metric in LOWER_IS_BETTER else record.peak
+
+
+def ranked(records: list[RunRecord]) -> list[RunRecord]:
+    return sorted(records, key=lambda r: -goodness(r))
+
+
+def comparable_sets(records: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
+    """Runs that may be ranked together: the same model, task, metric and training data. Each set has its
+    own best run, tests and table; runs of different sets are never ranked against each other."""
+    sets: dict[tuple, list[RunRecord]] = {}
+    for record in records:
+        cfg = record.config
+        key = (Path(cfg.model.name).name, cfg.data.task, record.metric, Path(cfg.data.train).name)
+        sets.setdefault(key, []).append(record)
+    return [(" · ".join(map(str, key)), members) for key, members in sorted(sets.items())]
+
+
 def copies(records: list[RunRecord]) -> list[list[RunRecord]]:
     """Runs grouped as copies of one experiment (same configuration and seed: the study filed its best
     run in four folders), best first; each group's first run stands for it."""
     groups: dict[tuple, list[RunRecord]] = {}
-    for record in sorted(records, key=lambda r: -r.peak):
+    for record in ranked(records):
         groups.setdefault((configuration_key(record), record.config.train.seed), []).append(record)
     return list(groups.values())
 
@@ -26,10 +49,10 @@ def significance(records: list[RunRecord], top: int = 5) -> list[dict]:
     """The best run against the best run of each of the next `top - 1` distinct configurations, paired
     on the same validation rows (a configuration is never tested against a copy of itself)."""
     best_of: dict[str, RunRecord] = {}
-    for record in sorted(records, key=lambda r: -r.peak):
+    for record in ranked(records):
         best_of.setdefault(configuration_key(record), record)
-    ranked = list(best_of.values())[:top]
-    return [compare(ranked[0], other) for other in ranked[1:]]
+    leaders = list(best_of.values())[:top]
+    return [compare(leaders[0], other) for other in leaders[1:]]
 
 
 def _cell(value, sort_key=None) -> str:
@@ -56,7 +79,7 @@ def configuration_rows(records: list[RunRecord]) -> list[list[str]]:
             name, row["group"], row["model"], row["seed"], row["scope"], row["head"] or "-", row["r"] or "-",
             "-" if row["alpha"] is None else f"{row['alpha']:g}", f"{row['lr']:g}",
             row["steps"], _cell("-" if row["trainable"] is None else f"{row['trainable']:,}", row["trainable"] or 0),
-            _cell(f"{row['peak']:.4f}", row["peak"]),
+            row["metric"], _cell(f"{row['peak']:.4f}", row["peak"]),
             _cell(f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]", row["ci_low"]), row["peak_step"],
         ])  # fmt: skip
     return rows
@@ -101,8 +124,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 .wide { max-width: 100%; overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; overflow-wrap: anywhere; }
-td[data-sort] { white-space: nowrap; overflow-wrap: normal; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
+td.text { white-space: normal; overflow-wrap: normal; min-width: 8em; }
 td:first-child, th:first-child { text-align: left; }
 th { background: #f0f0f0; cursor: pointer; user-select: none; }
 th[data-order="asc"]::after { content: " \\25B2"; }
@@ -112,9 +135,62 @@ figure svg { max-width: 100%; height: auto; }
 """
 
 
-def build_report(records: list[RunRecord], title: str = "loralab report") -> str:
-    best = max(records, key=lambda r: r.peak)
+def set_section(index: int, label: str, records: list[RunRecord]) -> str:
+    """One comparable set: its best run, whether it is really better, seeds, and its configurations."""
+    best = ranked(records)[0]
     row = best.row()
+    tests = [
+        [t["a"], t["b"], _cell(f"{t['difference'] * 100:+.2f}", t["difference"]),
+         "-" if t["p_value"] is None else _cell(f"{t['p_value']:.4f}", t["p_value"]),
+         "-" if t["p_value"] is None else "yes" if t["p_value"] < 0.05 else "no", _text(t["note"])]
+        for t in significance(records)
+    ]  # fmt: skip
+    seeded = [g for g in seed_groups(records) if len(g["seeds"]) > 1]
+    seed_rows = [
+        [_text(g["configuration"]), ", ".join(map(str, g["seeds"])), _cell(f"{g['mean']:.4f}", g["mean"]),
+         _cell(f"{g['sd']:.4f}", g["sd"]), _cell(f"[{g['ci_low']:.4f}, {g['ci_high']:.4f}]", g["ci_low"])]
+        for g in seeded
+    ]  # fmt: skip
+    settings = differences_from_defaults(best.config)
+    trainable = "-" if row["trainable"] is None else f"{row['trainable']:,}"
+    direction = " (lower is better)" if best.metric in LOWER_IS_BETTER else ""
+    headers = ["name", "group", "model", "seed", "scope", "head", "r", "alpha", "lr", "steps", "trainable",
+               "metric", "peak", "95% CI", "peak step"]  # fmt: skip
+    return f"""<section>
+<h2>{html.escape(label)}</h2>
+<p>{len(records)} runs ({len(copies(records))} distinct) of one model, task, metric and data, ranked by
+{html.escape(best.metric)}{direction}; runs of other sets are never ranked with these.</p>
+<h3>Best run</h3>
+<p><b>{html.escape(row["name"])}</b>: peak {html.escape(best.metric)} {row["peak"]:.4f} [{row["ci_low"]:.4f},
+{row["ci_high"]:.4f}] at step {row["peak_step"]}, {trainable} trainable parameters. Its settings that differ from
+loralab's defaults (the seed study's run):</p>
+{_table(["setting", "this run", "default"], settings) if settings else "<p>none: it is the study's configuration.</p>"}
+<h3>Is the best run really better?</h3>
+<p>Exact McNemar test (a paired bootstrap for other metrics than accuracy) against the best run of each next
+configuration, paired on the same validation rows (predictions at each run's peak). p &lt; 0.05 marks a
+difference unlikely to be noise.</p>
+{
+        _table(["best", "other", "difference (points)", "p-value", "significant", "note"], tests)
+        if tests
+        else "<p>Only one configuration.</p>"
+    }
+<h3>Across seeds</h3>
+{
+        _table(["configuration", "seeds", "mean peak", "sd", "95% CI over seeds"], seed_rows)
+        if seed_rows
+        else "<p>No configuration was run with more than one seed.</p>"
+    }
+<h3>Configurations</h3>
+{_table(headers, configuration_rows(records), f"configurations-{index}")}
+</section>"""
+
+
+def _text(value) -> str:
+    """A cell of prose (notes, configurations): it may wrap between words, numbers never do."""
+    return f'<td class="text">{html.escape(str(value))}</td>'
+
+
+def build_report(records: list[RunRecord], title: str = "loralab report") -> str:
     with tempfile.TemporaryDirectory() as tmp:
         captions: dict[str, str] = {}
         plotted = plot_runs(records, tmp, captions)
@@ -123,18 +199,6 @@ def build_report(records: list[RunRecord], title: str = "loralab report") -> str
             svg = (Path(tmp) / f"{stem}.svg").read_text()
             caption = html.escape(captions.get(stem, stem))
             figures.append(f"<figure>{svg[svg.index('<svg') :]}<figcaption>{caption}</figcaption></figure>")
-    tests = [
-        [t["a"], t["b"], _cell(f"{t['difference'] * 100:+.2f}", t["difference"]),
-         "-" if t["p_value"] is None else _cell(f"{t['p_value']:.4f}", t["p_value"]),
-         "-" if t["p_value"] is None else "yes" if t["p_value"] < 0.05 else "no", t["note"]]
-        for t in significance(records)
-    ]  # fmt: skip
-    seeded = [g for g in seed_groups(records) if len(g["seeds"]) > 1]
-    seed_rows = [
-        [g["configuration"], ", ".join(map(str, g["seeds"])), _cell(f"{g['mean']:.4f}", g["mean"]),
-         _cell(f"{g['sd']:.4f}", g["sd"]), _cell(f"[{g['ci_low']:.4f}, {g['ci_high']:.4f}]", g["ci_low"])]
-        for g in seeded
-    ]  # fmt: skip
     glue = [
         [r["task"], r["metric"], "-" if r["seeds"] is None else str(r["seeds"]), _cell(f"{r['ours']:.1f}", r["ours"]),
          "-" if r["ci"] is None else f"[{r['ci'][0]:.1f}, {r['ci'][1]:.1f}]", _cell(f"{r['paper']:.1f}", r["paper"]),
@@ -148,60 +212,17 @@ def build_report(records: list[RunRecord], title: str = "loralab report") -> str
         if glue
         else ""
     )
-    settings = differences_from_defaults(best.config)
-    trainable = "-" if row["trainable"] is None else f"{row['trainable']:,}"
+    sets = comparable_sets(records)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title><style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{len(records)} runs ({len(copies(records))} distinct). Peaks are of each run's validation metric
-(train.metric_for_best: accuracy unless set); intervals are 95% intervals over the validation rows (Wilson's for
-accuracy, bootstrap for the others; {row["ci_high"] - row["ci_low"]:.4f} wide for the best run).
-Click a column header to sort a table.</p>
+<p>{len(records)} runs in {len(sets)} comparable {"set" if len(sets) == 1 else "sets"} (one model, task, metric and
+training data each). Peaks are of each run's validation metric (train.metric_for_best); intervals are 95%
+intervals over the validation rows (Wilson's for accuracy, bootstrap for the others). Click a column header to
+sort a table.</p>
 {glue_section}
-<h2>Best run</h2>
-<p><b>{html.escape(row["name"])}</b>: peak {row["peak"]:.4f} [{row["ci_low"]:.4f}, {row["ci_high"]:.4f}]
-at step {row["peak_step"]}, {trainable} trainable parameters. Its settings that differ from loralab's defaults
-(the seed study's run):</p>
-{_table(["setting", "this run", "default"], settings) if settings else "<p>none: it is the study's configuration.</p>"}
-<h2>Is the best run really better?</h2>
-<p>Exact McNemar test against the best run of each next configuration, on the rows where exactly one
-of the two is right (paired on the same validation rows, predictions at each run's peak).
-p &lt; 0.05 marks a difference unlikely to be noise.</p>
-{
-        _table(["best", "other", "difference (points)", "p-value", "significant", "note"], tests)
-        if tests
-        else "<p>Only one configuration.</p>"
-    }
-<h2>Across seeds</h2>
-{
-        _table(["configuration", "seeds", "mean peak", "sd", "95% CI over seeds"], seed_rows)
-        if seed_rows
-        else "<p>No configuration was run with more than one seed.</p>"
-    }
-<h2>Configurations</h2>
-{
-        _table(
-            [
-                "name",
-                "group",
-                "model",
-                "seed",
-                "scope",
-                "head",
-                "r",
-                "alpha",
-                "lr",
-                "steps",
-                "trainable",
-                "peak",
-                "95% CI",
-                "peak step",
-            ],
-            configuration_rows(records),
-            "configurations",
-        )
-    }
+{"".join(set_section(i, label, members) for i, (label, members) in enumerate(sets))}
 <h2>Figures</h2>
 {"".join(figures)}
 <script>{SORT_SCRIPT}</script>

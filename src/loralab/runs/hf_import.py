@@ -11,7 +11,7 @@ from ..budget.count import breakdown_for, shapes_for
 from ..config import Config
 from ..errors import LoralabError
 from ..budget.scope import canonical_scope
-from .rundir import Origin, RunDir, Summary, replace_dir, safe_dirname
+from .rundir import Origin, RunDir, Summary, make_dir, replace_dir, safe_dirname
 
 # The seed study kept one folder per question; each folder's runs differ along one axis.
 STUDY_FOLDER_AXES = {
@@ -158,7 +158,7 @@ def import_hf(paths: list[str], out_dir: str, val_rows: int = 640, model_config:
     for cfg, metrics, summary, origin in built:
         group, stem = summary.name.split("/", 1)
         run = RunDir(Path(out_dir) / safe_dirname(group) / safe_dirname(stem))
-        run.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(run.path.parent)
 
         def fill(tmp: Path, cfg=cfg, metrics=metrics, summary=summary, origin=origin) -> None:
             staged = RunDir(tmp)

@@ -13,7 +13,7 @@ from ..config import Config, is_local
 from ..errors import LoralabError
 from ..stats import mcnemar_exact, paired_bootstrap_p, t_interval, wilson_interval
 from .rundir import Origin, RunDir, Summary, finished_runs_under
-from ..modeling.tasks import task_for
+from ..tasks import task_for
 
 
 @dataclass
@@ -284,15 +284,8 @@ def compare(a: RunRecord, b: RunRecord) -> dict:
         return result | {"p_value": None, "note": "different validation rows: not paired"}
     if a.metric != b.metric:
         return result | {"p_value": None, "note": f"different metrics ({a.metric}, {b.metric}): not comparable"}
-    if a.config.data.task != "single_label":  # no right/wrong per row: resample the rows instead
-        metric = task_for(a.config).metric_functions()[a.metric]
-        p_value = paired_bootstrap_p(metric, pa.labels, pa.predictions, pb.predictions)
-        return result | {"p_value": p_value, "only_a": None, "only_b": None, "note": "paired bootstrap"}
-    right_a = [p == y for p, y in zip(pa.predictions, pa.labels)]
-    right_b = [p == y for p, y in zip(pb.predictions, pb.labels)]
-    only_a = sum(x and not y for x, y in zip(right_a, right_b))
-    only_b = sum(y and not x for x, y in zip(right_a, right_b))
-    return result | {"p_value": mcnemar_exact(only_a, only_b), "only_a": only_a, "only_b": only_b, "note": ""}
+    test = task_for(a.config).paired_test(a.metric, pa.labels, pa.predictions, pb.predictions)
+    return result | test
 
 
 def against_references(records: list[RunRecord], references: list[RunRecord]) -> list[dict]:

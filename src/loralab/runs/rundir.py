@@ -43,7 +43,7 @@ from .. import strictjson
 from ..config import Config
 from ..data import DataIdentity
 from ..errors import LoralabError
-from ..modeling.tasks import Decision
+from ..tasks import Decision
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -96,10 +96,33 @@ def shared_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+def unwritable(path: Path, err: OSError) -> LoralabError:
+    """A path that cannot be written (read-only, a file where a folder must be, a special file system) as
+    one line naming it; said before anything is written there."""
+    where = err.filename or path
+    return LoralabError(f"cannot write {path}: {err.strerror or err} ({where}): choose a path you can write to")
+
+
+def make_dir(path: Path) -> Path:
+    """A folder and its parents, or one line saying why it cannot be made."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise unwritable(Path(path), err) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise LoralabError(f"cannot write {path}: permission denied: choose a path you can write to")
+    return Path(path)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.exists() and not path.is_file():  # a device or a pipe would be replaced by a file: refused
+        raise LoralabError(f"cannot write {path}: not a regular file (a folder, device or pipe): name a file")
+    make_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise (disk_full(path, _megabytes(len(text.encode()))) if _no_space(err) else unwritable(path, err)) from None
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -119,7 +142,11 @@ def write_json_atomic(path: Path, data) -> None:
 def replace_dir(target: Path, fill) -> None:
     """Build a directory in a temporary sibling with `fill(tmp_path)`, then swap it in for `target`."""
     target = Path(target)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    make_dir(target.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    except OSError as err:
+        raise unwritable(target, err) from None
     try:
         fill(tmp)
         # safetensors writes 0600, mkdtemp makes 0700: give everything the mode the umask would.

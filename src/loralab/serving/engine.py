@@ -21,8 +21,8 @@ from ..data import Encoded, encode
 from ..errors import LoralabError
 from ..modeling.forward import batched_logits, predict_logits
 from ..modeling.model import cast_frozen_linears, load_trained, uses_token_types
-from ..modeling.tasks import Decision
 from ..runs.rundir import DECISION, RunDir, read_config_file, read_decision_file
+from ..tasks import Decision
 
 # What an ONNX export folder holds beside the tokenizer (export.py writes them).
 ONNX_FILE = "model.onnx"

@@ -13,9 +13,9 @@ from ..config import is_local, metric_for_best, missing_here
 from ..data import LabelledTexts, load_labelled, load_texts, rows_sha256, training_and_validation
 from ..errors import LoralabError, warn
 from ..modeling.forward import evaluation_report
-from ..modeling.tasks import task_for
 from ..reporting.plots import plot_confusion
 from ..runs.rundir import RunDir, write_json_atomic, write_text_atomic
+from ..tasks import task_for
 from .engine import classify, config_of, open_engine
 
 
@@ -144,15 +144,10 @@ def predict_file(run_path: str, predict: PredictOptions, options: InferenceOptio
     names = cfg.data.label_names
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    answer = {"single_label": "Label", "multi_label": "Labels", "regression": "Score"}[cfg.data.task]
-    with_probs = predict.probs and cfg.data.task != "regression"
-    writer.writerow(["ID", answer] + ([f"prob_{name}" for name in names] if with_probs else []))
+    with_probs = predict.probs and task.probabilities
+    writer.writerow(["ID", task.column] + ([f"prob_{name}" for name in names] if with_probs else []))
     for row, prediction, score in zip(ids or range(len(texts)), scored.predictions, scored.scores):
-        value = task.answer(prediction, names if predict.label_names else None)
-        if cfg.data.task == "multi_label":
-            value = cfg.data.label_separator.join(map(str, value))
-        elif cfg.data.task == "regression":
-            value = f"{value:.6g}"
+        value = task.cell(prediction, names if predict.label_names else None, cfg.data.label_separator)
         writer.writerow([row, value] + ([f"{x:.6f}" for x in score] if with_probs else []))
     write_text_atomic(Path(out_path), buffer.getvalue())
     return len(texts)

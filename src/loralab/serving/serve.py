@@ -32,8 +32,8 @@ from ..config import Config
 from ..data import Encoded
 from ..errors import LoralabError
 from ..modeling.model import load_trained
-from ..modeling.tasks import Decision, task_for
 from ..runs.rundir import RunDir, read_frozen
+from ..tasks import Decision, task_for
 from .engine import EXPORT_RECORD, ONNX_FILE, OnnxEngine, TorchEngine, is_onnx_export, set_threads
 
 
@@ -191,7 +191,7 @@ class Classifiers:
         scored = adapter.task.score(logits, adapter.decision)
         names = adapter.cfg.data.label_names
         out = {"labels": [adapter.task.answer(p, names) for p in scored.predictions]}
-        if probabilities and adapter.cfg.data.task != "regression":
+        if probabilities and adapter.task.probabilities:
             out["probabilities"] = [dict(zip(names, [round(x, 6) for x in row])) for row in scored.scores]
         return out
 

@@ -19,7 +19,7 @@ from .. import config as config_io
 from ..budget.count import breakdown_for, largest_fitting_rank, shapes_for
 from ..config import LOWER_IS_BETTER, metric_for_best
 from ..errors import LoralabError
-from ..runs.rundir import Origin, RunDir, Summary, safe_dirname
+from ..runs.rundir import Origin, RunDir, Summary, make_dir, safe_dirname
 from .storage import connect, redact
 from .sweepfile import (
     MAX_FIT,
@@ -49,7 +49,7 @@ class SweepOptions:
 
 def default_storage(sweep: Sweep, runs_dir: str) -> str:
     folder = Path(runs_dir) / safe_dirname(sweep.name)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     return f"sqlite:///{(folder / 'optuna.db').resolve()}"
 
 
@@ -151,7 +151,7 @@ def run_trial(sweep: Sweep, trial: Trial, runs_dir: str, on_eval=None) -> Summar
         return run.read_summary()
     started = run.config.exists()  # an earlier attempt of this trial: continue from its checkpoint
     print(f"{sweep.name}: trial {trial.key} {'resumes' if started else 'starts'} in {run.path}", flush=True)
-    run.path.mkdir(parents=True, exist_ok=True)
+    make_dir(run.path)
     run.write_origin(Origin(group=trial.group, axes=trial.axes, sweep=sweep.name, key=trial.key))
     return train(cfg, resume=started, on_eval=on_eval)
 
@@ -236,10 +236,12 @@ def check_inputs(sweep: Sweep, trials: list[Trial], runs_dir: str) -> None:
     file that is not there, is one line here, not a failure (and its retries) in every trial."""
     from ..data import load_labelled
     from ..modeling.model import check_model_folder, load_tokenizer
+    from ..training.tracking import check_installed
 
     models, datasets = set(), set()
     for trial in trials:
         cfg = trial_config(sweep, trial, runs_dir)
+        check_installed(cfg)
         if cfg.model.name not in models:
             check_model_folder(cfg.model.name)
             load_tokenizer(cfg.model.name)

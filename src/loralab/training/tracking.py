@@ -3,11 +3,13 @@ where their files go, and what a run tells them. The logging calls themselves ar
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 
 from ..budget.count import Breakdown
-from ..config import Config
+from ..config import TRACKERS, Config
+from ..errors import LoralabError
 from ..runs.rundir import RunDir
 
 
@@ -20,6 +22,14 @@ def hyperparameters(cfg: Config, breakdown: Breakdown) -> dict:
     return {
         key: str(value) if isinstance(value, (list, dict)) or value is None else value for key, value in values.items()
     }
+
+
+def check_installed(cfg: Config) -> None:
+    """Each tracker of train.report_to importable here: said before a run trains, and only then (a run
+    trained with a tracker is read, evaluated and served wherever loralab is)."""
+    for tracker in cfg.train.report_to:
+        if importlib.util.find_spec(TRACKERS[tracker]) is None:
+            raise LoralabError(f"train.report_to: {tracker} is not installed (pip install {TRACKERS[tracker]})")
 
 
 def start_trackers(accelerator, run: RunDir, cfg: Config, breakdown: Breakdown) -> None:

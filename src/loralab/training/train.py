@@ -42,9 +42,9 @@ from ..modeling.model import (
     optimizer_groups,
     uses_token_types,
 )
-from ..modeling.tasks import Decision, target_scaling, task_for
-from ..runs.rundir import LoopState, Predictions, RunDir, Summary
-from .tracking import start_trackers
+from ..runs.rundir import LoopState, Predictions, RunDir, Summary, make_dir
+from ..tasks import Decision, task_for
+from .tracking import check_installed, start_trackers
 
 
 @dataclass
@@ -85,7 +85,7 @@ def prepare(cfg: Config, log=print, processes: int = 1) -> Prepared:
     torch.manual_seed(cfg.train.seed)  # the head's random initialisation
     model, frozen = build_model(cfg, shapes, plan, breakdown)
     identity = identify(cfg.data.train, rows, val_rows)
-    decision = target_scaling(cfg, train_rows.labels)
+    decision = task_for(cfg).training_decision(train_rows.labels, cfg.data.scale_targets)
     return Prepared(cfg, breakdown, tokenizer, model, frozen, train_set, val_set, identity, decision)
 
 
@@ -250,6 +250,7 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     `on_eval(step, accuracy)` is called after each evaluation's checkpoint; a search uses it to
     prune a trial by raising.
     """
+    check_installed(cfg)  # before Accelerate starts the trackers
     precision, accelerator = make_accelerator(cfg)
     accelerator.print(precision.line())
     run = RunDir.for_config(cfg)
@@ -262,7 +263,7 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
         prep = prepare(cfg, accelerator.print, accelerator.num_processes)
         if accelerator.is_main_process:
             if not resume:
-                run.path.mkdir(parents=True, exist_ok=True)
+                make_dir(run.path)
                 ownership.enter_context(run.lock())
             start_run_dir(run, prep, resume)
         accelerator.wait_for_everyone()  # the others start once the directory exists
@@ -456,7 +457,7 @@ def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int,
 def peak_accuracy(run: RunDir, cfg: Config) -> float | None:
     """A single-label run's accuracy at its peak (the peak may be chosen by another metric)."""
     best = run.read_predictions("best")
-    if cfg.data.task != "single_label" or best is None:
+    if "accuracy" not in task_for(cfg).metric_functions() or best is None:
         return None
     return sum(p == y for p, y in zip(best.predictions, best.labels)) / len(best.labels)
 

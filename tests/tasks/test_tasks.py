@@ -13,8 +13,8 @@ from conftest import SEED_CONFIG, multi_label_rows, pair_rows, regression_rows, 
 
 from loralab import config
 from loralab.cli import main
-from loralab.modeling.tasks import Decision, MultiLabel, Regression, SingleLabel, metrics
 from loralab.runs.rundir import RunDir
+from loralab.tasks import Decision, MultiLabel, Regression, SingleLabel, metrics
 from loralab.training.train import train
 
 
@@ -61,7 +61,7 @@ def test_thresholds_are_tuned_per_label_and_scaling_comes_back_in_units():
     # Label 0 is on from 0.82 up: every threshold of the grid in (0.63, 0.82] separates, and of 0.65 ... 0.8
     # the one nearest 0.5 is kept; label 1 is on from 0.37 up: 0.25/0.3/0.35 separate, 0.35 is kept.
     truth = [[float(p >= 0.8), float(p >= 0.35)] for p in probabilities.tolist()]
-    decision = MultiLabel(2).tune(logits, truth)
+    decision = MultiLabel(2).fit_decision(logits, truth, Decision(), tune=True)
     assert decision.thresholds == pytest.approx([0.65, 0.35])
     assert metrics(MultiLabel(2), truth, MultiLabel(2).score(logits, decision).predictions)["subset_accuracy"] == 1
     scaled = Regression().score(torch.tensor([[0.0], [1.0]]), Decision(target_mean=15.0, target_std=10.0))

@@ -1,0 +1,28 @@
+"""Task shapes, each one object behind one interface (base.Task), plugged in through one table as PEFT plugs
+its tuners: single_label, multi_label and regression, each Hugging Face's `problem_type`. How a label is read
+from a data file is data.py's part; a task starts at the logits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import Config
+from .base import Decision, Scored, Task
+from .multi_label import MultiLabel
+from .regression import Regression
+from .single_label import SingleLabel
+
+SHAPES: dict[str, type[Task]] = {shape.name: shape for shape in (SingleLabel, MultiLabel, Regression)}
+
+__all__ = ["SHAPES", "Decision", "MultiLabel", "Regression", "Scored", "SingleLabel", "Task", "metrics", "task_for"]
+
+
+def task_for(cfg: Config) -> Task:
+    """The task of a configuration whose label set is known (named, or read from the data)."""
+    return SHAPES[cfg.data.task](len(cfg.data.label_names))
+
+
+def metrics(task: Task, targets: list, predictions: list) -> dict[str, float]:
+    """Every metric of the task on these rows."""
+    t, p = np.asarray(targets), np.asarray(predictions)
+    return {name: fn(t, p) for name, fn in task.metric_functions().items()}

@@ -1,0 +1,44 @@
+"""regression: one number per row. One output and mean squared error (on standardised targets where
+data.scale_targets); Pearson, Spearman and MSE; no probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import Decision, Scored, Task, mse, pearson, spearman
+
+
+class Regression(Task):
+    name = "regression"
+    problem_type = "regression"
+    column = "Score"
+    probabilities = False
+
+    def __init__(self, n_outputs: int = 1):
+        self.n = n_outputs
+
+    def metric_functions(self) -> dict:
+        return {"pearson": pearson, "spearman": spearman, "mse": mse}
+
+    def loss(self, logits, targets, decision: Decision, class_weights=None, label_smoothing: float = 0.0):
+        scaled = (targets.float() - decision.target_mean) / decision.target_std
+        return F.mse_loss(logits.float().squeeze(-1), scaled)
+
+    def score(self, logits: torch.Tensor, decision: Decision) -> Scored:
+        values = (logits.float().squeeze(-1) * decision.target_std + decision.target_mean).tolist()
+        return Scored(values, values)
+
+    def answer(self, prediction: float, names: list[str] | None) -> float:
+        return prediction
+
+    def cell(self, prediction, names: list[str] | None, separator: str) -> str:
+        return f"{prediction:.6g}"
+
+    def training_decision(self, targets: list, scale_targets: bool) -> Decision:
+        """The standardisation of the training targets (data.scale_targets), else none."""
+        if not scale_targets:
+            return Decision()
+        std = float(np.std(targets))
+        return Decision(target_mean=float(np.mean(targets)), target_std=std if std > 0 else 1.0)

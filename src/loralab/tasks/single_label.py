@@ -1,0 +1,61 @@
+"""single_label: one class per row. Softmax and cross-entropy; accuracy (95% Wilson interval), macro-F1 and
+Matthews correlation; per-class precision, recall, F1 and the confusion matrix; the exact McNemar test."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..stats import wilson_interval
+from .base import Decision, Scored, Task, accuracy, confusion, f1_macro_classes, mcc, mcnemar
+
+
+class SingleLabel(Task):
+    name = "single_label"
+    problem_type = "single_label_classification"
+
+    def __init__(self, n_classes: int):
+        self.n = n_classes
+
+    def metric_functions(self) -> dict:
+        return {
+            "accuracy": accuracy,
+            "f1_macro": lambda t, p: f1_macro_classes(t, p, self.n),
+            "mcc": lambda t, p: mcc(t, p, self.n),
+        }
+
+    def loss(self, logits, targets, decision: Decision, class_weights=None, label_smoothing: float = 0.0):
+        return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=label_smoothing)
+
+    def score(self, logits: torch.Tensor, decision: Decision) -> Scored:
+        probabilities = logits.float().softmax(-1)
+        return Scored(probabilities.argmax(-1).tolist(), probabilities.tolist())
+
+    def answer(self, prediction: int, names: list[str] | None):
+        """One row's answer as users read it (predict's CSV, the server's JSON): the class, by name if given."""
+        return names[prediction] if names else prediction
+
+    def interval(self, name: str, targets, predictions) -> tuple[float, float]:
+        if name == "accuracy":  # a proportion: the closed form
+            return wilson_interval(int(np.sum(np.asarray(targets) == np.asarray(predictions))), len(targets))
+        return super().interval(name, targets, predictions)
+
+    def report(self, targets: list, predictions: list, names: list[str], decision: Decision) -> dict:
+        """Precision, recall, F1 and support of each class (0 where undefined, as scikit-learn), and the
+        confusion matrix, matrix[true][predicted] = rows."""
+        matrix = confusion(np.asarray(targets), np.asarray(predictions), self.n)
+        tp, predicted, actual = np.diag(matrix), matrix.sum(0), matrix.sum(1)
+        per_class = {
+            name: {
+                "precision": float(tp[c] / predicted[c]) if predicted[c] else 0.0,
+                "recall": float(tp[c] / actual[c]) if actual[c] else 0.0,
+                "f1": float(2 * tp[c] / (predicted[c] + actual[c])) if predicted[c] + actual[c] else 0.0,
+                "support": int(actual[c]),
+            }
+            for c, name in enumerate(names)
+        }
+        return {"per_class": per_class, "confusion_matrix": matrix.tolist()}
+
+    def paired_test(self, metric: str, targets: list, a: list, b: list) -> dict:
+        return mcnemar(targets, a, b)
