@@ -38,21 +38,25 @@ def bootstrap_interval(
     return (float(low), float(high))
 
 
-def paired_bootstrap_p(
+def paired_differences(
     metric: Callable[[np.ndarray, np.ndarray], float],
     targets: Sequence,
     predictions_a: Sequence,
     predictions_b: Sequence,
     seed: int = 0,
-) -> float:
-    """Two-sided p-value of a metric's difference between two runs on the same rows, where McNemar does not
-    apply (multi-label, regression): the rows resampled together, how often the difference changes sign."""
+) -> np.ndarray:
+    """metric(a) - metric(b) on bootstrap resamples of the same rows (resampled together: paired); seeded."""
     targets, a, b = np.asarray(targets), np.asarray(predictions_a), np.asarray(predictions_b)
     rng = np.random.default_rng(seed)
     n = len(targets)
-    differences = np.array(
-        [metric(targets[i], a[i]) - metric(targets[i], b[i]) for i in rng.integers(0, n, (BOOTSTRAP_SAMPLES, n))]
-    )
+    resamples = rng.integers(0, n, (BOOTSTRAP_SAMPLES, n))
+    return np.array([metric(targets[i], a[i]) - metric(targets[i], b[i]) for i in resamples])
+
+
+def paired_bootstrap_p(metric, targets: Sequence, predictions_a: Sequence, predictions_b: Sequence) -> float:
+    """Two-sided p-value of a metric's difference between two runs on the same rows, where McNemar does not
+    apply (multi-label, regression): how often the resampled difference changes sign."""
+    differences = paired_differences(metric, targets, predictions_a, predictions_b)
     differences = differences[~np.isnan(differences)]
     if len(differences) == 0 or np.all(differences == 0):
         return 1.0
@@ -61,19 +65,10 @@ def paired_bootstrap_p(
 
 
 def paired_difference_interval(
-    metric: Callable[[np.ndarray, np.ndarray], float],
-    targets: Sequence,
-    predictions_a: Sequence,
-    predictions_b: Sequence,
-    seed: int = 0,
+    metric, targets: Sequence, predictions_a: Sequence, predictions_b: Sequence
 ) -> tuple[float, float]:
-    """95% percentile bootstrap interval of metric(b) - metric(a) on the same rows, resampled together."""
-    targets, a, b = np.asarray(targets), np.asarray(predictions_a), np.asarray(predictions_b)
-    rng = np.random.default_rng(seed)
-    n = len(targets)
-    differences = [
-        metric(targets[i], b[i]) - metric(targets[i], a[i]) for i in rng.integers(0, n, (BOOTSTRAP_SAMPLES, n))
-    ]
+    """95% percentile bootstrap interval of metric(b) - metric(a) on the same rows."""
+    differences = paired_differences(metric, targets, predictions_b, predictions_a)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanpercentile(differences, [2.5, 97.5])

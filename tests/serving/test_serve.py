@@ -71,6 +71,32 @@ def predicted(run, tmp_path, rows, header=("text",), *extra) -> list[list[str]]:
         return [(row[1], [float(x) for x in row[2:]]) for row in list(csv.reader(handle))[1:]]
 
 
+def answered_concurrently(port: int, clients: tuple[str, ...], expected: dict, per_request: int) -> None:
+    """One client thread per entry of `clients` (an adapter's name) sends TEXTS, `per_request` at a time, at
+    once with the others; every row must answer as `expected[adapter][row]` (label, probabilities)."""
+    answers, errors = {}, []
+
+    def client(adapter: str) -> None:
+        for i in range(0, len(TEXTS), per_request):
+            body = {"adapter": adapter, "texts": TEXTS[i : i + per_request], "probabilities": True}
+            status, answer = call(port, "POST", "/v1/classify", body)
+            if status != 200:
+                errors.append(answer)
+                continue
+            for j, (label, probabilities) in enumerate(zip(answer["labels"], answer["probabilities"])):
+                answers[adapter, i + j] = (label, list(probabilities.values()))
+
+    threads = [threading.Thread(target=client, args=(adapter,)) for adapter in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(answers) == len(set(clients)) * len(TEXTS)
+    for (adapter, i), (label, probabilities) in answers.items():
+        assert label == expected[adapter][i][0]
+        assert probabilities == pytest.approx(expected[adapter][i][1], abs=1e-5)
+
+
 @pytest.fixture(scope="module")
 def server(runs):
     process, port = start(f"{runs / 'one'}", f"second={runs / 'two'}", "--max-wait-ms", "100", "--max-batch", "64")
@@ -86,28 +112,7 @@ def test_mixed_adapter_batches_answer_as_predict_does(server, runs, tmp_path):
         "second": predicted(runs / "two", tmp_path, [(t,) for t in TEXTS]),
     }
     assert [p for _, p in expected["one"]] != [p for _, p in expected["second"]], "two adapters must differ"
-    answers, errors = {}, []
-
-    def client(adapter: str) -> None:
-        for i in range(0, len(TEXTS), 3):
-            status, body = call(server, "POST", "/v1/classify", {"adapter": adapter, "texts": TEXTS[i : i + 3],
-                                                                   "probabilities": True})  # fmt: skip
-            if status != 200:
-                errors.append(body)
-                continue
-            for j, (label, probabilities) in enumerate(zip(body["labels"], body["probabilities"])):
-                answers[adapter, i + j] = (label, list(probabilities.values()))
-
-    threads = [threading.Thread(target=client, args=(a,)) for a in ("one", "second", "second", "one")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    for (adapter, i), (label, probabilities) in answers.items():
-        assert label == expected[adapter][i][0]
-        assert probabilities == pytest.approx(expected[adapter][i][1], abs=1e-5)
-    assert len(answers) == 2 * len(TEXTS)
+    answered_concurrently(server, ("one", "second", "second", "one"), expected, 3)
     # Four clients sent 32 requests; rows of several requests (of both adapters) shared forward passes.
     metrics = call(server, "GET", "/metrics")[1]
     passes = float(
@@ -163,27 +168,7 @@ def test_onnx_exports_are_served_by_onnx_runtime_beside_a_run(runs, exports, tmp
     assert status == 200 and body["labels"] == [label for label, _ in expected["int8"]]
     served = [x for row in body["probabilities"] for x in row.values()]
     assert served == pytest.approx([x for _, row in expected["int8"] for x in row], abs=1e-5)
-    answers, errors = {}, []
-
-    def client(adapter: str) -> None:
-        for i in range(0, len(TEXTS), 4):
-            status, body = call(port, "POST", "/v1/classify", {"adapter": adapter, "texts": TEXTS[i : i + 4],
-                                                                 "probabilities": True})  # fmt: skip
-            if status != 200:
-                errors.append(body)
-                continue
-            for j, (label, probabilities) in enumerate(zip(body["labels"], body["probabilities"])):
-                answers[adapter, i + j] = (label, list(probabilities.values()))
-
-    threads = [threading.Thread(target=client, args=(a,)) for a in ("fp32", "one", "fp32", "one")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors and len(answers) == 2 * len(TEXTS)
-    for (adapter, i), (label, probabilities) in answers.items():
-        assert label == expected[adapter][i][0]
-        assert probabilities == pytest.approx(expected[adapter][i][1], abs=1e-5)
+    answered_concurrently(port, ("fp32", "one", "fp32", "one"), expected, 4)
     by_name = {a["name"]: a for a in call(port, "GET", "/v1/adapters")[1]["adapters"]}
     assert (by_name["int8"]["engine"], by_name["int8"]["precision"]["used"]) == ("onnx", "int8")
     assert (by_name["fp32"]["engine"], by_name["fp32"]["precision"]["used"]) == ("onnx", "fp32")
