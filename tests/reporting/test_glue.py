@@ -56,7 +56,11 @@ def test_glue_table_beside_the_paper(model_dirs, tiny_data, tmp_path):
     mrpc, rte_row, average = glue_table(records)
     peaks = sorted(100 * r.peak for r in records if r.config.data.subset == "mrpc")
     assert mrpc["task"] == "mrpc" and mrpc["seeds"] == 2 and mrpc["ours"] == pytest.approx(sum(peaks) / 2)
-    assert mrpc["ci"][0] <= mrpc["ours"] <= mrpc["ci"][1] and mrpc["difference"] == pytest.approx(mrpc["ours"] - 89.7)
+    from scipy.stats import t
+
+    half = t.ppf(0.975, 1) * abs(peaks[1] - peaks[0]) / 2**0.5 / 2**0.5  # sd of two values / sqrt(2), 1 df
+    assert mrpc["ci"] == pytest.approx([mrpc["ours"] - half, mrpc["ours"] + half])
+    assert mrpc["difference"] == pytest.approx(mrpc["ours"] - 89.7)
     assert rte_row["seeds"] == 1 and rte_row["paper"] == 86.6
     assert average["task"] == "average of 2 tasks" and average["paper"] == pytest.approx((89.7 + 86.6) / 2)
     page = build_report(records)

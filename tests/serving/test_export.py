@@ -16,8 +16,6 @@ from loralab.cli import main
 from loralab.errors import LoralabError
 from loralab.serving.export import ExportOptions, export_run
 
-pytest.importorskip("onnxruntime")
-
 
 @pytest.fixture(scope="module")
 def runs(model_dirs, tiny_data, tmp_path_factory):

@@ -3,6 +3,7 @@
 import csv
 import http.client
 import json
+import select
 import signal
 import socket
 import subprocess
@@ -14,8 +15,6 @@ import pytest
 from conftest import pair_rows, synthetic_rows, train_tiny, write_csv
 
 from loralab.cli import main
-
-pytest.importorskip("fastapi")
 
 TEXTS = [text for _, text in synthetic_rows(24, seed=11)]
 
@@ -38,8 +37,11 @@ def start(*argv: str) -> tuple[subprocess.Popen, int]:
     with the port it printed."""
     command = [sys.executable, "-m", "loralab.cli", "serve", *argv, "--port", "0", "--precision", "fp32"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = process.stdout.readline()
-    assert line.startswith("serving"), process.stderr.read()
+    ready, _, _ = select.select([process.stdout], [], [], 300)  # a server that hangs fails here, not forever
+    line = process.stdout.readline() if ready else ""
+    if not line.startswith("serving"):
+        process.kill()
+        raise AssertionError(f"no 'serving' line: {line!r} {process.communicate(timeout=30)[1][-3000:]}")
     return process, int(line.split("http://127.0.0.1:")[1].split("/")[0])
 
 
@@ -231,9 +233,13 @@ def test_a_pair_run_served_alone_and_sigterm_answers_what_is_in_flight(runs, tmp
 
     thread = threading.Thread(target=client)
     thread.start()
-    time.sleep(1.0)
-    assert "stopped" in stop(process)
-    thread.join()
+    deadline = time.monotonic() + 60  # until the request waits in the batcher (its rows in the queue gauge)
+    while time.monotonic() < deadline and "loralab_queue_rows 12.0" not in call(port, "GET", "/metrics")[1]:
+        time.sleep(0.05)
+    assert "loralab_queue_rows 12.0" in call(port, "GET", "/metrics")[1]
+    assert "every request was answered" in stop(process)
+    thread.join(timeout=60)
+    assert "response" in answered, "the request in flight was not answered"
     status, body = answered["response"]
     assert status == 200 and body["labels"] == [label for label, _ in expected]
     served = [x for row in body["probabilities"] for x in row.values()]

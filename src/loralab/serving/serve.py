@@ -249,6 +249,7 @@ class Batcher:
         if self.waiting + len(data) > limit:
             raise Overloaded(f"{self.waiting:,} rows are waiting, at most {limit:,} (--max-queue): retry shortly")
         self.waiting += len(data)
+        self.metrics.queue_rows.set(self.waiting)
         future = asyncio.get_running_loop().create_future()
         await self.queue.put(Pending(adapter, data, future))
         return await future
@@ -256,6 +257,7 @@ class Batcher:
     async def _take(self) -> Pending:
         pending = await self.queue.get()
         self.waiting -= len(pending.data)
+        self.metrics.queue_rows.set(self.waiting)
         return pending
 
     async def run(self) -> None:
@@ -312,7 +314,7 @@ class Metrics:
     """The server's Prometheus metrics, in a registry of its own (several servers in one test process)."""
 
     def __init__(self, max_batch: int):
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -327,6 +329,7 @@ class Metrics:
             registry=self.registry,
         )
         self.latency = Histogram("loralab_request_seconds", "request latency", ["path"], registry=self.registry)
+        self.queue_rows = Gauge("loralab_queue_rows", "rows waiting for a batch (--max-queue)", registry=self.registry)
 
 
 # --- the HTTP application ---------------------------------------------------------------------------
