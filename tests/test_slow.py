@@ -46,7 +46,8 @@ def test_minilm_on_real_ag_news(minilm, tmp_path):
     ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith("trainable parameters (budget 1,000,000)")
+    first, second = out.stdout.splitlines()[:2]
+    assert first.startswith("precision fp32 (") and second == "trainable parameters (budget 1,000,000)"
     run = tmp_path / "minilm"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["trainable"]["total"] == 250_756  # 6 x value r22 (101,376) + pooler and classifier (149,380)

@@ -79,13 +79,16 @@ def inference_options(args):
 
 
 def cmd_eval(args) -> int:
+    from .hardware import Precision
     from .serving.inference import evaluate_run
 
     report = evaluate_run(args.run_dir, args.data, args.split, inference_options(args))
     if args.json:
         print(strictjson.dumps(report))
         return 0
+    engine = report["engine"]
     print(f"{report['data']}: {report['rows']} rows, adapter {report['adapter']}, {report['task']}")
+    print(f"{engine['engine']} on {engine['device']}, {Precision(**engine['precision']).line()}")
     for name in TASK_METRICS[report["task"]]:
         low, high = report[f"{name}_95ci"]
         chosen = "  (picks the peak)" if name == report["metric"] else ""
@@ -110,8 +113,8 @@ def cmd_predict(args) -> int:
     from .serving.inference import PredictOptions, predict_file
 
     predict = options_from(PredictOptions, args, pair_column=args.text_pair_column)
-    rows = predict_file(args.run_dir, predict, inference_options(args))
-    print(f"wrote {rows} predictions to {args.out}")
+    done = predict_file(args.run_dir, predict, inference_options(args))
+    print(f"wrote {done['rows']} predictions to {args.out} ({done['engine']}, {done['precision']})")
     return 0
 
 

@@ -278,6 +278,6 @@ def test_predict_by_default_runs_what_the_cpu_computes_natively(
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     args = ["predict", str(runs / "out_proj"), "--input", str(texts_file), "--probs"]
     assert main([*args, "--out", str(tmp_path / "auto.csv")]) == 0
-    assert f"precision {same_as} (auto: " in capsys.readouterr().err
+    assert f"(pytorch, precision {same_as} (auto: " in capsys.readouterr().out  # said with the result
     assert main([*args, "--precision", same_as, "--out", str(tmp_path / "explicit.csv")]) == 0
     assert (tmp_path / "auto.csv").read_text() == (tmp_path / "explicit.csv").read_text()

@@ -142,6 +142,7 @@ def test_interrupted_sweep_resumes_the_killed_trial_from_its_checkpoint(tmp_path
     deadline = time.time() + 120
     while not list(runs.glob("killed/*/*/checkpoint/state.pt")) and time.time() < deadline:
         time.sleep(0.05)
+    assert list(runs.glob("killed/*/*/checkpoint/state.pt")), "no checkpoint was written within 120 s"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     (checkpoint,) = list(runs.glob("killed/*/*/checkpoint/state.pt"))
@@ -313,6 +314,7 @@ def test_dashboard_serves_the_sweeps_trials_over_http(tmp_path, model_dirs, tiny
                     studies = json.loads(response.read())["study_summaries"]
             except OSError:
                 time.sleep(0.2)
+        assert studies is not None, "the dashboard did not answer within 60 s"
         (study,) = studies
         assert study["study_name"] == "watched"
         url = f"http://127.0.0.1:{port}/api/studies/{study['study_id']}?after=0"
@@ -354,6 +356,8 @@ def test_workers_are_placed_round_robin_on_the_visible_gpus(tmp_path, model_dirs
     for t in trials:  # a worker keeps the GPU it was given
         by_worker.setdefault(t.user_attrs["worker"], set()).add(t.user_attrs["gpu"])
     assert all(len(gpus) == 1 for gpus in by_worker.values())
+    given = [gpu for gpus in by_worker.values() for gpu in gpus]
+    assert len(given) == len(set(given))  # round robin: no two workers on one GPU while another GPU is free
 
 
 def test_budget_curve_sweep_takes_the_largest_rank_and_plots_against_full_finetuning(tmp_path, model_dirs, tiny_data):
@@ -483,6 +487,7 @@ def test_a_postgresql_outage_mid_sweep_is_ridden_out(tmp_path, model_dirs, tiny_
         deadline = time.time() + 120
         while not list(runs.glob(f"{name}/r/*/metrics.jsonl")) and time.time() < deadline:
             time.sleep(0.2)
+        assert list(runs.glob(f"{name}/r/*/metrics.jsonl")), "no trial started training within 120 s"
         subprocess.run(["pg_ctlcluster", version, cluster, "stop"], check=True)
         time.sleep(15)
     finally:
@@ -506,6 +511,7 @@ def test_ctrl_c_of_a_sweep_is_one_line_with_how_to_resume(tmp_path, model_dirs, 
     deadline = time.time() + 300
     while len(list(runs.glob("interrupted/*/*/metrics.jsonl"))) < 2 and time.time() < deadline:
         time.sleep(0.2)
+    assert len(list(runs.glob("interrupted/*/*/metrics.jsonl"))) == 2, "both workers must be training first"
     os.killpg(sweep.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     out, err = sweep.communicate(timeout=120)
     assert sweep.returncode == 130, err[-2000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +30,14 @@ class InferenceOptions:
 
 
 def opened(path: str, options: InferenceOptions):
-    """The engine of a run or export, its precision and why said on stderr (stdout may be --json)."""
-    engine = open_engine(path, options.which, options.precision, options.base_model, options.threads)
-    print(f"engine: {engine.kind}, {engine.precision.line()}", file=sys.stderr)
-    return engine
+    return open_engine(path, options.which, options.precision, options.base_model, options.threads)
 
 
 def evaluate_run(run_path: str, data: str | None, split: str, options: InferenceOptions) -> dict:
     """Metrics of a run's adapter on its own validation rows, or on another labelled set."""
     run = RunDir(Path(run_path))
     cfg = run.read_config()
+    run.adapter(options.which)  # a run without that adapter is said before its rows are read
     report = {"run": str(run_path), "adapter": options.which, "data": data or f"{cfg.data.train} (validation rows)"}
     if data is None:
         rows = validation_rows(run, cfg)
@@ -120,7 +117,7 @@ class PredictOptions:
     probs: bool = False  # each class's probability beside the answer
 
 
-def predict_file(run_path: str, predict: PredictOptions, options: InferenceOptions) -> int:
+def predict_file(run_path: str, predict: PredictOptions, options: InferenceOptions) -> dict:
     """Write what the task answers for every input row, in input order: `ID,Label` (single-label; with
     probabilities if asked), `ID,Labels` (multi-label, joined by data.label_separator) or `ID,Score`."""
     out_path = predict.out
@@ -150,4 +147,5 @@ def predict_file(run_path: str, predict: PredictOptions, options: InferenceOptio
         value = task.cell(prediction, names if predict.label_names else None, cfg.data.label_separator)
         writer.writerow([row, value] + ([f"{x:.6f}" for x in score] if with_probs else []))
     write_text_atomic(Path(out_path), buffer.getvalue())
-    return len(texts)
+    # What ran, said with the result (not before it: a failure stays one line).
+    return {"rows": len(texts), "engine": engine.kind, "precision": engine.precision.line()}
