@@ -240,7 +240,7 @@ class Batcher:
 
         self.classifiers, self.metrics = classifiers, metrics
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
-        self.waiting = 0  # rows queued and not yet taken into a batch: what --max-queue bounds
+        self.waiting = 0  # rows accepted whose batch has not started computing: what --max-queue bounds
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loralab-forward")
 
     async def classify(self, adapter: Adapter, data: Encoded) -> torch.Tensor:
@@ -255,10 +255,7 @@ class Batcher:
         return await future
 
     async def _take(self) -> Pending:
-        pending = await self.queue.get()
-        self.waiting -= len(pending.data)
-        self.metrics.queue_rows.set(self.waiting)
-        return pending
+        return await self.queue.get()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -272,6 +269,8 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
                 rows += len(batch[-1].data)
+            self.waiting -= rows  # a batch gathering its rows still holds them: they leave the queue here
+            self.metrics.queue_rows.set(self.waiting)
             try:
                 answers = await loop.run_in_executor(self.thread, self._forward, batch)
             except Exception as err:  # noqa: BLE001 - each waiting request answers 500 with it; the server goes on
