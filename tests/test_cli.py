@@ -408,3 +408,29 @@ def test_every_command_that_writes_meets_an_unwritable_path_with_one_line(env, t
     os.mkfifo(fifo)
     assert main(["predict", str(env.run), "--input", str(texts), "--out", str(fifo)]) == 2
     assert "not a regular file" in capsys.readouterr().err and stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_each_command_takes_its_flags_defaults_and_help_from_its_options_object():
+    """One source: the parser is built from the typed options objects, so what a flag defaults to is what the
+    code defaults to, and each field has its help."""
+    import dataclasses
+
+    from loralab.cli import build_parser, options_from
+    from loralab.options import ExportOptions, InferenceOptions, PredictOptions, ServeOptions, SweepOptions
+
+    parser = build_parser()
+    cases = [
+        (["serve", "r"], ServeOptions, ServeOptions(runs=["r"])),
+        (["export", "r", "o"], ExportOptions, ExportOptions()),
+        (["predict", "r", "--input", "i", "--out", "o"], PredictOptions, PredictOptions(input="i", out="o")),
+        (["predict", "r", "--input", "i", "--out", "o"], InferenceOptions, InferenceOptions()),
+        (["sweep", "f"], SweepOptions, SweepOptions(file="f")),
+    ]
+    for argv, cls, expected in cases:
+        assert options_from(cls, parser.parse_args(argv)) == expected, argv
+        assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls
+    flags = ["export", "r", "o", "--no-check", "--format", "onnx", "--quantize", "int8", "--adapter-only"]
+    export = options_from(ExportOptions, parser.parse_args(flags))
+    assert (export.check, export.format, export.quantize, export.adapter_only) == (False, "onnx", "int8", True)
+    serve = options_from(ServeOptions, parser.parse_args(["serve", "a", "b=c", "--max-queue", "9", "--threads", "2"]))
+    assert (serve.runs, serve.max_queue, serve.threads) == (["a", "b=c"], 9, 2)

@@ -1,3 +1,3 @@
 """loralab: LoRA fine-tuning of transformer encoders for text classification under a parameter budget."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -14,6 +14,7 @@ import warnings
 from . import strictjson
 from .config import TASK_METRICS
 from .errors import LoralabError
+from .options import add_arguments
 
 
 def _config_arguments(parser: argparse.ArgumentParser, positional: bool) -> None:
@@ -73,7 +74,7 @@ def options_from(cls, args, **given):
 
 
 def inference_options(args):
-    from .serving.inference import InferenceOptions
+    from .options import InferenceOptions
 
     return options_from(InferenceOptions, args)
 
@@ -110,18 +111,20 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .serving.inference import PredictOptions, predict_file
+    from .options import PredictOptions
+    from .serving.inference import predict_file
 
-    predict = options_from(PredictOptions, args, pair_column=args.text_pair_column)
+    predict = options_from(PredictOptions, args)
     done = predict_file(args.run_dir, predict, inference_options(args))
     print(f"wrote {done['rows']} predictions to {args.out} ({done['engine']}, {done['precision']})")
     return 0
 
 
 def cmd_export(args) -> int:
-    from .serving.export import ExportOptions, export_run
+    from .options import ExportOptions
+    from .serving.export import export_run
 
-    options = options_from(ExportOptions, args, check=not args.no_check)
+    options = options_from(ExportOptions, args)
     out, check = export_run(args.run_dir, args.out_dir, options)
     if "skipped" in check:
         print(f"exported to {out} (not checked: --no-check)")
@@ -144,7 +147,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serving.serve import ServeOptions, serve
+    from .options import ServeOptions
+    from .serving.serve import serve
 
     options = options_from(ServeOptions, args)
     serve(options)
@@ -221,7 +225,7 @@ def cmd_report(args) -> int:
 
 
 def sweep_options(args):
-    from .sweeps.sweep import SweepOptions
+    from .options import SweepOptions
 
     return options_from(SweepOptions, args)
 
@@ -246,64 +250,16 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
-def _optuna_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="sweep or search YAML file")
-    parser.add_argument(
-        "--storage",
-        help="Optuna storage URL (default: sqlite:///RUNS/NAME/optuna.db); "
-        "postgresql://... lets workers on many machines share one study",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="section.key=value", help="config overrides applied to every trial"
-    )
-    parser.add_argument("--workers", type=int, default=1, help="trials run in parallel on this machine")
-    parser.add_argument("--per-gpu", type=int, help="instead of --workers: this many workers on each visible GPU")
-    parser.add_argument("--runs", default="runs", help="folder of run directories")
-    parser.add_argument(
-        "--heartbeat",
-        type=int,
-        default=30,
-        help="seconds between worker heartbeats; a trial silent for twice this is taken as dead and run again",
-    )
-
-
 def _inference_arguments(parser: argparse.ArgumentParser, run_help: str = "run directory (runs/NAME)") -> None:
+    from .options import InferenceOptions
+
     parser.add_argument("run_dir", metavar="RUN", help=run_help)
-    _which_argument(parser)
-    # 16 rows of similar length: on 2 CPU cores this ran 22% faster than 64 (cache-friendlier GEMMs).
-    parser.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
-    _engine_arguments(parser)
-    _base_model_argument(parser)
-
-
-def _engine_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default="auto",
-        help="auto (default): bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16 or AMX), "
-        "else fp32; an ONNX export runs in its own precision",
-    )
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
-
-
-def _which_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--which",
-        choices=["best", "last"],
-        default="best",
-        help="the adapter saved at the validation peak (best) or after the final evaluation (last)",
-    )
-
-
-def _base_model_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--base-model", help="the pretrained model's folder or hub id, where the run's is not on this machine"
-    )
+    add_arguments(parser, InferenceOptions)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .options import ExportOptions, PredictOptions, ServeOptions, SweepOptions
 
     parser = argparse.ArgumentParser(prog="loralab", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loralab {__version__}")
@@ -335,15 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="answer for unlabelled texts: an ID,Label (ID,Labels; ID,Score) CSV in input order"
     )
     _inference_arguments(predict, "run directory (runs/NAME), or an ONNX export (loralab export RUN OUT --format onnx)")
-    predict.add_argument("--input", required=True, help="CSV, JSONL, parquet, or a pickled datasets.Dataset")
-    predict.add_argument("--out", required=True, help="output CSV")
-    predict.add_argument("--text-column", help="column of --input holding the texts (default: the run's)")
-    predict.add_argument(
-        "--text-pair-column", help="column of --input holding the second texts (default: the run's, if it reads pairs)"
-    )
-    predict.add_argument("--allow-pickle", action="store_true", help="allow unpickling --input (runs code from it)")
-    predict.add_argument("--label-names", action="store_true", help="write class names, not indices")
-    predict.add_argument("--probs", action="store_true", help="add a probability column per class")
+    add_arguments(predict, PredictOptions)
     predict.set_defaults(run=cmd_predict)
 
     export = commands.add_parser(
@@ -351,57 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("run_dir", metavar="RUN", help="run directory (runs/NAME)")
     export.add_argument("out_dir", metavar="OUT_DIR", help="a new folder to write the export into")
-    _which_argument(export)
-    export.add_argument("--adapter-only", action="store_true", help="the adapter and head files with a model card")
-    export.add_argument(
-        "--format", choices=["hf", "onnx"], default="hf", help="hf: merged transformers folder; onnx: ONNX Runtime"
-    )
-    export.add_argument("--quantize", choices=["int8"], help="with --format onnx: int8 weights (dynamic quantization)")
-    export.add_argument(
-        "--check-data", help="labelled rows to check the export on (default: the run's validation rows)"
-    )
-    export.add_argument("--no-check", action="store_true", help="skip the check (export.json says so)")
-    _base_model_argument(export)
+    add_arguments(export, ExportOptions)
     export.set_defaults(run=cmd_export)
 
     server = commands.add_parser(
-        "serve",
-        help="an HTTP server for runs (one copy of their base, every adapter beside it) and ONNX exports, batched",
+        "serve", help="an HTTP server for runs (one copy of their base, their adapters beside it) and ONNX exports"
     )
-    server.add_argument(
-        "runs",
-        metavar="RUN",
-        nargs="+",
-        help="run directories or ONNX exports, or NAME=RUN to serve one under another name",
-    )
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
-    server.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one, printed)")
-    _which_argument(server)
-    _engine_arguments(server)
-    server.add_argument("--max-batch", type=int, default=32, help="rows classified together, from any requests")
-    server.add_argument(
-        "--max-tokens", type=int, default=2048, help="padded tokens in one forward pass (a GPU takes more)"
-    )
-    server.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share its batch"
-    )
-    server.add_argument("--max-texts", type=int, default=256, help="texts in one request, at most (more: 413)")
-    server.add_argument("--max-chars", type=int, default=65_536, help="characters in one text, at most (more: 413)")
-    server.add_argument(
-        "--max-queue", type=int, default=1024, help="rows waiting for a batch, at most (more: 503 with Retry-After)"
-    )
-    server.add_argument(
-        "--read-timeout", type=float, default=10.0, help="seconds for a request to arrive whole (stalled: 408, closed)"
-    )
-    _base_model_argument(server)
+    add_arguments(server, ServeOptions)
     server.set_defaults(run=cmd_serve)
 
     sweep = commands.add_parser("sweep", help="run a sweep file's trials (skips finished ones, resumes interrupted)")
-    _optuna_arguments(sweep)
+    add_arguments(sweep, SweepOptions, skip=("trials",))
     sweep.set_defaults(run=cmd_sweep)
 
     search = commands.add_parser("search", help="budget-constrained TPE search with pruning over a declared space")
-    _optuna_arguments(search)
+    add_arguments(search, SweepOptions, skip=("trials",))
     search.add_argument("--trials", type=int, required=True, help="trials to complete or prune, all workers together")
     search.set_defaults(run=cmd_search)
 

@@ -1,7 +1,7 @@
-"""The study's figures from an index of runs: scope bar chart, accuracy curves per swept axis, loss curves.
-
-Every accuracy carries its 95% Wilson interval over the validation rows: on 640 rows that is about
-+-2.2 points, wider than most differences the seed study drew conclusions from.
+"""The study's figures from an index of runs: scope bar chart, curves of each run's metric per swept axis, loss
+curves. Every value carries its 95% interval over the validation rows (Wilson's for accuracy, a bootstrap for
+the other metrics): on 640 rows an accuracy's is about +-2.2 points, wider than most differences the seed
+study drew conclusions from.
 """
 
 from __future__ import annotations

@@ -288,7 +288,7 @@ def write_config_file(path: Path, cfg: Config) -> None:
 
 
 def read_decision_file(path: Path) -> Decision:
-    """The thresholds or target scaling saved with an adapter or an export (none before loralab 0.2: the defaults)."""
+    """The thresholds or target scaling saved with an adapter or an export (none before loralab 0.3: the defaults)."""
     return _from_json(Decision, _read_json(path), path) if path.exists() else Decision()
 
 

@@ -16,7 +16,6 @@ import io
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from ..config import LOWER_IS_BETTER, Config, metric_for_best
 from ..data import LabelledTexts, encode, load_labelled
 from ..errors import LoralabError
 from ..modeling.model import load_adapter_folder, load_trained, uses_token_types
+from ..options import ExportOptions
 from ..runs.rundir import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -48,19 +48,6 @@ FORMATS = ("hf", "onnx")
 # int8 export is refused only where the check rows show it worse than chance explains (at any row count).
 PROBABILITY_TOLERANCE = 1e-3
 SIGNIFICANCE = 0.05
-
-
-@dataclass
-class ExportOptions:
-    """What `loralab export` is given: one object from the CLI."""
-
-    which: str = "best"  # the adapter at the validation peak, or after the final evaluation (last)
-    format: str = "hf"  # hf: a merged transformers folder; onnx: an ONNX graph for ONNX Runtime
-    adapter_only: bool = False  # the adapter and head files with a model card (hf only)
-    quantize: str | None = None  # int8: ONNX Runtime's dynamic quantization of the weights (onnx only)
-    check_data: str | None = None  # labelled rows for the check (default: the run's validation rows)
-    check: bool = True  # --no-check: skip the check (export.json says so)
-    base_model: str | None = None  # the pretrained model, where the run's is not on this machine
 
 
 def _kind(options: ExportOptions) -> str:

@@ -5,28 +5,17 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import is_local, metric_for_best, missing_here
 from ..data import LabelledTexts, load_labelled, load_texts, rows_sha256, training_and_validation
 from ..errors import LoralabError, warn
 from ..modeling.forward import evaluation_report
+from ..options import InferenceOptions, PredictOptions
 from ..reporting.plots import plot_confusion
 from ..runs.rundir import RunDir, write_json_atomic, write_text_atomic
 from ..tasks import task_for
 from .engine import classify, config_of, open_engine
-
-
-@dataclass
-class InferenceOptions:
-    """How `eval` and `predict` run a trained run: one object from the CLI."""
-
-    which: str = "best"  # the adapter at the validation peak (best) or after the final evaluation (last)
-    batch_size: int = 16
-    precision: str = "auto"  # bf16 where the device computes it natively, else fp32; or fp32, bf16
-    base_model: str | None = None  # the pretrained model, where the run's is not on this machine
-    threads: int | None = None  # intra-op threads (default: one per core)
 
 
 def opened(path: str, options: InferenceOptions):
@@ -104,19 +93,6 @@ def training_rows_in(cfg, rows: LabelledTexts) -> int | None:
     return sum(row in seen for row in zip(rows.texts, rows.pairs or [""] * len(rows.texts)))
 
 
-@dataclass
-class PredictOptions:
-    """What `predict` reads and writes: one object from the CLI (how the model runs: InferenceOptions)."""
-
-    input: str  # a CSV, JSONL, parquet or (with allow_pickle) pickled datasets.Dataset of texts
-    out: str  # the CSV to write
-    text_column: str | None = None  # default: the column the run was trained on
-    pair_column: str | None = None  # default: the run's second text column, if it had one
-    allow_pickle: bool = False
-    label_names: bool = False  # class names instead of indices
-    probs: bool = False  # each class's probability beside the answer
-
-
 def predict_file(run_path: str, predict: PredictOptions, options: InferenceOptions) -> dict:
     """Write what the task answers for every input row, in input order: `ID,Label` (single-label; with
     probabilities if asked), `ID,Labels` (multi-label, joined by data.label_separator) or `ID,Score`."""
@@ -131,7 +107,7 @@ def predict_file(run_path: str, predict: PredictOptions, options: InferenceOptio
         predict.input,
         predict.text_column or saved.data.text_column,
         predict.allow_pickle,
-        saved.data.text_pair_column if predict.pair_column is None else predict.pair_column,
+        saved.data.text_pair_column if predict.text_pair_column is None else predict.text_pair_column,
     )
     engine = opened(run_path, options)
     cfg, decision = engine.cfg, engine.decision

@@ -32,29 +32,10 @@ from ..config import Config
 from ..data import Encoded
 from ..errors import LoralabError
 from ..modeling.model import load_trained
+from ..options import ServeOptions
 from ..runs.rundir import RunDir, read_frozen
 from ..tasks import Decision, task_for
 from .engine import EXPORT_RECORD, ONNX_FILE, OnnxEngine, TorchEngine, is_onnx_export, set_threads
-
-
-@dataclass
-class ServeOptions:
-    """What `loralab serve` is given: one typed object from the CLI."""
-
-    runs: list[str]  # RUN or NAME=RUN; NAME defaults to the run directory's name
-    host: str = "127.0.0.1"
-    port: int = 8000  # 0: any free port (the one taken is printed)
-    which: str = "best"  # each run's adapter at its validation peak (best) or its final evaluation (last)
-    precision: str = "auto"  # bf16 where the device computes it natively, else fp32; or fp32, bf16
-    base_model: str | None = None  # the pretrained model, where the runs' is not on this machine
-    threads: int | None = None  # intra-op threads (default: one per core); for one replica per core group
-    max_batch: int = 32  # rows in one batch, from however many requests
-    max_tokens: int = 2048  # padded tokens in one forward pass: a batch of mixed lengths runs in several
-    max_wait_ms: float = 5.0  # how long the first waiting row waits for others to join its batch
-    max_texts: int = 256  # per request: more is a 413, so one client cannot hold the batcher for minutes
-    max_chars: int = 65_536  # per text: the tokenizer reads a text whole before truncating it
-    max_queue: int = 1024  # rows waiting for a batch, at most: past it a request is answered 503 at once
-    read_timeout: float = 10.0  # seconds for a request's headers and body to arrive: a stalled one is closed
 
 
 class ModelGroup:

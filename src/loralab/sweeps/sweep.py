@@ -11,7 +11,6 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from .. import config as config_io
 from ..budget.count import breakdown_for, largest_fitting_rank, shapes_for
 from ..config import LOWER_IS_BETTER, metric_for_best
 from ..errors import LoralabError
+from ..options import SweepOptions
 from ..runs.rundir import Origin, RunDir, Summary, make_dir, safe_dirname
 from .storage import connect, redact
 from .sweepfile import (
@@ -31,20 +31,6 @@ from .sweepfile import (
     resolve_alpha,
     trial_config,
 )
-
-
-@dataclass
-class SweepOptions:
-    """What `loralab sweep` and `loralab search` are given: one typed object from the CLI to each worker."""
-
-    file: str  # the sweep or search YAML file
-    overrides: list[str] = field(default_factory=list)  # section.key=value for every trial, after the file's own
-    storage: str | None = None  # Optuna storage URL; None: SQLite beside the runs
-    workers: int = 1  # processes on this machine
-    per_gpu: int | None = None  # instead of workers: this many on each visible GPU
-    runs: str = "runs"  # folder of run directories
-    heartbeat: int = 30  # seconds between worker heartbeats; silent for twice this: taken as dead
-    trials: int = 0  # a search's trials to complete or prune, all workers together
 
 
 def default_storage(sweep: Sweep, runs_dir: str) -> str:
