@@ -187,4 +187,7 @@ def test_healthz_sees_a_batcher_that_stopped(in_process_server, monkeypatch):
     while time.monotonic() < deadline and call(port, "GET", "/healthz")[0] == 200:
         time.sleep(0.1)
     status, body = call(port, "GET", "/healthz")
+    assert status == 503 and "the batcher is not running (the queue is gone)" in body["error"]
+    # Nothing would answer a request now: it is refused at once instead of waiting for ever.
+    status, body = call(port, "POST", "/v1/classify", {"texts": TEXTS[:1]})
     assert status == 503 and "the batcher is not running" in body["error"]

@@ -20,303 +20,16 @@ import json
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations in this namespace
 
 from .. import strictjson
-from ..allocator import release_freed_memory
-from ..config import Config
-from ..data import Encoded
 from ..errors import LoralabError
-from ..modeling.model import load_trained
 from ..options import ServeOptions
-from ..runs.rundir import RunDir, read_frozen
-from ..tasks import Decision, task_for
-from .engine import EXPORT_RECORD, ONNX_FILE, OnnxEngine, TorchEngine, is_onnx_export, set_threads
-
-
-class ModelGroup:
-    """Adapters that share one forward pass: one base with every run's adapter beside it (PyTorch), or one
-    ONNX export. A batch of rows for several groups runs one pass per group."""
-
-    def __init__(self, engine: TorchEngine | OnnxEngine, mixed: bool):
-        self.engine, self.mixed = engine, mixed
-
-    def logits(self, data: Encoded, peft_names: list[str], options: ServeOptions) -> torch.Tensor:
-        names = peft_names if self.mixed else None
-        return self.engine.logits(data, options.max_batch, names, options.max_tokens)
-
-
-@dataclass
-class Adapter:
-    """One served run or export: its public name, its model group, the name PEFT knows it by there, and
-    what turns its logits into answers."""
-
-    name: str
-    run: Path
-    cfg: Config
-    decision: Decision
-    peft_name: str
-    group: ModelGroup | None = None
-    info: dict = field(default_factory=dict)
-
-    @property
-    def task(self):
-        return task_for(self.cfg)
-
-
-# --- which runs, under which names --------------------------------------------------------------------
-
-
-def named_runs(specs: list[str]) -> list[tuple[str, Path]]:
-    """`RUN` or `NAME=RUN` for each argument; every run finished, every name once."""
-    named: list[tuple[str, Path]] = []
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        run = Path(path if sep else spec)
-        name = name if sep else run.resolve().name
-        if not name:
-            raise LoralabError(f"serve: '{spec}' names no adapter: give NAME=RUN or the run directory alone")
-        if not RunDir(run).summary.is_file() and not is_onnx_export(run):
-            raise LoralabError(
-                f"serve: {run} is neither a finished run (no summary.json) nor an ONNX export (no {ONNX_FILE}): "
-                "train it, or name runs/NAME or an export folder"
-            )
-        if any(name == seen for seen, _ in named):
-            raise LoralabError(f"serve: the adapter name '{name}' is given twice: name them apart, e.g. {name}-2={run}")
-        named.append((name, run))
-    return named
-
-
-def sharing_problem(first: Adapter, other: Adapter, which: str) -> str | None:
-    """Why `other` cannot be served beside `first` on one copy of the base model (None: it can)."""
-    a, b = first.cfg, other.cfg
-    for cfg, run in ((a, first.run), (b, other.run)):
-        if cfg.model.finetune == "full":
-            return f"{run} is a full fine-tuning (no adapter to put beside others): serve it alone"
-        if cfg.lora.use_dora:
-            return f"{run} uses DoRA, which PEFT cannot mix with other adapters in one batch: serve it alone"
-        if cfg.lora.bias != "none":
-            return f"{run} trained the base model's biases (lora.bias: {cfg.lora.bias}), shared here: serve it alone"
-    both = f"{first.run} and {other.run}"
-    if a.model.name != b.model.name:
-        return f"{both} have different bases ({a.model.name}, {b.model.name}): run one server for each"
-    if a.model.pooling != b.model.pooling:
-        return f"{both} pool differently ({a.model.pooling}, {b.model.pooling}): run one server for each"
-    if len(a.data.label_names) != len(b.data.label_names):  # a regression's one output is named too
-        return f"{both} have heads of different sizes: run one server for each"
-    mine, theirs = read_frozen(RunDir(first.run).adapter(which)), read_frozen(RunDir(other.run).adapter(which))
-    if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k]) for k in mine):
-        return (
-            f"{both} were trained on different frozen random head weights (model.head: "
-            f"{a.model.head}), which the base holds once: run one server for each"
-        )
-    return None
-
-
-# --- the models -----------------------------------------------------------------------------------------
-
-
-class Classifiers:
-    """The served runs on one base, and the forward pass over a batch of rows for any of them."""
-
-    def __init__(self, options: ServeOptions):
-        set_threads(options.threads)
-        runs = named_runs(options.runs)
-        self.options = options
-        self.adapters: dict[str, Adapter] = {}
-        # Each ONNX export: a model of its own in ONNX Runtime.
-        for name, path in runs:
-            if is_onnx_export(path):
-                engine = OnnxEngine(path, options.threads)
-                group = ModelGroup(engine, mixed=False)
-                self.adapters[name] = Adapter(name, path, engine.cfg, engine.decision, "default", group)
-        trained = [(name, path) for name, path in runs if not is_onnx_export(path)]
-        for i, (name, run) in enumerate(trained):
-            store = RunDir(run)
-            self.adapters[name] = Adapter(
-                name, run, store.read_config(), store.read_decision(options.which), "default" if i == 0 else f"a{i}"
-            )
-        if trained:
-            self._load_runs([self.adapters[name] for name, _ in trained])
-        for adapter in self.adapters.values():
-            adapter.info = adapter_info(adapter)
-
-    def _load_runs(self, adapters: list[Adapter]) -> None:
-        """The runs on one base: one copy of it, each adapter beside it (one run alone: merged)."""
-        options = self.options
-        first = adapters[0]
-        for adapter in adapters[1:]:
-            problem = sharing_problem(first, adapter, options.which)
-            if problem:
-                raise LoralabError(f"serve: {problem}")
-        mixed = len(adapters) > 1
-        cfg, tokenizer, model = load_trained(first.run, options.which, merged=not mixed, base_model=options.base_model)
-        for adapter in adapters[1:]:
-            model.load_adapter(RunDir(adapter.run).adapter(options.which), adapter_name=adapter.peft_name)
-        group = ModelGroup(TorchEngine(cfg, first.decision, tokenizer, model, options.precision), mixed)
-        for adapter in adapters:
-            adapter.group = group
-
-    def groups(self) -> list[ModelGroup]:
-        return list({id(a.group): a.group for a in self.adapters.values()}.values())
-
-    def encode(self, adapter: Adapter, texts: list[str], pairs: list[str] | None) -> Encoded:
-        """Token ids as the run was trained (its own max_length); called off the event loop."""
-        return adapter.group.engine.encode(texts, pairs, adapter.cfg.data.max_length)
-
-    def answer(self, adapter: Adapter, logits: torch.Tensor, probabilities: bool) -> dict:
-        scored = adapter.task.score(logits, adapter.decision)
-        names = adapter.cfg.data.label_names
-        out = {"labels": [adapter.task.answer(p, names) for p in scored.predictions]}
-        if probabilities and adapter.task.probabilities:
-            out["probabilities"] = [dict(zip(names, [round(x, 6) for x in row])) for row in scored.scores]
-        return out
-
-
-def adapter_info(adapter: Adapter) -> dict:
-    """What /v1/adapters tells of one adapter: where it comes from, its task, how it runs, how it scored."""
-    info = {
-        "name": adapter.name,
-        "run": str(adapter.run),
-        "base": adapter.cfg.model.name,
-        "task": adapter.cfg.data.task,
-        "labels": adapter.cfg.data.label_names,
-        **adapter.group.engine.describe(),
-    }
-    if is_onnx_export(adapter.run):  # its check against the run's adapter stands for the run's scores
-        record = RunDir(adapter.run).path / EXPORT_RECORD
-        check = json.loads(record.read_text()).get("check", {}) if record.exists() else {}
-        return info | {"trainable": None, "metric": check.get("metric"), "export_check": check.get("export")}
-    summary = RunDir(adapter.run).read_summary()
-    return info | {
-        "trainable": summary.trainable["total"] if summary.trainable else None,
-        "metric": summary.metric,
-        "peak_validation": summary.peak_value,
-        "peak_validation_accuracy": summary.peak_val_accuracy,
-    }
-
-
-# --- batching: rows of requests that arrive together share a forward pass --------------------------------
-
-
-@dataclass
-class Pending:
-    adapter: Adapter
-    data: Encoded
-    future: asyncio.Future
-
-
-class Batcher:
-    """Collects waiting requests for up to max_wait_ms or max_batch rows, then classifies them together on
-    one thread of its own: one batch at a time (the forward pass itself uses every core), and always the
-    same thread, so its memory is reused from one batch to the next instead of spread over the arenas
-    glibc gives each thread (with a pool of threads, the resident size grew by 94% in a minute of load)."""
-
-    def __init__(self, classifiers: Classifiers, metrics: Metrics):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.classifiers, self.metrics = classifiers, metrics
-        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
-        self.waiting = 0  # rows accepted whose batch has not started computing: what --max-queue bounds
-        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loralab-forward")
-
-    async def classify(self, adapter: Adapter, data: Encoded) -> torch.Tensor:
-        """The logits of `data`'s rows; Overloaded at once where they would queue past --max-queue rows."""
-        limit = self.classifiers.options.max_queue
-        if self.waiting + len(data) > limit:
-            raise Overloaded(f"{self.waiting:,} rows are waiting, at most {limit:,} (--max-queue): retry shortly")
-        self.waiting += len(data)
-        self.metrics.queue_rows.set(self.waiting)
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put(Pending(adapter, data, future))
-        return await future
-
-    async def _take(self) -> Pending:
-        return await self.queue.get()
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        options = self.classifiers.options
-        while True:
-            batch = [await self._take()]
-            rows, deadline = len(batch[0].data), loop.time() + options.max_wait_ms / 1000
-            while rows < options.max_batch and (left := deadline - loop.time()) > 0:
-                try:
-                    batch.append(await asyncio.wait_for(self._take(), left))
-                except asyncio.TimeoutError:
-                    break
-                rows += len(batch[-1].data)
-            self.waiting -= rows  # a batch gathering its rows still holds them: they leave the queue here
-            self.metrics.queue_rows.set(self.waiting)
-            try:
-                answers = await loop.run_in_executor(self.thread, self._forward, batch)
-            except Exception as err:  # noqa: BLE001 - each waiting request answers 500 with it; the server goes on
-                answers = [err] * len(batch)
-            for pending, answer in zip(batch, answers):
-                if pending.future.done():  # a client that hung up: nobody waits for this answer
-                    continue
-                if isinstance(answer, Exception):
-                    pending.future.set_exception(answer)
-                else:
-                    pending.future.set_result(answer)
-
-    def _forward(self, batch: list[Pending]) -> list[torch.Tensor]:
-        """Each request's logits; the rows of one model group in one pass (split by length and --max-tokens)."""
-        self.metrics.batch_rows.observe(sum(len(p.data) for p in batch))
-        out: list[torch.Tensor | None] = [None] * len(batch)
-        for group in {id(p.adapter.group): p.adapter.group for p in batch}.values():
-            members = [i for i, p in enumerate(batch) if p.adapter.group is group]
-            parts = [batch[i].data for i in members]
-            data = Encoded(
-                [ids for part in parts for ids in part.input_ids],
-                [],
-                None if parts[0].token_type_ids is None else [t for part in parts for t in part.token_type_ids],
-            )
-            names = [batch[i].adapter.peft_name for i in members for _ in range(len(batch[i].data))]
-            with torch.inference_mode():
-                logits = group.logits(data, names, self.classifiers.options)
-            start = 0
-            for i in members:
-                out[i] = logits[start : start + len(batch[i].data)]
-                start += len(batch[i].data)
-        release_freed_memory()  # the batch's activations, of a shape the next batch may not reuse
-        return out
-
-
-# --- metrics ------------------------------------------------------------------------------------------
-
-
-class Metrics:
-    """The server's Prometheus metrics, in a registry of its own (several servers in one test process)."""
-
-    def __init__(self, max_batch: int):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "loralab_requests", "HTTP requests by path and status", ["path", "status"], registry=self.registry
-        )
-        self.rows = Counter("loralab_rows", "rows classified, by adapter", ["adapter"], registry=self.registry)
-        buckets = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, max_batch})
-        self.batch_rows = Histogram(
-            "loralab_batch_rows",
-            "rows classified together, from however many requests",
-            buckets=buckets,
-            registry=self.registry,
-        )
-        self.latency = Histogram("loralab_request_seconds", "request latency", ["path"], registry=self.registry)
-        self.queue_rows = Gauge("loralab_queue_rows", "rows waiting for a batch (--max-queue)", registry=self.registry)
-
+from .batcher import Batcher, Metrics, Overloaded
+from .models import Adapter, Classifiers, named_runs
 
 # --- the HTTP application ---------------------------------------------------------------------------
-
-
-class Overloaded(Exception):
-    """More rows would wait than --max-queue allows: 503 with Retry-After, as TEI and infinity answer."""
 
 
 class BadRequest(Exception):
@@ -385,6 +98,12 @@ def parse_request(raw: bytes, classifiers: Classifiers) -> tuple[Adapter, list[s
     return adapter, texts, pairs, probabilities
 
 
+def not_running(task) -> RuntimeError:
+    """Why the batcher task is not running (it raised, or it was stopped)."""
+    failure = task.exception() if task is not None and task.done() and not task.cancelled() else None
+    return RuntimeError(f"the batcher is not running ({failure or 'stopped'})")
+
+
 def build_app(classifiers: Classifiers):
     """The FastAPI application over loaded classifiers."""
     from contextlib import asynccontextmanager
@@ -405,6 +124,8 @@ def build_app(classifiers: Classifiers):
     async def lifespan(app):
         nonlocal batcher_task
         batcher_task = asyncio.create_task(batcher.run())
+        # A batcher that stops answers what waits for it at once, rather than leave it waiting for ever.
+        batcher_task.add_done_callback(lambda task: batcher.fail_waiting(not_running(task)))
         yield
         batcher_task.cancel()  # uvicorn has answered every request in flight by now
 
@@ -439,6 +160,8 @@ def build_app(classifiers: Classifiers):
 
     @app.post("/v1/classify")
     async def classify(request: Request):
+        if batcher_task is None or batcher_task.done():  # nothing would answer it: said at once
+            return error(503, str(not_running(batcher_task)))
         try:
             adapter, texts, pairs, probabilities = parse_request(await request.body(), classifiers)
         except BadRequest as err:
@@ -464,8 +187,7 @@ def build_app(classifiers: Classifiers):
     async def healthz():
         """503 where the batcher is not running: a load balancer then stops sending here."""
         if batcher_task is None or batcher_task.done():
-            failure = batcher_task.exception() if batcher_task and not batcher_task.cancelled() else None
-            return error(503, f"the batcher is not running ({failure or 'stopped'})")
+            return error(503, str(not_running(batcher_task)))
         return {"status": "ok", "adapters": len(classifiers.adapters)}
 
     @app.get("/metrics")
