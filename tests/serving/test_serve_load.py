@@ -181,8 +181,11 @@ def test_healthz_sees_a_batcher_that_stopped(in_process_server, monkeypatch):
         raise RuntimeError("the queue is gone")
 
     monkeypatch.setattr(serve_module.Batcher, "_take", broken)
-    # The batcher waits in _take for the next request; a request wakes it into the broken call.
-    threading.Thread(target=call, args=(port, "POST", "/v1/classify", {"texts": TEXTS[:1]}), daemon=True).start()
+    # The batcher waits in _take for the next request; a request wakes it into the broken call, and is
+    # answered (200 from its batch, or 500 when the batcher stopped with it in hand), never left waiting.
+    woken = []
+    waker = threading.Thread(target=lambda: woken.append(call(port, "POST", "/v1/classify", {"texts": TEXTS[:1]})))
+    waker.start()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and call(port, "GET", "/healthz")[0] == 200:
         time.sleep(0.1)
@@ -191,3 +194,5 @@ def test_healthz_sees_a_batcher_that_stopped(in_process_server, monkeypatch):
     # Nothing would answer a request now: it is refused at once instead of waiting for ever.
     status, body = call(port, "POST", "/v1/classify", {"texts": TEXTS[:1]})
     assert status == 503 and "the batcher is not running" in body["error"]
+    waker.join(timeout=30)
+    assert woken and woken[0][0] in (200, 500)

@@ -65,28 +65,40 @@ class Batcher:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         options = self.classifiers.options
-        while True:
-            batch = [await self._take()]
-            rows, deadline = len(batch[0].data), loop.time() + options.max_wait_ms / 1000
-            while rows < options.max_batch and (left := deadline - loop.time()) > 0:
+        batch: list[Pending] = []
+        try:
+            while True:
+                batch = [await self._take()]
+                rows, deadline = len(batch[0].data), loop.time() + options.max_wait_ms / 1000
+                while rows < options.max_batch and (left := deadline - loop.time()) > 0:
+                    try:
+                        batch.append(await asyncio.wait_for(self._take(), left))
+                    except asyncio.TimeoutError:
+                        break
+                    rows += len(batch[-1].data)
+                self.waiting -= rows  # a batch gathering its rows still holds them: they leave the queue here
+                self.metrics.queue_rows.set(self.waiting)
                 try:
-                    batch.append(await asyncio.wait_for(self._take(), left))
-                except asyncio.TimeoutError:
-                    break
-                rows += len(batch[-1].data)
-            self.waiting -= rows  # a batch gathering its rows still holds them: they leave the queue here
-            self.metrics.queue_rows.set(self.waiting)
-            try:
-                answers = await loop.run_in_executor(self.thread, self._forward, batch)
-            except Exception as err:  # noqa: BLE001 - each waiting request answers 500 with it; the server goes on
-                answers = [err] * len(batch)
-            for pending, answer in zip(batch, answers):
-                if pending.future.done():  # a client that hung up: nobody waits for this answer
-                    continue
-                if isinstance(answer, Exception):
-                    pending.future.set_exception(answer)
-                else:
-                    pending.future.set_result(answer)
+                    answers = await loop.run_in_executor(self.thread, self._forward, batch)
+                except Exception as err:  # noqa: BLE001 - each request of the batch answers 500 with it; it goes on
+                    answers = [err] * len(batch)
+                self._answer(batch, answers)
+                batch = []
+        except BaseException as err:  # the batcher itself stops: the batch in hand is answered, not left waiting
+            self._answer(
+                batch, [err if isinstance(err, Exception) else RuntimeError("the batcher stopped")] * len(batch)
+            )
+            raise
+
+    @staticmethod
+    def _answer(batch: list[Pending], answers: list) -> None:
+        for pending, answer in zip(batch, answers):
+            if pending.future.done():  # a client that hung up: nobody waits for this answer
+                continue
+            if isinstance(answer, Exception):
+                pending.future.set_exception(answer)
+            else:
+                pending.future.set_result(answer)
 
     def _forward(self, batch: list[Pending]) -> list[torch.Tensor]:
         """Each request's logits; the rows of one model group in one pass (split by length and --max-tokens)."""
