@@ -133,6 +133,13 @@ class ServeOptions:
     max_chars: int = option("characters in one text, at most (more: 413; the tokenizer reads a text whole)", 65_536)
     max_queue: int = option("rows waiting for a batch, at most (more: 503 with Retry-After)", 1024)
     read_timeout: float = option("seconds for a request to arrive whole (stalled: 408, closed)", 10.0)
+    admin_token: str | None = option(
+        "turns on POST /v1/adapters and DELETE /v1/adapters/NAME (add and remove adapters while serving) for "
+        "requests with 'Authorization: Bearer TOKEN'; with it, even one run stays unmerged so others can join it",
+        None,
+    )
+    runs_dir: str | None = option("the folder whose runs and exports POST /v1/adapters may add (with --admin-token)",
+                                  None)  # fmt: skip
 
 
 @dataclass

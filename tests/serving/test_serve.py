@@ -52,10 +52,10 @@ def stop(process: subprocess.Popen) -> str:
     return out
 
 
-def call(port: int, method: str, path: str, body=None) -> tuple[int, object]:
+def call(port: int, method: str, path: str, body=None, headers=None) -> tuple[int, object]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     raw = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    connection.request(method, path, body=raw, headers={"Content-Type": "application/json"})
+    connection.request(method, path, body=raw, headers={"Content-Type": "application/json", **(headers or {})})
     response = connection.getresponse()
     data = response.read()
     connection.close()

@@ -134,8 +134,9 @@ def test_a_failed_batch_is_a_500_and_the_server_goes_on(in_process_server):
 
 
 def test_a_request_given_up_while_its_batch_fails_leaves_the_batcher_running(in_process_server):
-    """A waiting request cancelled (its client gone) in a batch that then fails: the batcher must not trip
-    over the answer nobody waits for, and answers the next batch."""
+    """A request cancelled (its client gone) while its batch computes, and the batch then fails: the batcher
+    must not trip over the answer nobody waits for, and answers the next batch. One given up before its
+    batch starts is not computed at all."""
     import asyncio
 
     from loralab.serving.serve import Batcher, Metrics
@@ -143,10 +144,13 @@ def test_a_request_given_up_while_its_batch_fails_leaves_the_batcher_running(in_
     classifiers, _ = in_process_server()
     adapter = next(iter(classifiers.adapters.values()))
     real, calls = adapter.group.logits, []
+    computing, cancelled = threading.Event(), threading.Event()
 
     def fail_once(data, names, options):
         calls.append(len(data))
         if len(calls) == 1:
+            computing.set()
+            assert cancelled.wait(30)
             raise RuntimeError("a forced failure")
         return real(data, names, options)
 
@@ -159,16 +163,22 @@ def test_a_request_given_up_while_its_batch_fails_leaves_the_batcher_running(in_
         data = classifiers.encode(adapter, TEXTS[:2], None)
         kept = asyncio.create_task(batcher.classify(adapter, data))
         given_up = asyncio.create_task(batcher.classify(adapter, data))
-        await asyncio.sleep(0.05)
-        given_up.cancel()  # while the batch still gathers rows
+        assert await asyncio.to_thread(computing.wait, 30)
+        given_up.cancel()  # while its batch computes
+        await asyncio.sleep(0)
+        cancelled.set()
         with pytest.raises(RuntimeError, match="a forced failure"):
             await kept
         answer = await asyncio.wait_for(batcher.classify(adapter, data), 30)
         assert not worker.done() and answer.shape == (2, 4)
+        early = asyncio.create_task(batcher.classify(adapter, data))
+        await asyncio.sleep(0.05)
+        early.cancel()  # while its batch still gathers rows: never computed
+        answer = await asyncio.wait_for(batcher.classify(adapter, data), 30)
         worker.cancel()
 
     asyncio.run(scenario())
-    assert calls == [4, 2]
+    assert calls == [4, 2, 2]
 
 
 def test_healthz_sees_a_batcher_that_stopped(in_process_server, monkeypatch):

@@ -262,6 +262,21 @@ def load_full(cfg: Config, folder: Path):
     return model
 
 
+def with_base(cfg: Config, run: Path, base_model: str | None) -> Config:
+    """A run's config on the base it is loaded on here: `--base-model` where given, else the one it was
+    trained on, which must be on this machine where it was a local folder."""
+    from ..config import local_path_or_id, missing_here
+
+    if base_model:
+        cfg.model.name = local_path_or_id(base_model)
+    elif missing_here(cfg.model.name):
+        raise LoralabError(
+            f"run {run} was trained on the model folder {cfg.model.name}, which is not on this machine: "
+            "pass --base-model FOLDER (the same pretrained model)"
+        )
+    return cfg
+
+
 def load_trained(run_path: str | Path, which: str = "best", merged: bool = False, base_model: str | None = None):
     """A run's config, tokenizer and model with its saved adapter; merged into plain weights if asked.
 
@@ -270,19 +285,11 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
     would draw new ones and answer wrongly without a word.
     """
     from ..budget.count import shapes_for
-    from ..config import local_path_or_id, missing_here
     from ..runs.rundir import RunDir
 
     run = RunDir(Path(run_path))
     folder = run.adapter(which)
-    cfg = run.read_config()
-    if base_model:
-        cfg.model.name = local_path_or_id(base_model)
-    elif missing_here(cfg.model.name):
-        raise LoralabError(
-            f"run {run.path} was trained on the model folder {cfg.model.name}, which is not on this machine: "
-            "pass --base-model FOLDER (the same pretrained model)"
-        )
+    cfg = with_base(run.read_config(), run.path, base_model)
     shapes = shapes_for(cfg)  # first: a model folder that is not there is said in one line
     tokenizer = load_tokenizer(cfg.model.name)
     check_max_length(cfg, shapes.config, tokenizer)  # a run saved before this check could exceed it
@@ -295,13 +302,29 @@ def load_adapter_folder(cfg: Config, folder: Path, merged: bool = False):
     the whole model."""
     from peft import PeftModel
 
+    if cfg.model.finetune == "full":
+        return load_full(cfg, folder).eval()
+    model = PeftModel.from_pretrained(base_for_adapter(cfg, folder), folder)
+    if merged:
+        try:
+            model = model.merge_and_unload()
+        except Exception as err:  # PEFT raises several types for layers it cannot merge
+            raise LoralabError(f"cannot merge the adapter of {folder} into {cfg.model.name}: {err}") from err
+    return model.eval()
+
+
+def base_for_adapter(cfg: Config, folder: Path, num_labels: int | None = None):
+    """The pretrained classifier an adapter in `folder` was trained on, its frozen random weights restored;
+    `num_labels`: a head of that many outputs instead of cfg's (a server's shared base, see serving/models.py)."""
     from ..budget.count import breakdown_for, shapes_for
     from ..runs.rundir import load_frozen_into, read_frozen
 
-    if cfg.model.finetune == "full":
-        return load_full(cfg, folder).eval()
     shapes = shapes_for(cfg)
-    base, fresh = load_classifier(cfg, shapes.config)
+    model_config = shapes.config
+    if num_labels is not None:
+        model_config = copy.deepcopy(model_config)
+        model_config.num_labels = num_labels
+    base, fresh = load_classifier(cfg, model_config)
     saved = read_frozen(folder)
     missing = [name for name in frozen_names(fresh, breakdown_for(cfg, shapes)[1]) if name not in saved]
     if missing:
@@ -310,10 +333,4 @@ def load_adapter_folder(cfg: Config, folder: Path, merged: bool = False):
             f"({', '.join(missing)}) that were not saved with it (loralab before 0.2); train it again"
         )
     load_frozen_into(base, saved)
-    model = PeftModel.from_pretrained(base, folder)
-    if merged:
-        try:
-            model = model.merge_and_unload()
-        except Exception as err:  # PEFT raises several types for layers it cannot merge
-            raise LoralabError(f"cannot merge the adapter of {folder} into {cfg.model.name}: {err}") from err
-    return model.eval()
+    return base

@@ -52,6 +52,10 @@ class Batcher:
         await self.queue.put(Pending(adapter, data, future))
         return await future
 
+    async def on_forward_thread(self, work) -> None:
+        """Run `work` on the forward thread, between two passes: what changes the models never meets one."""
+        await asyncio.get_running_loop().run_in_executor(self.thread, work)
+
     def fail_waiting(self, err: Exception) -> None:
         """Answer every request still queued with `err` (the batcher stopped: nothing else will)."""
         while not self.queue.empty():
@@ -78,6 +82,10 @@ class Batcher:
                     rows += len(batch[-1].data)
                 self.waiting -= rows  # a batch gathering its rows still holds them: they leave the queue here
                 self.metrics.queue_rows.set(self.waiting)
+                # A request whose handler was cancelled holds its adapter no more: it may be removed by now.
+                batch = [pending for pending in batch if not pending.future.done()]
+                if not batch:
+                    continue
                 try:
                     answers = await loop.run_in_executor(self.thread, self._forward, batch)
                 except Exception as err:  # noqa: BLE001 - each request of the batch answers 500 with it; it goes on
@@ -116,8 +124,8 @@ class Batcher:
             with torch.inference_mode():
                 logits = group.logits(data, names, self.classifiers.options)
             start = 0
-            for i in members:
-                out[i] = logits[start : start + len(batch[i].data)]
+            for i in members:  # each request's rows, and of them its own head's columns
+                out[i] = logits[start : start + len(batch[i].data), : batch[i].adapter.outputs]
                 start += len(batch[i].data)
         release_freed_memory()  # the batch's activations, of a shape the next batch may not reuse
         return out
@@ -146,3 +154,15 @@ class Metrics:
         )
         self.latency = Histogram("loralab_request_seconds", "request latency", ["path"], registry=self.registry)
         self.queue_rows = Gauge("loralab_queue_rows", "rows waiting for a batch (--max-queue)", registry=self.registry)
+        self.adapter_latency = Histogram(
+            "loralab_adapter_request_seconds", "classify latency by adapter", ["adapter"], registry=self.registry
+        )
+        self.adapters = Gauge("loralab_adapters", "adapters served", registry=self.registry)
+
+    def forget(self, adapter: str) -> None:
+        """A removed adapter's series, gone from /metrics (a name added again starts afresh)."""
+        for metric in (self.rows, self.adapter_latency):
+            try:
+                metric.remove(adapter)
+            except KeyError:  # it never answered a request
+                pass

@@ -7,27 +7,38 @@ merged into plain weights, as `predict` runs it. An ONNX export (fp32 or int8) i
 Runtime as a model of its own: several exports are several models, in one server. PyTorch models run
 on the CUDA device where there is one, in the precision it computes natively (engine.py decides).
 
-    POST /v1/classify   {"adapter": NAME, "texts": [...], "text_pairs": [...], "probabilities": true}
-    GET  /v1/adapters   each adapter's base, task, labels, trainable count and validation peak
-    GET  /healthz       200 once the models are loaded
-    GET  /metrics       Prometheus' text format: requests, rows, batch sizes, latency
+Runs of one base share its pass whatever their tasks and label counts (single-label, multi-label,
+regression, pairs): each row's logits come from its own adapter's head. With --admin-token, adapters are
+added and removed while the server answers the rest (runs and exports under --runs-dir only).
+
+    POST   /v1/classify        {"adapter": NAME, "texts": [...], "text_pairs": [...], "probabilities": true}
+    GET    /v1/adapters        each adapter's base, task, labels, how it runs, when it was loaded, its scores
+    POST   /v1/adapters        {"run": NAME or PATH under --runs-dir, "name": NAME}  (Authorization: Bearer TOKEN)
+    DELETE /v1/adapters/NAME   after the requests holding it are answered        (Authorization: Bearer TOKEN)
+    GET    /healthz            200 while the batcher runs
+    GET    /metrics            Prometheus' text format: requests, rows and latency per adapter, batch sizes
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import re
 import signal
 import socket
 import time
+from pathlib import Path
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations in this namespace
 
 from .. import strictjson
 from ..errors import LoralabError
 from ..options import ServeOptions
+from ..runs.rundir import RunDir
 from .batcher import Batcher, Metrics, Overloaded
-from .models import Adapter, Classifiers, named_runs
+from .engine import is_onnx_export
+from .models import Adapter, Classifiers, adapter_info, named_runs
 
 # --- the HTTP application ---------------------------------------------------------------------------
 
@@ -60,8 +71,8 @@ def _texts(body: dict, key: str, options: ServeOptions) -> list[str] | None:
     return texts
 
 
-def parse_request(raw: bytes, classifiers: Classifiers) -> tuple[Adapter, list[str], list[str] | None, bool]:
-    """The request body checked: every problem a 4xx with one line naming it."""
+def json_object(raw: bytes, fields: tuple[str, ...], example: str) -> dict:
+    """A request body that must be a JSON object of these fields (each optional here)."""
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
@@ -69,12 +80,17 @@ def parse_request(raw: bytes, classifiers: Classifiers) -> tuple[Adapter, list[s
     except json.JSONDecodeError as err:
         raise BadRequest(400, f"the body is not JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     if not isinstance(body, dict):
-        raise BadRequest(422, 'the body must be a JSON object: {"adapter": NAME, "texts": [...]}')
-    unknown = sorted(set(body) - {"adapter", "texts", "text_pairs", "probabilities"})
+        raise BadRequest(422, f"the body must be a JSON object: {example}")
+    unknown = sorted(set(body) - set(fields))
     if unknown:
-        raise BadRequest(
-            422, f"unknown field(s) {', '.join(map(repr, unknown))}: use adapter, texts, text_pairs, probabilities"
-        )
+        raise BadRequest(422, f"unknown field(s) {', '.join(map(repr, unknown))}: use {', '.join(fields)}")
+    return body
+
+
+def parse_request(raw: bytes, classifiers: Classifiers) -> tuple[Adapter, list[str], list[str] | None, bool]:
+    """The request body checked: every problem a 4xx with one line naming it."""
+    fields = ("adapter", "texts", "text_pairs", "probabilities")
+    body = json_object(raw, fields, '{"adapter": NAME, "texts": [...]}')
     name = body.get("adapter")
     if name is None and len(classifiers.adapters) == 1:
         name = next(iter(classifiers.adapters))
@@ -98,6 +114,30 @@ def parse_request(raw: bytes, classifiers: Classifiers) -> tuple[Adapter, list[s
     return adapter, texts, pairs, probabilities
 
 
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in a URL path and a metric label
+
+
+def parse_addition(raw: bytes, classifiers: Classifiers) -> tuple[str, Path]:
+    """POST /v1/adapters' body checked: the public name and the run or export under --runs-dir it names.
+    A path from the network may name only what lies under the folder the operator gave (links resolved)."""
+    body = json_object(raw, ("run", "name"), '{"run": "NAME or PATH under --runs-dir", "name": "its served name"}')
+    spec = body.get("run")
+    if not isinstance(spec, str) or not spec:
+        raise BadRequest(422, '"run" must name a run or an ONNX export under the server\'s --runs-dir')
+    root = Path(classifiers.options.runs_dir).resolve()
+    path = (root / spec).resolve()  # an absolute path replaces root; '..' and links are resolved first
+    if not path.is_relative_to(root) or path == root:
+        raise BadRequest(403, f"'{spec}' is not inside --runs-dir ({root}): name a run or export under it")
+    name = body.get("name", path.name)
+    if not isinstance(name, str) or not ADAPTER_NAME.match(name):
+        raise BadRequest(422, f'"name" {name!r} must be 1-64 letters, digits, ".", "_" or "-", starting alphanumeric')
+    if name in classifiers.adapters:
+        raise BadRequest(409, f"an adapter named '{name}' is already served: remove it first, or choose another name")
+    if not (RunDir(path).summary.is_file() or is_onnx_export(path)):
+        raise BadRequest(404, f"'{spec}' is neither a finished run (no summary.json) nor an ONNX export here")
+    return name, path
+
+
 def not_running(task) -> RuntimeError:
     """Why the batcher task is not running (it raised, or it was stopped)."""
     failure = task.exception() if task is not None and task.done() and not task.cancelled() else None
@@ -116,6 +156,7 @@ def build_app(classifiers: Classifiers):
     from starlette.requests import ClientDisconnect
 
     metrics = Metrics(classifiers.options.max_batch)
+    metrics.adapters.set(len(classifiers.adapters))
     batcher = Batcher(classifiers, metrics)
 
     batcher_task = None
@@ -153,10 +194,15 @@ def build_app(classifiers: Classifiers):
         app.state.accepted += 1
         response = await call_next(request)
         app.state.answered += 1
-        path = request.url.path if request.url.path in PATHS else "other"
+        path = request.url.path
+        path = path if path in PATHS else "/v1/adapters/NAME" if path.startswith("/v1/adapters/") else "other"
         metrics.requests.labels(path, str(response.status_code)).inc()
         metrics.latency.labels(path).observe(time.perf_counter() - start)
         return response
+
+    # Requests that hold an adapter, from their parsing to their answer: a removal waits until none does.
+    released = asyncio.Condition()
+    changing = asyncio.Lock()  # one addition or removal at a time
 
     @app.post("/v1/classify")
     async def classify(request: Request):
@@ -168,20 +214,78 @@ def build_app(classifiers: Classifiers):
             return error(err.status, str(err))
         except ClientDisconnect:  # closed before its body came (a read timeout, or the client left)
             return error(408, "the request's body did not arrive")
-        data = await asyncio.to_thread(classifiers.encode, adapter, texts, pairs)
+        start = time.perf_counter()
+        adapter.in_flight += 1  # in the same step as its lookup: no removal can come between them
         try:
+            data = await asyncio.to_thread(classifiers.encode, adapter, texts, pairs)
             logits = await batcher.classify(adapter, data)
         except Overloaded as err:
             return JSONResponse({"error": str(err)}, status_code=503, headers={"Retry-After": "1"})
         except Exception as err:  # noqa: BLE001 - the batch failed: this request says why, the server goes on
             return error(500, f"the batch holding this request failed: {type(err).__name__}: {err}")
+        finally:
+            async with released:
+                adapter.in_flight -= 1
+                released.notify_all()
         metrics.rows.labels(adapter.name).inc(len(texts))
+        metrics.adapter_latency.labels(adapter.name).observe(time.perf_counter() - start)
         answer = {"adapter": adapter.name, **classifiers.answer(adapter, logits, probabilities)}
         return Response(strictjson.dumps(answer), media_type="application/json")
 
     @app.get("/v1/adapters")
     async def adapters():
         return {"adapters": [a.info for a in classifiers.adapters.values()]}
+
+    def refused(request: Request) -> JSONResponse | None:
+        """Why an admin request is refused (None: it may go on): off without --admin-token, else its token."""
+        token = classifiers.options.admin_token
+        if not token:
+            return error(403, "adding and removing adapters is off: start the server with --admin-token and --runs-dir")
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return JSONResponse(
+                {"error": 'a missing or wrong token: send "Authorization: Bearer TOKEN", TOKEN the --admin-token'},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return None
+
+    @app.post("/v1/adapters")
+    async def add(request: Request):
+        """Load a run (beside the others on the shared base) or an ONNX export; requests for the rest go on:
+        the files are read on a thread of their own, and only the final step runs between two passes."""
+        if answer := refused(request):
+            return answer
+        async with changing:
+            try:
+                name, path = parse_addition(await request.body(), classifiers)
+                adapter, attach = await asyncio.to_thread(classifiers.prepare, name, path)
+                await batcher.on_forward_thread(attach)
+            except BadRequest as err:
+                return error(err.status, str(err))
+            except LoralabError as err:
+                return error(422, f"cannot serve it here: {err}")
+            adapter.info = adapter_info(adapter)
+            classifiers.adapters[name] = adapter
+            metrics.adapters.set(len(classifiers.adapters))
+        return JSONResponse(adapter.info, status_code=201)
+
+    @app.delete("/v1/adapters/{name}")
+    async def remove(name: str, request: Request):
+        """Stop serving an adapter: new requests for it are 404 at once; its weights go once the requests
+        that hold it are answered."""
+        if answer := refused(request):
+            return answer
+        async with changing:
+            adapter = classifiers.adapters.pop(name, None)
+            if adapter is None:
+                return error(404, f"no adapter '{name}' here; this server has: {', '.join(classifiers.adapters)}")
+            async with released:
+                await released.wait_for(lambda: adapter.in_flight == 0)
+            await batcher.on_forward_thread(classifiers.remover(adapter))
+            metrics.forget(name)
+            metrics.adapters.set(len(classifiers.adapters))
+        return {"removed": name, "adapters": list(classifiers.adapters)}
 
     @app.get("/healthz")
     async def healthz():
@@ -199,7 +303,8 @@ def build_app(classifiers: Classifiers):
 
 PATHS = {
     "/v1/classify": 'POST {"adapter": NAME, "texts": [...]}',
-    "/v1/adapters": "GET",
+    "/v1/adapters": 'GET, or POST {"run": NAME} with --admin-token',
+    "/v1/adapters/NAME": "DELETE with --admin-token",
     "/healthz": "GET",
     "/metrics": "GET",
 }
@@ -296,6 +401,14 @@ def serve(options: ServeOptions, log=print) -> None:
         )
     if options.read_timeout <= 0:
         raise LoralabError(f"serve: --read-timeout must be above 0 seconds, got {options.read_timeout}")
+    if (options.admin_token is None) != (options.runs_dir is None):
+        raise LoralabError(
+            "serve: --admin-token and --runs-dir go together: the token guards adding runs, the folder says which"
+        )
+    if options.admin_token is not None and len(options.admin_token) < 16:
+        raise LoralabError("serve: --admin-token must be at least 16 characters (e.g. `openssl rand -hex 16`)")
+    if options.runs_dir is not None and not Path(options.runs_dir).is_dir():
+        raise LoralabError(f"serve: --runs-dir {options.runs_dir} is not a folder: name the folder of your runs")
     raise_open_files_limit()
     named_runs(options.runs)  # a missing run or a name given twice: said before the port is taken
     sock = listening_socket(options.host, options.port)
@@ -306,6 +419,8 @@ def serve(options: ServeOptions, log=print) -> None:
         f"http://{host}:{port}/v1/classify (Ctrl-C to stop)",
         flush=True,
     )
+    if options.admin_token:
+        log(f"  adapters may be added from {Path(options.runs_dir).resolve()} (POST /v1/adapters)", flush=True)
     for group in classifiers.groups():  # how each model runs: engine, device, precision and why
         engine = group.engine
         served = ", ".join(a.name for a in classifiers.adapters.values() if a.group is group)
