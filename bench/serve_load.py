@@ -1,13 +1,17 @@
-"""`loralab serve` under load over loopback: one adapter, then 8 on one base, each request for a random one;
-or (--onnx) the run served by PyTorch in fp32, then its ONNX fp32 and int8 exports.
+"""`loralab serve` under load over loopback: one adapter, then --adapters (8) on one base, each request for a
+random one; or (--onnx) the run served by PyTorch in fp32, then its ONNX fp32 and int8 exports; or (--live)
+adapters added and removed while the server is under load.
 
-    python bench/serve_load.py RUN [RUN ...] [--clients 16] [--seconds 60] [--texts 1]
+    python bench/serve_load.py RUN [RUN ...] [--clients 16] [--seconds 60] [--texts 1] [--adapters 8]
     python bench/serve_load.py RUN --onnx       # PyTorch fp32 / ONNX fp32 / ONNX int8 servers, one after another
+    python bench/serve_load.py RUN [RUN ...] --live   # p99 before, and while an adapter is added every second
 
 For each setting, a fresh `loralab serve` process; --clients client threads send requests of --texts
-rows (texts of the run's training data, drawn at random) for --seconds, then stop. With fewer than 8
-runs, the 8 adapters repeat them under 8 names: 8 adapters are loaded, each its own weights and head
-(what memory and the mixed batches cost does not depend on the values in them). Prints one JSON line
+rows (texts of the run's training data, drawn at random; pair runs get a second random text) for
+--seconds, then stop. With fewer runs than --adapters, the adapters repeat them under other names: each
+is loaded with its own weights and head (what memory and the mixed batches cost does not depend on the
+values in them); runs of other tasks and label counts on the same base mix in the same passes
+(bench/unlike_runs.py trains such a set). Prints one JSON line
 per setting (rows/s, latency p50/p95/p99, errors, the server's resident memory after a warm-up at the
 same load and at the end, how it ran: engine, device, precision) and one with the ratios, all measured
 in this one run. The first line names the machine and its measured fp32 GEMM rate.
@@ -35,7 +39,17 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def served(port: int) -> dict[str, dict]:
+    """GET /v1/adapters: each adapter's record by name."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("GET", "/v1/adapters")
+    adapters = json.loads(connection.getresponse().read())["adapters"]
+    connection.close()
+    return {a["name"]: a for a in adapters}
+
+
 def load(port: int, names: list[str], texts: list[str], clients: int, seconds: float, per_request: int) -> dict:
+    pairs = {name for name, a in served(port).items() if a["text_pairs"]}
     latencies, errors, rows = [], [], [0]
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
@@ -44,7 +58,11 @@ def load(port: int, names: list[str], texts: list[str], clients: int, seconds: f
         rng = random.Random(seed)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         while time.perf_counter() < stop_at:
-            body = json.dumps({"adapter": rng.choice(names), "texts": rng.sample(texts, per_request)})
+            name = rng.choice(names)
+            request = {"adapter": name, "texts": rng.sample(texts, per_request)}
+            if name in pairs:
+                request["text_pairs"] = rng.sample(texts, per_request)
+            body = json.dumps(request)
             start = time.perf_counter()
             try:
                 connection.request("POST", "/v1/classify", body=body, headers={"Content-Type": "application/json"})
@@ -79,20 +97,23 @@ def load(port: int, names: list[str], texts: list[str], clients: int, seconds: f
     }
 
 
-def setting(specs: list[str], texts: list[str], args, extra: tuple[str, ...] = ()) -> dict:
-    """A fresh server of `specs` (NAME=RUN or NAME=EXPORT) under the load of `args`."""
+def server_of(specs: list[str], args, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
+    """A fresh `loralab serve` of `specs` (NAME=RUN or NAME=EXPORT) on a free port."""
     command = [sys.executable, "-m", "loralab.cli", "serve", *specs, "--port", "0", "--max-batch", str(args.max_batch),
                *extra]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = server.stdout.readline()
     if not line.startswith("serving"):
         raise SystemExit(server.stderr.read()[-3000:])
-    port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+    return server, int(line.split("http://127.0.0.1:")[1].split("/")[0])
+
+
+def setting(specs: list[str], texts: list[str], args, extra: tuple[str, ...] = ()) -> dict:
+    """A fresh server of `specs` under the load of `args`."""
+    server, port = server_of(specs, args, extra)
     names = [spec.partition("=")[0] for spec in specs]
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    connection.request("GET", "/v1/adapters")
-    served = json.loads(connection.getresponse().read())["adapters"][0]
-    connection.close()
+    adapters = served(port)
+    first, tasks = adapters[names[0]], sorted({(a["task"], len(a["labels"])) for a in adapters.values()})
     # Warm-up at the same load: the memory "at the start" is that of a server already under this load (its
     # batches' working set), so the end is compared with it for growth, not with an idle server.
     load(port, names, texts, args.clients, args.warmup, args.texts)
@@ -102,8 +123,9 @@ def setting(specs: list[str], texts: list[str], args, extra: tuple[str, ...] = (
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=60)
     return {"adapters": len(specs), "clients": args.clients, "seconds": args.seconds, "texts_per_request": args.texts,
-            **result, "rss_start_mib": start_rss, "rss_end_mib": end_rss, "engine": served["engine"],
-            "device": served["device"], "precision": served["precision"]["used"]}  # fmt: skip
+            **result, "rss_start_mib": start_rss, "rss_end_mib": end_rss, "engine": first["engine"],
+            "device": first["device"], "precision": first["precision"]["used"],
+            "tasks": tasks}  # fmt: skip
 
 
 def onnx_settings(run: str, texts: list[str], args) -> None:
@@ -131,6 +153,59 @@ def onnx_settings(run: str, texts: list[str], args) -> None:
                       "errors": sum(r["errors"] for r in results.values())}))  # fmt: skip
 
 
+def admin(port: int, method: str, path: str, token: str, body: dict | None = None) -> tuple[int, float]:
+    """An admin request: its status and seconds."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    start = time.perf_counter()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    connection.request(method, path, body=json.dumps(body) if body else None, headers=headers)
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response.status, time.perf_counter() - start
+
+
+def live(specs: list[str], texts: list[str], args) -> None:
+    """One server of `specs` with the admin endpoints: the load alone, then the same load while an adapter
+    (each of the runs in turn, under a new name) is added every second and removed half a second later."""
+    import secrets
+
+    token = secrets.token_hex(16)
+    root = Path(args.runs[0]).resolve().parent
+    server, port = server_of(specs, args, ("--admin-token", token, "--runs-dir", str(root)))
+    names = [spec.partition("=")[0] for spec in specs]
+    load(port, names, texts, args.clients, args.warmup, args.texts)
+    before = load(port, names, texts, args.clients, args.seconds, args.texts)
+    changes, stop = [], threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            run = Path(args.runs[i % len(args.runs)]).resolve().relative_to(root)
+            changes.append(("add", *admin(port, "POST", "/v1/adapters", token, {"run": str(run), "name": f"live{i}"})))
+            stop.wait(0.5)
+            changes.append(("remove", *admin(port, "DELETE", f"/v1/adapters/live{i}", token)))
+            stop.wait(0.5)
+            i += 1
+
+    admin_thread = threading.Thread(target=churn)
+    admin_thread.start()
+    during = load(port, names, texts, args.clients, args.seconds, args.texts)
+    stop.set()
+    admin_thread.join()
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=60)
+    adds = [seconds for kind, status, seconds in changes if kind == "add" and status == 201]
+    print(json.dumps({"phase": "before", "adapters": len(specs), **before}), flush=True)
+    print(json.dumps({"phase": "while adding", "adapters": len(specs), **during}), flush=True)
+    print(json.dumps({"adds": len(adds), "removes": sum(1 for k, s, _ in changes if k == "remove" and s == 200),
+                      "admin_errors": sum(1 for _, s, _ in changes if s not in (200, 201)),
+                      "add_seconds_max": round(max(adds, default=float("nan")), 3),
+                      "p99_while_adding_vs_before": round(during["p99_ms"] / before["p99_ms"], 2),
+                      "rows_per_s_while_adding_vs_before": round(during["rows_per_s"] / before["rows_per_s"], 2),
+                      "errors": before["errors"] + during["errors"]}))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="finished runs on one base")
@@ -141,6 +216,8 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch")
     parser.add_argument("--onnx", action="store_true", help="PyTorch fp32 against the run's ONNX fp32 and int8")
     parser.add_argument("--only-one", action="store_true", help="only the one-adapter server (precision auto)")
+    parser.add_argument("--adapters", type=int, default=8, help="adapters of the mixed server (the runs repeated)")
+    parser.add_argument("--live", action="store_true", help="p99 before and while adapters are added and removed")
     args = parser.parse_args()
 
     from loralab import hardware
@@ -153,19 +230,25 @@ def main() -> None:
     if args.onnx:
         onnx_settings(args.runs[0], texts, args)
         return
+    specs = [f"a{i}={args.runs[i % len(args.runs)]}" for i in range(args.adapters)]
+    if args.live:
+        live(specs, texts, args)
+        return
     one = setting([f"a0={args.runs[0]}"], texts, args)
     print(json.dumps(one), flush=True)
     if args.only_one:
         return
-    eight = setting([f"a{i}={args.runs[i % len(args.runs)]}" for i in range(8)], texts, args)
-    print(json.dumps(eight), flush=True)
+    many = setting(specs, texts, args)
+    print(json.dumps(many), flush=True)
+    n = args.adapters
     print(
         json.dumps(
             {
-                "rows_per_s_8_mixed_vs_1": round(eight["rows_per_s"] / one["rows_per_s"], 2),
-                "rss_8_vs_1_at_start": round(eight["rss_start_mib"] / one["rss_start_mib"], 3),
+                f"rows_per_s_{n}_mixed_vs_1": round(many["rows_per_s"] / one["rows_per_s"], 2),
+                f"rss_{n}_vs_1_at_start": round(many["rss_start_mib"] / one["rss_start_mib"], 3),
                 "rss_growth_1": round(one["rss_end_mib"] / one["rss_start_mib"] - 1, 3),
-                "rss_growth_8": round(eight["rss_end_mib"] / eight["rss_start_mib"] - 1, 3),
+                f"rss_growth_{n}": round(many["rss_end_mib"] / many["rss_start_mib"] - 1, 3),
+                "errors": one["errors"] + many["errors"],
             }
         )
     )

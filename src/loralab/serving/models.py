@@ -313,6 +313,7 @@ def adapter_info(adapter: Adapter) -> dict:
         "base": adapter.cfg.model.name,
         "task": adapter.cfg.data.task,
         "labels": adapter.cfg.data.label_names,
+        "text_pairs": bool(adapter.cfg.data.text_pair_column),  # whether a request must send "text_pairs"
         **adapter.group.engine.describe(),
         "shared_base": adapter.group.mixed,  # one copy of the base, in a pass with the other shared adapters
         "loaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
