@@ -39,6 +39,9 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+TOKENS: dict[str, int] = {}  # each text's tokens as the run reads it: rows of pairs cost about twice
+
+
 def served(port: int) -> dict[str, dict]:
     """GET /v1/adapters: each adapter's record by name."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -50,7 +53,7 @@ def served(port: int) -> dict[str, dict]:
 
 def load(port: int, names: list[str], texts: list[str], clients: int, seconds: float, per_request: int) -> dict:
     pairs = {name for name, a in served(port).items() if a["text_pairs"]}
-    latencies, errors, rows = [], [], [0]
+    latencies, errors, rows, tokens = [], [], [0], [0]
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
 
@@ -60,8 +63,10 @@ def load(port: int, names: list[str], texts: list[str], clients: int, seconds: f
         while time.perf_counter() < stop_at:
             name = rng.choice(names)
             request = {"adapter": name, "texts": rng.sample(texts, per_request)}
-            if name in pairs:
+            size = sum(TOKENS[t] for t in request["texts"])
+            if name in pairs:  # a pair reads both texts: about the two lengths (each within max_length)
                 request["text_pairs"] = rng.sample(texts, per_request)
+                size += sum(TOKENS[t] for t in request["text_pairs"])
             body = json.dumps(request)
             start = time.perf_counter()
             try:
@@ -76,6 +81,7 @@ def load(port: int, names: list[str], texts: list[str], clients: int, seconds: f
                 if ok:
                     latencies.append(time.perf_counter() - start)
                     rows[0] += per_request
+                    tokens[0] += size
                 else:
                     errors.append(str(getattr(response, "status", response)))
 
@@ -90,6 +96,7 @@ def load(port: int, names: list[str], texts: list[str], clients: int, seconds: f
     return {
         "requests": len(latencies),
         "rows_per_s": round(rows[0] / elapsed, 1),
+        "tokens_per_s": round(tokens[0] / elapsed),
         "p50_ms": round(cuts[49] * 1000, 1),
         "p95_ms": round(cuts[94] * 1000, 1),
         "p99_ms": round(cuts[98] * 1000, 1),
@@ -222,11 +229,15 @@ def main() -> None:
 
     from loralab import hardware
     from loralab.data import load_labelled
+    from loralab.modeling.model import load_tokenizer
     from loralab.runs.rundir import RunDir
 
     print(f"{hardware.machine_line()}; fp32 GEMM {hardware.fp32_gemm_peak():.0f} GFLOP/s", file=sys.stderr)
     cfg = RunDir(Path(args.runs[0])).read_config()
     texts = load_labelled(cfg.data.train, cfg.data).texts
+    tokenizer = load_tokenizer(cfg.model.name)
+    lengths = tokenizer(texts, truncation=True, max_length=cfg.data.max_length)["input_ids"]
+    TOKENS.update({text: len(ids) for text, ids in zip(texts, lengths)})
     if args.onnx:
         onnx_settings(args.runs[0], texts, args)
         return
@@ -245,6 +256,7 @@ def main() -> None:
         json.dumps(
             {
                 f"rows_per_s_{n}_mixed_vs_1": round(many["rows_per_s"] / one["rows_per_s"], 2),
+                f"tokens_per_s_{n}_mixed_vs_1": round(many["tokens_per_s"] / one["tokens_per_s"], 2),
                 f"rss_{n}_vs_1_at_start": round(many["rss_start_mib"] / one["rss_start_mib"], 3),
                 "rss_growth_1": round(one["rss_end_mib"] / one["rss_start_mib"] - 1, 3),
                 f"rss_growth_{n}": round(many["rss_end_mib"] / many["rss_start_mib"] - 1, 3),

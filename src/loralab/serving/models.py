@@ -18,6 +18,7 @@ from ..options import ServeOptions
 from ..runs.rundir import RunDir, read_frozen
 from ..tasks import Decision, task_for
 from .engine import EXPORT_RECORD, ONNX_FILE, OnnxEngine, TorchEngine, is_onnx_export, set_threads
+from .stacked import restack
 
 
 class ModelGroup:
@@ -146,6 +147,7 @@ class SharedBase(ModelGroup):
         base = base_for_adapter(cfg, RunDir(founder.run).adapter(self.which), num_labels=width)
         model = PeftModel(base, config, adapter_name=founder.peft_name)
         self._load(model, founder, weights)
+        restack(model)
         super().__init__(TorchEngine(cfg, founder.decision, load_tokenizer(cfg.model.name), model, options.precision))
         founder.group = self
 
@@ -198,6 +200,7 @@ class SharedBase(ModelGroup):
         for name in self.retired:  # a last adapter kept until another came: now it can go
             self._delete(name)
         self.retired = []
+        restack(model)
 
     def detach(self, adapter: Adapter) -> None:
         """Free an adapter's weights (on the forward thread, once no request holds it). PEFT cannot take a new
@@ -206,6 +209,7 @@ class SharedBase(ModelGroup):
             self.retired.append(adapter.peft_name)
         else:
             self._delete(adapter.peft_name)
+            restack(self.engine.model)
 
     def _delete(self, name: str) -> None:
         model = self.engine.model
