@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .errors import LoralabError
+from .tasks import SHAPES
 
 SCOPE_WORDS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
 HEAD_MODES = ("full", "out_proj", "lora")
@@ -20,14 +21,11 @@ POOLINGS = ("first", "mean")
 FINETUNE = ("lora", "full")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TASKS = ("single_label", "multi_label", "regression")
-# The metrics each task reports; the first picks the peak unless train.metric_for_best names another.
-TASK_METRICS = {
-    "single_label": ("accuracy", "f1_macro", "mcc"),
-    "multi_label": ("f1_micro", "f1_macro", "subset_accuracy"),
-    "regression": ("pearson", "spearman", "mse"),
-}
-LOWER_IS_BETTER = ("mse",)
+TASKS = tuple(SHAPES)
+# The metrics each task reports (tasks/ decides them); the first picks the peak unless train.metric_for_best
+# names another.
+TASK_METRICS = {name: shape.metrics for name, shape in SHAPES.items()}
+LOWER_IS_BETTER = tuple(sorted({metric for shape in SHAPES.values() for metric in shape.lower_is_better}))
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
 LORA_BIAS = ("none", "lora_only")
 # Accelerate's tracker names -> the module each needs.
@@ -267,10 +265,8 @@ def _validate(cfg: Config) -> None:
     require(cfg.lora.init in LORA_INITS, f"lora.init: '{cfg.lora.init}' is not one of {', '.join(LORA_INITS)}")
     require(cfg.lora.bias in LORA_BIAS, f"lora.bias: '{cfg.lora.bias}' is not one of {', '.join(LORA_BIAS)}")
     require(cfg.data.task in TASKS, f"data.task: '{cfg.data.task}' is not one of {', '.join(TASKS)}")
-    if cfg.data.task == "regression":
-        require(len(cfg.data.label_names) <= 1, "data.label_names: a regression has one output: name one, or none")
-    else:
-        require(len(cfg.data.label_names) != 1, "data.label_names: need at least two classes")
+    problem = SHAPES[cfg.data.task].label_names_problem(cfg.data.label_names)
+    require(problem is None, problem or "")
     metrics = TASK_METRICS[cfg.data.task]
     require(
         not cfg.train.metric_for_best or cfg.train.metric_for_best in metrics,

@@ -17,6 +17,7 @@ import torch
 
 from .config import AG_NEWS_LABELS, DATA_FILE_TYPES, DataConfig, is_local
 from .errors import LoralabError
+from .tasks import SHAPES
 
 LOCAL_SUFFIXES = DATA_FILE_TYPES
 
@@ -163,12 +164,14 @@ def _label_column(table, source: str, cfg: DataConfig) -> list:
 
 
 def label_names_of(cfg: DataConfig) -> list[str]:
-    """The class names: data.label_names where given, else what the data holds (its ClassLabel names, its
-    class names sorted, or 0..K-1 for class indices). A regression has one output, named by its column."""
+    """The class names: data.label_names where given, else what the task names (a regression's one output,
+    by its column), else what the data holds (its ClassLabel names, its class names sorted, or 0..K-1 for
+    class indices)."""
     if cfg.label_names:
         return list(cfg.label_names)
-    if cfg.task == "regression":
-        return [cfg.label_column]
+    unnamed = SHAPES[cfg.task].unnamed_labels(cfg.label_column)
+    if unnamed is not None:
+        return unnamed
     key = (cfg.train, cfg.subset, cfg.task, cfg.text_column, cfg.label_column, cfg.label_separator)
     return list(_labels_in_data(*key))
 
@@ -177,22 +180,20 @@ def label_names_of(cfg: DataConfig) -> list[str]:
 def _labels_in_data(
     source: str, subset: str, task: str, text_column: str, label_column: str, separator: str
 ) -> tuple[str, ...]:
-    if source in HUB_LABELS and task == "single_label":
-        return tuple(HUB_LABELS[source])
     cfg = DataConfig(
         train=source, subset=subset, task=task, text_column=text_column, label_column=label_column,
         label_separator=separator,
     )  # fmt: skip
+    if source in HUB_LABELS:  # a hub dataset whose class names are known (a regression never asks: its own name)
+        return tuple(HUB_LABELS[source])
     table = _load_table(source, cfg, "train")
     values = _label_column(table, source, cfg)
     feature = table.features[label_column]
     feature = getattr(feature, "feature", feature)  # a list of ClassLabel (multi-label)
     if getattr(feature, "names", None):  # a datasets ClassLabel
         return tuple(feature.names)
-    if task == "multi_label":  # every label of every row
-        rows = [(row, item) for row, value in enumerate(values) for item in _label_items(value, cfg)]
-    else:
-        rows = list(enumerate(values))
+    rows = [(row, item) for row, value in enumerate(values)
+            for item in SHAPES[task].label_values(value, LabelReader(source, cfg, row))]  # fmt: skip
     indices = [_whole_number(value, row, source, cfg) for row, value in rows]
     if all(i is not None for i in indices):
         return tuple(str(i) for i in range(max(indices, default=0) + 1))
@@ -248,21 +249,39 @@ def load_labelled(source: str, cfg: DataConfig, split: str = "train") -> Labelle
 
 def target(value, row: int, source: str, cfg: DataConfig):
     """One row's label as data.task trains on it: a class index, a multi-hot list, or a number."""
-    if cfg.task == "multi_label":
-        chosen = {class_index(item, row, source, cfg) for item in _label_items(value, cfg)}
-        return [1.0 if i in chosen else 0.0 for i in range(len(label_names_of(cfg)))]
-    if cfg.task == "regression":
+    return SHAPES[cfg.task].read_target(value, LabelReader(source, cfg, row))
+
+
+@dataclass
+class LabelReader:
+    """What a task needs to read one row's label: its place for messages, and the parsing of class labels."""
+
+    source: str
+    cfg: DataConfig
+    row: int
+
+    @property
+    def classes(self) -> int:
+        return len(label_names_of(self.cfg))
+
+    def class_index(self, label) -> int:
+        return class_index(label, self.row, self.source, self.cfg)
+
+    def items(self, value) -> list:
+        return _label_items(value, self.cfg)
+
+    def number(self, value) -> float:
+        """A finite number (nan or inf: a loss of nan, or one row that outweighs all)."""
         try:
             number = float(value) if not isinstance(value, bool) else None
         except (TypeError, ValueError):
             number = None
-        if number is None or not math.isfinite(number):  # nan, inf: a loss of nan, or one row that outweighs all
+        if number is None or not math.isfinite(number):
             raise LoralabError(
-                f"{source}: {row_place(source, row, cfg)} has label {value!r} in '{cfg.label_column}': a "
-                "regression target must be a finite number"
+                f"{self.source}: {row_place(self.source, self.row, self.cfg)} has label {value!r} in "
+                f"'{self.cfg.label_column}': a regression target must be a finite number"
             )
         return number
-    return class_index(value, row, source, cfg)
 
 
 def training_and_validation(cfg: DataConfig) -> tuple[LabelledTexts, LabelledTexts, LabelledTexts]:
@@ -391,10 +410,11 @@ def identify(source: str, rows: LabelledTexts, val: LabelledTexts) -> DataIdenti
 def check_label_fit(cfg: DataConfig, train: LabelledTexts, val: LabelledTexts) -> list[str]:
     """What about the label set does not fit the data, as sentences: named classes without any row, and
     classes only the validation rows have (the model never sees them trained)."""
-    if cfg.task == "regression":
+    shape = SHAPES[cfg.task]
+    in_train, in_val = shape.classes_present(train.labels), shape.classes_present(val.labels)
+    if in_train is None:  # no classes: nothing to fit
         return []
     names = label_names_of(cfg)
-    in_train, in_val = _classes_present(train, cfg), _classes_present(val, cfg)
     problems = []
     unused = [names[i] for i in range(len(names)) if i not in in_train | in_val]
     if unused:
@@ -409,12 +429,6 @@ def check_label_fit(cfg: DataConfig, train: LabelledTexts, val: LabelledTexts) -
             "the model is never trained on it (more rows of it, or another data.split_seed)"
         )
     return problems
-
-
-def _classes_present(rows: LabelledTexts, cfg: DataConfig) -> set[int]:
-    if cfg.task == "multi_label":
-        return {i for hot in rows.labels for i, value in enumerate(hot) if value}
-    return set(rows.labels)
 
 
 def split_validation(rows: LabelledTexts, val_size: int, seed: int) -> tuple[LabelledTexts, LabelledTexts]:

@@ -49,7 +49,7 @@ def test_metrics_agree_with_scikit_learn_and_scipy():
     a = rng.normal(size=200)
     b = a + rng.normal(size=200)
     b[:20] = np.round(b[:20])  # ties, which Spearman ranks by their mean
-    regression = metrics(Regression(), a.tolist(), b.tolist())
+    regression = metrics(Regression(1), a.tolist(), b.tolist())
     assert regression["pearson"] == pytest.approx(pearsonr(a, b)[0])
     assert regression["spearman"] == pytest.approx(spearmanr(a, b)[0])
     assert regression["mse"] == pytest.approx(sk.mean_squared_error(a, b))
@@ -64,7 +64,7 @@ def test_thresholds_are_tuned_per_label_and_scaling_comes_back_in_units():
     decision = MultiLabel(2).fit_decision(logits, truth, Decision(), tune=True)
     assert decision.thresholds == pytest.approx([0.65, 0.35])
     assert metrics(MultiLabel(2), truth, MultiLabel(2).score(logits, decision).predictions)["subset_accuracy"] == 1
-    scaled = Regression().score(torch.tensor([[0.0], [1.0]]), Decision(target_mean=15.0, target_std=10.0))
+    scaled = Regression(1).score(torch.tensor([[0.0], [1.0]]), Decision(target_mean=15.0, target_std=10.0))
     assert scaled.predictions == [15.0, 25.0]
 
 

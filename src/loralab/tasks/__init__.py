@@ -1,16 +1,20 @@
 """Task shapes, each one object behind one interface (base.Task), plugged in through one table as PEFT plugs
-its tuners: single_label, multi_label and regression, each Hugging Face's `problem_type`. How a label is read
-from a data file is data.py's part; a task starts at the logits."""
+its tuners: single_label, multi_label and regression, each Hugging Face's `problem_type`. data.py reads the
+rows of a file and asks the task what a row's label is; config.py takes the task names and metrics from here."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from ..config import Config
 from .base import Decision, Scored, Task
 from .multi_label import MultiLabel
 from .regression import Regression
 from .single_label import SingleLabel
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 SHAPES: dict[str, type[Task]] = {shape.name: shape for shape in (SingleLabel, MultiLabel, Regression)}
 

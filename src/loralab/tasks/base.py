@@ -93,7 +93,13 @@ class Task:
 
     name, problem_type        data.task, and Hugging Face's problem_type (a merged export's loss)
     column, probabilities     predict's answer column (Label, Labels, Score); whether answers have probabilities
-    metric_functions()        every metric of the task, by name; the first picks the peak by default
+    metrics, lower_is_better  the metrics' names (the first picks the peak by default), which fall as they improve
+    metric_functions()        every metric of the task, by name
+    label_names_problem()     what is wrong with a configured label set (data.label_names)
+    unnamed_labels()          the output names where none are configured (None: the data's classes)
+    label_values()            the class labels one row's label holds (one, or a multi-label row's several)
+    read_target()             one row's label as training takes it (a class, a multi-hot list, a number)
+    classes_present()         which classes some targets hold (None: a task without classes)
     loss(), score(), answer() the training loss; logits to answers; one answer as users read it
     cell()                    one answer as predict's CSV writes it
     interval()                the 95% interval of a metric on some rows
@@ -107,9 +113,36 @@ class Task:
     problem_type = ""
     column = "Label"
     probabilities = True
+    metrics: tuple[str, ...] = ()
+    lower_is_better: tuple[str, ...] = ()
+
+    def __init__(self, outputs: int):
+        self.n = outputs
 
     def metric_functions(self) -> dict:
         raise NotImplementedError
+
+    # --- reading labels (data.py asks; `reader` holds the row's place and the class-label parsing) ---
+
+    @staticmethod
+    def label_names_problem(names: list[str]) -> str | None:
+        return "data.label_names: need at least two classes" if len(names) == 1 else None
+
+    @staticmethod
+    def unnamed_labels(label_column: str) -> list[str] | None:
+        return None
+
+    @staticmethod
+    def label_values(value, reader) -> list:
+        return [value]
+
+    @staticmethod
+    def read_target(value, reader):
+        return reader.class_index(value)
+
+    @staticmethod
+    def classes_present(targets: list) -> set[int] | None:
+        return set(targets)
 
     def cell(self, prediction, names: list[str] | None, separator: str) -> str:
         return str(self.answer(prediction, names))

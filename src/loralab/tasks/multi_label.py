@@ -16,16 +16,25 @@ class MultiLabel(Task):
     name = "multi_label"
     problem_type = "multi_label_classification"
     column = "Labels"
-
-    def __init__(self, n_labels: int):
-        self.n = n_labels
+    metrics = ("f1_micro", "f1_macro", "subset_accuracy")
 
     def metric_functions(self) -> dict:
-        return {
-            "f1_micro": f1_micro_labels,
-            "f1_macro": lambda t, p: float(np.mean(per_label_f1(t, p))),
-            "subset_accuracy": subset_accuracy,
-        }
+        macro = lambda t, p: float(np.mean(per_label_f1(t, p)))  # noqa: E731 - one of three, named by its key
+        return dict(zip(self.metrics, (f1_micro_labels, macro, subset_accuracy)))
+
+    @staticmethod
+    def label_values(value, reader) -> list:
+        return reader.items(value)
+
+    @staticmethod
+    def read_target(value, reader) -> list[float]:
+        """A multi-hot list over every label of the task."""
+        chosen = {reader.class_index(item) for item in reader.items(value)}
+        return [1.0 if i in chosen else 0.0 for i in range(reader.classes)]
+
+    @staticmethod
+    def classes_present(targets: list) -> set[int]:
+        return {i for hot in targets for i, value in enumerate(hot) if value}
 
     def loss(self, logits, targets, decision: Decision, class_weights=None, label_smoothing: float = 0.0):
         # Label smoothing toward 0.5 for every label, as the single-label loss smooths toward uniform.

@@ -16,11 +16,27 @@ class Regression(Task):
     column = "Score"
     probabilities = False
 
-    def __init__(self, n_outputs: int = 1):
-        self.n = n_outputs
+    metrics = ("pearson", "spearman", "mse")
+    lower_is_better = ("mse",)
 
     def metric_functions(self) -> dict:
-        return {"pearson": pearson, "spearman": spearman, "mse": mse}
+        return dict(zip(self.metrics, (pearson, spearman, mse)))
+
+    @staticmethod
+    def label_names_problem(names: list[str]) -> str | None:
+        return "data.label_names: a regression has one output: name one, or none" if len(names) > 1 else None
+
+    @staticmethod
+    def unnamed_labels(label_column: str) -> list[str]:
+        return [label_column]  # its one output, named by its column
+
+    @staticmethod
+    def read_target(value, reader) -> float:
+        return reader.number(value)
+
+    @staticmethod
+    def classes_present(targets: list) -> None:
+        return None
 
     def loss(self, logits, targets, decision: Decision, class_weights=None, label_smoothing: float = 0.0):
         scaled = (targets.float() - decision.target_mean) / decision.target_std

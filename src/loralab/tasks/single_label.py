@@ -14,16 +14,11 @@ from .base import Decision, Scored, Task, accuracy, confusion, f1_macro_classes,
 class SingleLabel(Task):
     name = "single_label"
     problem_type = "single_label_classification"
-
-    def __init__(self, n_classes: int):
-        self.n = n_classes
+    metrics = ("accuracy", "f1_macro", "mcc")
 
     def metric_functions(self) -> dict:
-        return {
-            "accuracy": accuracy,
-            "f1_macro": lambda t, p: f1_macro_classes(t, p, self.n),
-            "mcc": lambda t, p: mcc(t, p, self.n),
-        }
+        n = self.n
+        return dict(zip(self.metrics, (accuracy, lambda t, p: f1_macro_classes(t, p, n), lambda t, p: mcc(t, p, n))))
 
     def loss(self, logits, targets, decision: Decision, class_weights=None, label_smoothing: float = 0.0):
         return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=label_smoothing)
