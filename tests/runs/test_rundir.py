@@ -13,7 +13,8 @@ from conftest import FAMILIES, ROOT, SEED_CONFIG, train_tiny
 
 from loralab.cli import main
 from loralab.data import load_labelled, split_validation
-from loralab.runs.rundir import FROZEN_WEIGHTS, RunDir, Summary
+from loralab.runs.frozen import FROZEN_WEIGHTS
+from loralab.runs.rundir import RunDir, Summary
 
 HEADS = ["full", "out_proj", "lora"]
 POOLINGS = ["first", "mean"]

@@ -317,7 +317,7 @@ def base_for_adapter(cfg: Config, folder: Path, num_labels: int | None = None):
     """The pretrained classifier an adapter in `folder` was trained on, its frozen random weights restored;
     `num_labels`: a head of that many outputs instead of cfg's (a server's shared base, see serving/models.py)."""
     from ..budget.count import breakdown_for, shapes_for
-    from ..runs.rundir import load_frozen_into, read_frozen
+    from ..runs.frozen import load_frozen_into, read_frozen
 
     shapes = shapes_for(cfg)
     model_config = shapes.config

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from ..runs.results import RunRecord
+from ..runs.results import RunRecord, defines_configuration
 from ..runs.rundir import make_dir, safe_dirname
 from ..stats import t_interval
 
@@ -95,16 +95,12 @@ def groups_of(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
     return groups
 
 
-# The settings that never tell configurations apart in a figure.
-NOT_AXES = ("train.seed", "output.", "train.eval_batch_size", "train.log_every", "train.eval_every", "train.report_to")
-
-
 def varied(records: list[RunRecord]) -> list[str]:
     """The settings whose values differ among the runs, in config order."""
     flats = [r.config.flat() for r in records]
     return [
         key for key in flats[0]
-        if not key.startswith(NOT_AXES) and len({repr(f.get(key)) for f in flats}) > 1
+        if defines_configuration(key) and len({repr(f.get(key)) for f in flats}) > 1
     ]  # fmt: skip
 
 

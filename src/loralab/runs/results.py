@@ -185,13 +185,15 @@ def to_csv(rows: list[dict]) -> str:
 NOT_THE_CONFIGURATION = {"train": ("seed", "eval_batch_size", "log_every", "report_to"), "output": ("dir", "name")}
 
 
+def defines_configuration(key: str) -> bool:
+    """Whether a `section.key` setting is part of what a configuration is (the report's groups, the figures' axes)."""
+    section, _, name = key.partition(".")
+    return name not in NOT_THE_CONFIGURATION.get(section, ())
+
+
 def _configuration(record: RunRecord) -> dict[str, object]:
     """The settings that make the configuration, as `section.key`: value."""
-    return {
-        key: value
-        for key, value in record.config.flat().items()
-        if key.partition(".")[2] not in NOT_THE_CONFIGURATION.get(key.partition(".")[0], ())
-    }
+    return {key: value for key, value in record.config.flat().items() if defines_configuration(key)}
 
 
 def configuration_key(record: RunRecord) -> str:

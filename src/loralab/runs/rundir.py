@@ -44,10 +44,10 @@ from ..config import Config
 from ..data import DataIdentity
 from ..errors import LoralabError
 from ..tasks import Decision
+from .frozen import load_frozen_into, read_frozen, save_frozen
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-FROZEN_WEIGHTS = "frozen_weights.safetensors"
 VAL_PREDICTIONS = "val_predictions.json"
 DECISION = "decision.json"
 ADAPTERS = ("best", "last")
@@ -266,11 +266,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def _fill_adapter(folder: Path, model, frozen: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     model.save_pretrained(folder)
-    if frozen:
-        save_file({name: t.detach().cpu().contiguous() for name, t in frozen.items()}, str(folder / FROZEN_WEIGHTS))
+    save_frozen(folder, frozen)
 
 
 def read_config_file(path: Path) -> Config:
@@ -290,14 +287,6 @@ def write_config_file(path: Path, cfg: Config) -> None:
 def read_decision_file(path: Path) -> Decision:
     """The thresholds or target scaling saved with an adapter or an export (none before loralab 0.3: the defaults)."""
     return _from_json(Decision, _read_json(path), path) if path.exists() else Decision()
-
-
-def read_frozen(folder: Path) -> dict[str, torch.Tensor]:
-    """The frozen weights saved beside an adapter (empty where it has none)."""
-    from safetensors.torch import load_file
-
-    path = Path(folder) / FROZEN_WEIGHTS
-    return load_file(str(path)) if path.exists() else {}
 
 
 @dataclass(frozen=True)
@@ -329,6 +318,11 @@ class RunDir:
     @property
     def owner(self) -> Path:
         return self.path / "owner.json"
+
+    @property
+    def logs(self) -> Path:
+        """The experiment trackers' files (TensorBoard, MLflow's store, W&B), unless their own settings say otherwise."""
+        return self.path / "logs"
 
     @property
     def best(self) -> Path:
@@ -539,22 +533,3 @@ def finished_runs_under(path: Path) -> list[RunDir]:
         else [RunDir(p.parent) for p in sorted(path.rglob("summary.json"))]
     )
     return [run for run in candidates if run.config.exists()]
-
-
-def load_frozen_into(model, weights: dict[str, torch.Tensor]) -> None:
-    """Copy saved frozen weights into a (not yet PEFT-wrapped, or unwrapped base) model by parameter name."""
-    if not weights:
-        return
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            target = params[name] if name in params else params.get(_lora_base_name(name))
-            if target is None:
-                raise LoralabError(f"saved frozen weight '{name}' has no place in the model")
-            target.copy_(value)
-
-
-def _lora_base_name(name: str) -> str:
-    """Where PEFT moved a LoRA-wrapped layer's own weight: `x.dense.weight` -> `x.dense.base_layer.weight`."""
-    module, _, leaf = name.rpartition(".")
-    return f"{module}.base_layer.{leaf}"

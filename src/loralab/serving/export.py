@@ -27,11 +27,11 @@ from ..data import LabelledTexts, encode, load_labelled
 from ..errors import LoralabError
 from ..modeling.model import load_adapter_folder, load_trained, uses_token_types
 from ..options import ExportOptions
+from ..runs.frozen import FROZEN_WEIGHTS, has_frozen
 from ..runs.rundir import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     DECISION,
-    FROZEN_WEIGHTS,
     RunDir,
     make_dir,
     replace_dir,
@@ -141,7 +141,7 @@ def write_files(tmp: Path, options: ExportOptions, cfg: Config, tokenizer, model
         for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FROZEN_WEIGHTS):
             if (folder / name).exists():
                 shutil.copy(folder / name, tmp / name)
-        (tmp / "README.md").write_text(model_card(cfg, run, frozen=(folder / FROZEN_WEIGHTS).exists()))
+        (tmp / "README.md").write_text(model_card(cfg, run, frozen=has_frozen(folder)))
     elif options.format == "hf":
         model.save_pretrained(tmp)
     else:

@@ -15,7 +15,8 @@ from ..data import Encoded
 from ..errors import LoralabError
 from ..modeling.model import load_trained, with_base
 from ..options import ServeOptions
-from ..runs.rundir import RunDir, read_frozen
+from ..runs.frozen import same_frozen
+from ..runs.rundir import RunDir
 from ..tasks import Decision, task_for
 from .engine import EXPORT_RECORD, ONNX_FILE, OnnxEngine, TorchEngine, is_onnx_export, set_threads
 from .stacked import restack
@@ -107,8 +108,7 @@ def sharing_problem(first: Adapter, other: Adapter, which: str) -> str | None:
         return f"{both} pool differently ({a.model.pooling}, {b.model.pooling}): run one server for each"
     if a.model.head != b.model.head:  # PEFT's trained copies of the head's layers exist only where trained
         return f"{both} train different parts of the head (model.head: {a.model.head}, {b.model.head})"
-    mine, theirs = read_frozen(RunDir(first.run).adapter(which)), read_frozen(RunDir(other.run).adapter(which))
-    if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k]) for k in mine):
+    if not same_frozen(RunDir(first.run).adapter(which), RunDir(other.run).adapter(which)):
         return (
             f"{both} were trained on different frozen random head weights (model.head: "
             f"{a.model.head}), which the base holds once: run one server for each"

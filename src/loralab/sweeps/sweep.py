@@ -19,7 +19,7 @@ from ..budget.count import breakdown_for, largest_fitting_rank, shapes_for
 from ..config import LOWER_IS_BETTER, metric_for_best
 from ..errors import LoralabError
 from ..options import SweepOptions
-from ..runs.rundir import Origin, RunDir, Summary, make_dir, safe_dirname
+from ..runs.rundir import Origin, RunDir, Summary, make_dir
 from .storage import connect, redact
 from .sweepfile import (
     MAX_FIT,
@@ -33,10 +33,13 @@ from .sweepfile import (
 )
 
 
+def default_database(sweep: Sweep, runs_dir: str) -> Path:
+    return sweep.folder(runs_dir) / "optuna.db"
+
+
 def default_storage(sweep: Sweep, runs_dir: str) -> str:
-    folder = Path(runs_dir) / safe_dirname(sweep.name)
-    make_dir(folder)
-    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+    make_dir(sweep.folder(runs_dir))
+    return f"sqlite:///{default_database(sweep, runs_dir).resolve()}"
 
 
 def open_study(sweep: Sweep, storage_url: str, heartbeat_s: int):
@@ -290,7 +293,7 @@ def serve_dashboard(path: str | None, storage: str | None, runs_dir: str, host: 
         if path is None:
             raise LoralabError("dashboard: name the sweep or search file, or pass --storage URL")
         sweep = read_sweep(path, runs_dir)
-        database = Path(runs_dir) / safe_dirname(sweep.name) / "optuna.db"
+        database = default_database(sweep, runs_dir)
         if not database.exists():
             raise LoralabError(f"dashboard: no study at {database} yet: start it with `loralab sweep {path}` first")
         storage = default_storage(sweep, runs_dir)

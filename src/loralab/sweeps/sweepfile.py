@@ -66,6 +66,10 @@ class Sweep:
     command_overrides: list[str] = field(default_factory=list)  # the command line's alone (the study records them)
     space: dict[str, dict] = field(default_factory=dict)
 
+    def folder(self, runs_dir: str) -> Path:
+        """Where the sweep lives under a folder of runs: its trials' groups, and its Optuna database by default."""
+        return Path(runs_dir) / safe_dirname(self.name)
+
 
 def resolve_alpha(values: dict[str, Any], base_r: int, where: str) -> dict[str, Any]:
     """Turn `lora.alpha: r*2` into a number using the trial's own rank."""
@@ -188,7 +192,7 @@ def read_sweep(path: str | Path, runs_dir: str = "runs", command_overrides: list
 def trial_config(sweep: Sweep, trial: Trial, runs_dir: str, resolve: bool = True) -> Config:
     """The trial's config; `lora.r: max_fit` becomes the largest rank its budget allows (reads config.json)."""
     values = trial.values | {
-        "output.dir": str(Path(runs_dir) / safe_dirname(sweep.name) / safe_dirname(trial.group)),
+        "output.dir": str(sweep.folder(runs_dir) / safe_dirname(trial.group)),
         "output.name": trial.label,
     }
     where = f"{sweep.path}: trial {trial.key}"

@@ -4,8 +4,6 @@ rows of a file and asks the task what a row's label is; config.py takes the task
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from .base import Decision, Scored, Task
@@ -13,16 +11,14 @@ from .multi_label import MultiLabel
 from .regression import Regression
 from .single_label import SingleLabel
 
-if TYPE_CHECKING:
-    from ..config import Config
-
 SHAPES: dict[str, type[Task]] = {shape.name: shape for shape in (SingleLabel, MultiLabel, Regression)}
 
 __all__ = ["SHAPES", "Decision", "MultiLabel", "Regression", "Scored", "SingleLabel", "Task", "metrics", "task_for"]
 
 
-def task_for(cfg: Config) -> Task:
-    """The task of a configuration whose label set is known (named, or read from the data)."""
+def task_for(cfg) -> Task:
+    """The task of a configuration (a config.Config: not imported here, config.py takes its task tables from
+    this package) whose label set is known (named, or read from the data)."""
     return SHAPES[cfg.data.task](len(cfg.data.label_names))
 
 

@@ -32,11 +32,21 @@ def check_installed(cfg: Config) -> None:
             raise LoralabError(f"train.report_to: {tracker} is not installed (pip install {TRACKERS[tracker]})")
 
 
+def tracker_settings(run: RunDir, cfg: Config) -> dict:
+    """The Accelerator's arguments for the configured trackers: which, and where their files go."""
+    from accelerate.utils import ProjectConfiguration
+
+    return {
+        "log_with": cfg.train.report_to or None,
+        "project_config": ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.logs)),
+    }
+
+
 def start_trackers(accelerator, run: RunDir, cfg: Config, breakdown: Breakdown) -> None:
     """Start the configured trackers with the run's hyperparameters (main process only, as Accelerate does)."""
     if not cfg.train.report_to:
         return
-    logs = run.path / "logs"
+    logs = run.logs
     if "mlflow" in cfg.train.report_to and not os.environ.get("MLFLOW_TRACKING_URI"):
         import mlflow
 

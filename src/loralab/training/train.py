@@ -44,7 +44,7 @@ from ..modeling.model import (
 )
 from ..runs.rundir import LoopState, Predictions, RunDir, Summary, make_dir
 from ..tasks import Decision, task_for
-from .tracking import check_installed, start_trackers
+from .tracking import check_installed, start_trackers, tracker_settings
 
 
 @dataclass
@@ -189,7 +189,7 @@ def resolve_precision(cfg: Config, where: torch.device) -> hardware.Precision:
 def make_accelerator(cfg: Config):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import ProjectConfiguration, parse_flag_from_env
+    from accelerate.utils import parse_flag_from_env
 
     # Accelerate keeps one precision per process; a sweep trains several configurations in one
     # process, so each run starts from a fresh state (the distributed part, PartialState, is kept).
@@ -198,13 +198,11 @@ def make_accelerator(cfg: Config):
     # The device Accelerate will pick, without starting its state (that would fix the process group too early).
     where = torch.device("cpu") if parse_flag_from_env("ACCELERATE_USE_CPU") else hardware.device()
     precision = resolve_precision(cfg, where)
-    run_path = RunDir.for_config(cfg).path
     try:
         return precision, Accelerator(
             mixed_precision={"fp32": "no"}.get(precision.used, precision.used),
             gradient_accumulation_steps=t.grad_accum,
-            log_with=t.report_to or None,
-            project_config=ProjectConfiguration(project_dir=str(run_path), logging_dir=str(run_path / "logs")),
+            **tracker_settings(RunDir.for_config(cfg), cfg),
         )
     except ValueError as err:
         raise LoralabError(f"train.precision '{t.precision}': {str(err).splitlines()[0]}") from err
