@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import yaml
 from conftest import SEED_CONFIG, STUDY_CONFIG
@@ -90,3 +92,8 @@ def test_shipped_sweep_files_expand(tmp_path):
         spec = yaml.safe_load(path.read_text())
         # A sweep file expands to trials, a search file to a space: never neither.
         assert bool(sweep.trials) == ("groups" in spec) and bool(sweep.space) == ("space" in spec), path
+        # Every trial is a run of its own: no two write one run directory, and each one's settings are its own.
+        places = [(trial.group, trial.label) for trial in sweep.trials]
+        assert len(set(places)) == len(places), path
+        settings = [json.dumps(trial.values, sort_keys=True) for trial in sweep.trials]
+        assert len(set(settings)) == len(settings), path

@@ -115,13 +115,40 @@ def test_mixed_adapter_batches_answer_as_predict_does(server, runs, tmp_path):
     }
     assert [p for _, p in expected["one"]] != [p for _, p in expected["second"]], "two adapters must differ"
     answered_concurrently(server, ("one", "second", "second", "one"), expected, 3)
-    # Four clients sent 32 requests; rows of several requests (of both adapters) shared forward passes.
-    metrics = call(server, "GET", "/metrics")[1]
-    passes = float(
-        next(line.split()[1] for line in metrics.splitlines() if line.startswith("loralab_batch_rows_count"))
-    )
-    assert passes < 32
-    assert 'loralab_rows_total{adapter="second"}' in metrics
+    assert 'loralab_rows_total{adapter="second"} 48.0' in call(server, "GET", "/metrics")[1]
+
+
+def test_rows_of_requests_waiting_together_share_one_pass_each_through_its_adapter(runs):
+    """Four requests of two adapters queued at once: one forward pass of all their rows, and each request's
+    answer is what its rows alone give through its own adapter."""
+    import asyncio
+
+    import torch
+
+    from loralab.serving.serve import Batcher, Classifiers, Metrics, ServeOptions
+
+    options = ServeOptions(runs=[str(runs / "one"), f"second={runs / 'two'}"], precision="fp32", max_batch=12,
+                           max_wait_ms=30_000)  # fmt: skip
+    classifiers = Classifiers(options)
+    group = classifiers.adapters["one"].group
+    real, passes = group.logits, []
+    group.logits = lambda data, names, options: passes.append(list(names)) or real(data, names, options)
+    names = ("one", "second", "second", "one")
+    requests = [(classifiers.adapters[n], classifiers.encode(classifiers.adapters[n], TEXTS[3 * i : 3 * i + 3], None))
+                for i, n in enumerate(names)]  # fmt: skip
+
+    async def scenario():
+        batcher = Batcher(classifiers, Metrics(options.max_batch))
+        worker = asyncio.create_task(batcher.run())
+        answers = await asyncio.wait_for(asyncio.gather(*(batcher.classify(a, d) for a, d in requests)), 60)
+        worker.cancel()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert len(passes) == 1 and len(passes[0]) == 12 and set(passes[0]) == {"a0", "a1"}
+    alone = [real(data, [adapter.peft_name] * len(data), options) for adapter, data in requests]
+    assert all(torch.allclose(got, want, atol=1e-5) for got, want in zip(answers, alone, strict=True))
+    assert not torch.allclose(alone[0], real(requests[0][1], ["a1"] * 3, options), atol=1e-3)  # the adapters differ
 
 
 def test_adapters_health_and_metrics(server, runs):
