@@ -4,16 +4,8 @@ import pytest
 from conftest import AG_NEWS_CSV, make_tokenizer, synthetic_rows, write_csv
 
 from loralab.config import AG_NEWS_LABELS, DataConfig
-from loralab.data import (
-    LabelledTexts,
-    check_label_fit,
-    encode,
-    eval_batches,
-    label_names_of,
-    load_labelled,
-    split_validation,
-    training_batches,
-)
+from loralab.data import LabelledTexts, check_label_fit, label_names_of, load_labelled, split_validation
+from loralab.encoding import encode, eval_batches, training_batches
 from loralab.errors import LoralabError
 
 CFG = DataConfig(label_names=list(AG_NEWS_LABELS))

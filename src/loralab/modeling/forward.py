@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config, metric_for_best
-from ..data import Encoded, eval_batches
+from ..encoding import Encoded, eval_batches
 from ..tasks import Decision, metrics, task_for
 
 

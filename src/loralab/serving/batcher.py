@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..allocator import release_freed_memory
-from ..data import Encoded
+from ..encoding import Encoded
 from .models import Adapter, Classifiers
 
 

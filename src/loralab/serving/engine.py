@@ -17,7 +17,7 @@ import torch
 
 from .. import hardware
 from ..config import Config
-from ..data import Encoded, encode
+from ..encoding import Encoded, encode
 from ..errors import LoralabError
 from ..modeling.forward import batched_logits, predict_logits
 from ..modeling.model import cast_frozen_linears, load_trained, uses_token_types

@@ -23,7 +23,8 @@ import torch
 
 from .. import hardware
 from ..config import LOWER_IS_BETTER, Config, metric_for_best
-from ..data import LabelledTexts, encode, load_labelled
+from ..data import LabelledTexts, load_labelled
+from ..encoding import encode
 from ..errors import LoralabError
 from ..modeling.model import load_adapter_folder, load_trained, uses_token_types
 from ..options import ExportOptions

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..data import Encoded
+from ..encoding import Encoded
 from ..errors import LoralabError
 from ..modeling.model import load_trained, with_base
 from ..options import ServeOptions

@@ -19,17 +19,8 @@ from .. import hardware, strictjson
 from ..allocator import release_freed_memory
 from ..budget.count import Breakdown, breakdown_for, check_budget, shapes_for
 from ..config import LOWER_IS_BETTER, Config, check_class_weights, metric_for_best
-from ..data import (
-    DataIdentity,
-    Encoded,
-    check_label_fit,
-    collate,
-    encode_rows,
-    identify,
-    label_names_of,
-    training_and_validation,
-    training_batches,
-)
+from ..data import DataIdentity, check_label_fit, identify, label_names_of, training_and_validation
+from ..encoding import Encoded, collate, encode_rows, training_batches
 from ..errors import LoralabError, warn
 from ..modeling.forward import Evaluation, evaluate
 from ..modeling.model import (
