@@ -244,7 +244,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    from .sweeps.sweep import serve_dashboard
+    from .sweeps.storage import serve_dashboard
 
     serve_dashboard(args.file, args.storage, args.runs, args.host, args.port)
     return 0

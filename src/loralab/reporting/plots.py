@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from ..runs.files import make_dir
 from ..runs.results import RunRecord, defines_configuration
-from ..runs.rundir import make_dir, safe_dirname
+from ..runs.rundir import safe_dirname
 from ..stats import t_interval
 
 FORMATS = ("png", "svg")

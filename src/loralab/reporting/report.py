@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 
 from ..config import LOWER_IS_BETTER, Config
+from ..runs.files import write_text_atomic
 from ..runs.results import RunRecord, compare, configuration_key, seed_groups
-from ..runs.rundir import write_text_atomic
 from .glue import glue_table
 from .plots import plot_runs
 

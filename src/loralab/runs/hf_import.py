@@ -11,7 +11,8 @@ from ..budget.count import breakdown_for, shapes_for
 from ..config import Config
 from ..errors import LoralabError
 from ..budget.scope import canonical_scope
-from .rundir import Origin, RunDir, Summary, make_dir, replace_dir, safe_dirname
+from .rundir import Origin, RunDir, Summary, safe_dirname
+from .files import make_dir, replace_dir
 
 # The seed study kept one folder per question; each folder's runs differ along one axis.
 STUDY_FOLDER_AXES = {

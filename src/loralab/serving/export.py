@@ -28,17 +28,9 @@ from ..encoding import encode
 from ..errors import LoralabError
 from ..modeling.model import load_adapter_folder, load_trained, uses_token_types
 from ..options import ExportOptions
+from ..runs.files import make_dir, replace_dir, write_json_atomic
 from ..runs.frozen import FROZEN_WEIGHTS, has_frozen
-from ..runs.rundir import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    DECISION,
-    RunDir,
-    make_dir,
-    replace_dir,
-    write_config_file,
-    write_json_atomic,
-)
+from ..runs.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECISION, RunDir, write_config_file
 from ..stats import paired_difference_interval
 from ..tasks import Decision, metrics, task_for
 from .engine import EXPORT_RECORD, ONNX_FILE, RUN_CONFIG, OnnxEngine, TorchEngine, classify, open_engine

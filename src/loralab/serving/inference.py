@@ -13,7 +13,8 @@ from ..errors import LoralabError, warn
 from ..modeling.forward import evaluation_report
 from ..options import InferenceOptions, PredictOptions
 from ..reporting.plots import plot_confusion
-from ..runs.rundir import RunDir, write_json_atomic, write_text_atomic
+from ..runs.files import write_json_atomic, write_text_atomic
+from ..runs.rundir import RunDir
 from ..tasks import task_for
 from .engine import classify, config_of, open_engine
 

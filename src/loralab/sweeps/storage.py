@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 import sys
 import time
+from pathlib import Path
 
 from ..errors import LoralabError
+from ..runs.files import make_dir
+from .sweepfile import Sweep, read_sweep
 
 # user:password@ in a URL: the password is never shown, in a message, a log or a saved file.
 URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
@@ -133,3 +136,33 @@ def serialize_sqlite_transactions(engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened before the listeners would miss them
+
+
+def default_database(sweep: Sweep, runs_dir: str) -> Path:
+    return sweep.folder(runs_dir) / "optuna.db"
+
+
+def default_storage(sweep: Sweep, runs_dir: str) -> str:
+    make_dir(sweep.folder(runs_dir))
+    return f"sqlite:///{default_database(sweep, runs_dir).resolve()}"
+
+
+def serve_dashboard(path: str | None, storage: str | None, runs_dir: str, host: str, port: int, log=print) -> None:
+    """optuna-dashboard on a sweep's or search's study, live while it runs (blocks until Ctrl-C)."""
+    import optuna_dashboard
+
+    if storage is None:
+        if path is None:
+            raise LoralabError("dashboard: name the sweep or search file, or pass --storage URL")
+        sweep = read_sweep(path, runs_dir)
+        database = default_database(sweep, runs_dir)
+        if not database.exists():
+            raise LoralabError(f"dashboard: no study at {database} yet: start it with `loralab sweep {path}` first")
+        storage = default_storage(sweep, runs_dir)
+    log(f"optuna-dashboard on {redact(storage)}: http://{host}:{port}/ (Ctrl-C to stop)")
+    try:
+        optuna_dashboard.run_server(storage, host=host, port=port)
+    except OSError as err:
+        raise LoralabError(
+            f"dashboard: cannot serve on {host}:{port} ({err.strerror}): choose another --port"
+        ) from None

@@ -11,7 +11,6 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from .. import config as config_io
@@ -19,8 +18,9 @@ from ..budget.count import breakdown_for, largest_fitting_rank, shapes_for
 from ..config import LOWER_IS_BETTER, metric_for_best
 from ..errors import LoralabError
 from ..options import SweepOptions
-from ..runs.rundir import Origin, RunDir, Summary, make_dir
-from .storage import connect, redact
+from ..runs.files import make_dir
+from ..runs.rundir import Origin, RunDir, Summary
+from .storage import connect, default_storage, redact
 from .sweepfile import (
     MAX_FIT,
     Sweep,
@@ -31,15 +31,6 @@ from .sweepfile import (
     resolve_alpha,
     trial_config,
 )
-
-
-def default_database(sweep: Sweep, runs_dir: str) -> Path:
-    return sweep.folder(runs_dir) / "optuna.db"
-
-
-def default_storage(sweep: Sweep, runs_dir: str) -> str:
-    make_dir(sweep.folder(runs_dir))
-    return f"sqlite:///{default_database(sweep, runs_dir).resolve()}"
 
 
 def open_study(sweep: Sweep, storage_url: str, heartbeat_s: int):
@@ -283,27 +274,6 @@ def run_sweep(options: SweepOptions, log=print, gpus: list[str] | None = None) -
     counts = f"{status['finished']} finished, {status['unfinished']} unfinished, {status['rejected']} rejected"
     log(f"sweep {sweep.name}: {counts}")
     return status
-
-
-def serve_dashboard(path: str | None, storage: str | None, runs_dir: str, host: str, port: int, log=print) -> None:
-    """optuna-dashboard on a sweep's or search's study, live while it runs (blocks until Ctrl-C)."""
-    import optuna_dashboard
-
-    if storage is None:
-        if path is None:
-            raise LoralabError("dashboard: name the sweep or search file, or pass --storage URL")
-        sweep = read_sweep(path, runs_dir)
-        database = default_database(sweep, runs_dir)
-        if not database.exists():
-            raise LoralabError(f"dashboard: no study at {database} yet: start it with `loralab sweep {path}` first")
-        storage = default_storage(sweep, runs_dir)
-    log(f"optuna-dashboard on {redact(storage)}: http://{host}:{port}/ (Ctrl-C to stop)")
-    try:
-        optuna_dashboard.run_server(storage, host=host, port=port)
-    except OSError as err:
-        raise LoralabError(
-            f"dashboard: cannot serve on {host}:{port} ({err.strerror}): choose another --port"
-        ) from None
 
 
 def visible_gpus() -> list[str]:

@@ -33,7 +33,8 @@ from ..modeling.model import (
     optimizer_groups,
     uses_token_types,
 )
-from ..runs.rundir import LoopState, Predictions, RunDir, Summary, make_dir
+from ..runs.files import make_dir
+from ..runs.rundir import LoopState, Predictions, RunDir, Summary
 from ..tasks import Decision, task_for
 from .tracking import check_installed, start_trackers, tracker_settings
 
