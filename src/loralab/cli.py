@@ -97,6 +97,9 @@ def cmd_eval(args) -> int:
             print(f"{name:<16} undefined ({strictjson.reason(name)}){chosen}")
             continue
         print(f"{name:<16} {report[name]:.4f}  (95% CI {low:.4f}-{high:.4f}){chosen}")
+    if "ece" in report:  # how far the probabilities are from meaning what they say
+        low, high = report["ece_95ci"]
+        print(f"{'ece':<16} {report['ece']:.4f}  (95% CI {low:.4f}-{high:.4f}; 0: calibrated)")
     if "per_class" in report:
         print(f"{'class':<14} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
         for name, row in report["per_class"].items():
@@ -213,7 +216,7 @@ def cmd_plot(args) -> int:
     from .reporting.plots import plot_runs
 
     plotted = plot_runs(_finished_runs(args.paths), args.out)
-    print(f"wrote {len(plotted)} accuracy figures and their loss curves (PNG and SVG) to {args.out}")
+    print(f"wrote {len(plotted)} figures (metrics, calibration) and the loss curves (PNG and SVG) to {args.out}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -28,6 +29,7 @@ TASK_METRICS = {name: shape.metrics for name, shape in SHAPES.items()}
 LOWER_IS_BETTER = tuple(sorted({metric for shape in SHAPES.values() for metric in shape.lower_is_better}))
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
 LORA_BIAS = ("none", "lora_only")
+CALIBRATIONS = ("none", "temperature")
 # Accelerate's tracker names -> the module each needs.
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio", "aim": "aim",
             "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}  # fmt: skip
@@ -149,6 +151,11 @@ class TrainConfig:
     tune_thresholds: bool = doc(
         "multi_label: a decision threshold per label, chosen on the validation rows for its F1 (else 0.5)", False
     )
+    calibrate: str = doc(
+        "temperature: at each evaluation, one temperature fitted on the validation rows so that the probabilities "
+        "mean what they say (saved in decision.json; predict, serve and exports apply it; no label changes); none",
+        "none",
+    )
     early_stopping_patience: int = doc("stop after this many evaluations without a new best metric (0: off)", 0)
     label_smoothing: float = doc("cross-entropy label smoothing", 0.0)
     class_weights: list[float] | None = doc("cross-entropy weight of each class (null: equal)", None)
@@ -267,6 +274,12 @@ def _validate(cfg: Config) -> None:
     require(cfg.data.task in TASKS, f"data.task: '{cfg.data.task}' is not one of {', '.join(TASKS)}")
     problem = SHAPES[cfg.data.task].label_names_problem(cfg.data.label_names)
     require(problem is None, problem or "")
+    calibrate = cfg.train.calibrate
+    require(calibrate in CALIBRATIONS, f"train.calibrate: '{calibrate}' is not one of {', '.join(CALIBRATIONS)}")
+    require(
+        cfg.train.calibrate == "none" or SHAPES[cfg.data.task].probabilities,
+        f"train.calibrate: a {cfg.data.task} run answers no probabilities to calibrate: leave it at none",
+    )
     metrics = TASK_METRICS[cfg.data.task]
     require(
         not cfg.train.metric_for_best or cfg.train.metric_for_best in metrics,
@@ -297,6 +310,13 @@ def _validate(cfg: Config) -> None:
         require(tracker in TRACKERS, f"train.report_to: '{tracker}' is not one of {', '.join(TRACKERS)}")
     if cfg.data.label_names:  # otherwise checked once the data has named them
         check_class_weights(cfg)
+
+
+def goodness(metric: str, value: float) -> float:
+    """A metric's value oriented so that higher is better (MSE negated); an undefined value ranks last."""
+    if math.isnan(value):
+        return -math.inf
+    return -value if metric in LOWER_IS_BETTER else value
 
 
 def metric_for_best(cfg: Config) -> str:

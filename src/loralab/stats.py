@@ -93,3 +93,35 @@ def t_interval(values: Sequence[float]) -> tuple[float, float] | None:
     mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
     half = float(t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
     return (mean - half, mean + half)
+
+
+CALIBRATION_BINS = 15  # equal-width confidence bins, as Guo et al. (2017) measure ECE
+
+
+def calibration_bins(
+    confidence: Sequence[float], happened: Sequence[float], bins: int = CALIBRATION_BINS
+) -> list[dict]:
+    """The reliability diagram's bins: for each equal-width bin of the stated confidence that holds rows, how many,
+    their mean confidence and how often the event happened (the class predicted was right, a label was on)."""
+    confidence, happened = np.asarray(confidence, float), np.asarray(happened, float)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    out = []
+    for b in range(bins):
+        rows = which == b
+        if rows.any():
+            mean_confidence, frequency = float(confidence[rows].mean()), float(happened[rows].mean())
+            out.append({"low": b / bins, "high": (b + 1) / bins, "rows": int(rows.sum()),
+                        "confidence": mean_confidence, "frequency": frequency})  # fmt: skip
+    return out
+
+
+def expected_calibration_error(confidence: Sequence[float], happened: Sequence[float]) -> float:
+    """ECE: the gap between stated confidence and observed frequency, averaged over the bins by their rows
+    (0: confidence means what it says)."""
+    return ece_of_bins(calibration_bins(confidence, happened))
+
+
+def ece_of_bins(bins: list[dict]) -> float:
+    """The ECE of a reliability diagram's bins: each bin's gap weighted by its share of the rows."""
+    total = sum(b["rows"] for b in bins)
+    return float(sum(b["rows"] / total * abs(b["confidence"] - b["frequency"]) for b in bins)) if total else 0.0

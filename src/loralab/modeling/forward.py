@@ -10,6 +10,7 @@ import torch
 
 from ..config import Config, metric_for_best
 from ..encoding import Encoded, eval_batches
+from ..stats import bootstrap_interval, calibration_bins, expected_calibration_error
 from ..tasks import Decision, metrics, task_for
 
 
@@ -20,23 +21,44 @@ class Evaluation:
     metric: str  # the one that picks the peak (train.metric_for_best)
     predictions: list  # in the rows' original order
     decision: Decision  # what turned logits into the predictions (tuned thresholds included)
+    scores: list | None = None  # the probabilities behind them, where the task has any
+    ece: float | None = None  # their expected calibration error
 
     @property
     def score(self) -> float:
         return self.values[self.metric]
 
     def metrics(self) -> dict:
-        return {"loss": self.loss, **self.values}
+        calibration = {} if self.ece is None else {"ece": self.ece}
+        return {"loss": self.loss, **self.values, **calibration}
 
 
-def evaluation_report(task, labels: list, predictions: list, label_names: list[str], decision: Decision) -> dict:
-    """Every metric of the task with its 95% interval (Wilson for accuracy, bootstrap for the others), and what
-    the task shows beyond them (per class and the confusion matrix, or per label)."""
+def calibration(task, labels: list, scores: list) -> dict:
+    """How far the probabilities are from meaning what they say: the ECE, its 95% bootstrap interval over the
+    rows, and the reliability diagram's bins (nothing for a task without probabilities)."""
+    events = task.calibration_events(labels, scores) if task.probabilities else None
+    if events is None:
+        return {}
+    confidence, happened = events
+    return {
+        "ece": expected_calibration_error(confidence, happened),
+        "ece_95ci": list(bootstrap_interval(expected_calibration_error, confidence, happened)),
+        "reliability": calibration_bins(confidence, happened),
+    }
+
+
+def evaluation_report(
+    task, labels: list, predictions: list, label_names: list[str], decision: Decision, scores: list | None = None
+) -> dict:
+    """Every metric of the task with its 95% interval (Wilson for accuracy, bootstrap for the others), what the
+    task shows beyond them (per class and the confusion matrix, or per label), and the calibration of its
+    probabilities where `scores` gives them."""
     report = {"rows": len(labels), "task": task.name}
     for name, value in metrics(task, labels, predictions).items():
         report[name] = value
         report[f"{name}_95ci"] = list(task.interval(name, labels, predictions))
-    return report | task.report(labels, predictions, label_names, decision)
+    report |= task.report(labels, predictions, label_names, decision)
+    return report | (calibration(task, labels, scores) if scores is not None else {})
 
 
 # BERT-style blocks (the families whose layers are `encoder.layer.N`) add the attention residual
@@ -152,7 +174,7 @@ def evaluate(
         for part_rows, part_logits in gather_object([(rows, logits)]):
             whole[part_rows] = part_logits
         logits = whole
-    decision = task.fit_decision(logits, data.labels, decision, cfg.train.tune_thresholds)
+    decision = task.fit_decision(logits, data.labels, decision, cfg.train.tune_thresholds, cfg.train.calibrate)
     scored = task.score(logits, decision)
     return Evaluation(
         loss=task.loss(logits, torch.tensor(data.labels), decision).item(),
@@ -160,4 +182,6 @@ def evaluate(
         metric=metric_for_best(cfg),
         predictions=scored.predictions,
         decision=decision,
+        scores=scored.scores if task.probabilities else None,
+        ece=calibration(task, data.labels, scored.scores).get("ece"),
     )

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from ..config import goodness
+from ..modeling.forward import calibration
 from ..runs.files import make_dir
 from ..runs.results import RunRecord, defines_configuration
 from ..runs.rundir import safe_dirname
-from ..stats import t_interval
+from ..stats import ece_of_bins, t_interval
+from ..tasks import task_for
 
 FORMATS = ("png", "svg")
 
@@ -257,6 +260,11 @@ def plot_runs(
         loss_stem = f"loss_{safe_dirname(group)}"
         plot_losses(members, out / loss_stem, group, keys)
         captions[loss_stem] = f"Training and validation loss: {group}"
+    reliability = best_calibrations(groups)
+    if reliability:
+        plot_reliability(reliability, out / "fig_reliability", "Reliability of each group's best run (validation rows)")
+        plotted["fig_reliability"] = {name: ece_of_bins(bins) for name, bins in reliability.items()}
+        captions["fig_reliability"] = "Calibration: observed frequency against stated probability, ECE in the legend"
     on_curve = [r for r in records if "lora.budget" in r.axes or r.config.model.finetune == "full"]
     if any("lora.budget" in r.axes for r in on_curve):
         plotted["fig_budget"] = plot_budget_curve(on_curve, out / "fig_budget")
@@ -313,3 +321,39 @@ def plot_confusion(matrix: list[list[int]], label_names: list[str], stem: Path, 
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
     fig.tight_layout()
     save_figure(fig, stem, formats=("png",))
+
+
+def best_calibrations(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
+    """Each group's best run's reliability bins on its validation rows (runs whose saved predictions carry
+    their probabilities), by "group: run (ECE)"."""
+    out = {}
+    for group, members in groups.items():
+        best = max(members, key=lambda r: goodness(r.metric, r.peak))
+        saved = best.run.read_predictions("best")
+        if saved is None or saved.scores is None:
+            continue
+        bins = calibration(task_for(best.config), saved.labels, saved.scores).get("reliability")
+        if bins:
+            out[f"{group}: {best.name} (ECE {ece_of_bins(bins):.3f})"] = bins
+    return out
+
+
+def plot_reliability(bins_by_run: dict[str, list[dict]], stem: Path, title: str) -> None:
+    """Reliability diagram: in each confidence bin, how often the event happened against the confidence stated
+    (on the diagonal: probabilities that mean what they say); a marker's area is its bin's rows."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for name, bins in bins_by_run.items():
+        total = sum(b["rows"] for b in bins) or 1
+        confidence, frequency = [b["confidence"] for b in bins], [b["frequency"] for b in bins]
+        ax.plot(confidence, frequency, marker=None, linewidth=1)
+        ax.scatter(confidence, frequency, s=[8 + 400 * b["rows"] / total for b in bins], alpha=0.6, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("stated probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    save_figure(fig, stem)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import html
-import math
 import tempfile
 from pathlib import Path
 
 from ..config import LOWER_IS_BETTER, Config
+from ..config import goodness as metric_goodness
 from ..runs.files import write_text_atomic
 from ..runs.results import RunRecord, compare, configuration_key, seed_groups
 from .glue import glue_table
@@ -16,9 +16,7 @@ from .plots import plot_runs
 
 def goodness(record: RunRecord) -> float:
     """Higher is better, whatever the metric (MSE is negated); an undefined peak ranks last."""
-    if math.isnan(record.peak):
-        return -math.inf
-    return -record.peak if record.metric in LOWER_IS_BETTER else record.peak
+    return metric_goodness(record.metric, record.peak)
 
 
 def ranked(records: list[RunRecord]) -> list[RunRecord]:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from .. import config as config_io
 from ..budget.count import breakdown_for, shapes_for
+from ..budget.scope import canonical_scope
 from ..config import Config
 from ..errors import LoralabError
-from ..budget.scope import canonical_scope
-from .rundir import Origin, RunDir, Summary, safe_dirname
 from .files import make_dir, replace_dir
+from .rundir import Origin, RunDir, Summary, safe_dirname
 
 # The seed study kept one folder per question; each folder's runs differ along one axis.
 STUDY_FOLDER_AXES = {

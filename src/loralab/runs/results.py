@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ..config import Config, is_local
 from ..errors import LoralabError
-from ..stats import mcnemar_exact, paired_bootstrap_p, t_interval, wilson_interval
-from .rundir import Origin, RunDir, Summary, finished_runs_under
+from ..stats import t_interval, wilson_interval
 from ..tasks import task_for
+from .rundir import Origin, RunDir, Summary, finished_runs_under
 
 
 @dataclass

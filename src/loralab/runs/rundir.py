@@ -20,7 +20,6 @@ logs/                  what train.report_to's trackers write
 from __future__ import annotations
 
 import dataclasses
-import errno
 import fcntl
 import json
 import os
@@ -29,7 +28,6 @@ import re
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -124,6 +122,7 @@ class Predictions:
     step: int
     labels: list  # the task's targets: class indices, multi-hot lists or numbers
     predictions: list
+    scores: list | None = None  # the probabilities behind them (none for a regression, or before loralab 0.3)
 
 
 @dataclass
@@ -211,7 +210,7 @@ class RunDir:
 
     @property
     def logs(self) -> Path:
-        """The experiment trackers' files (TensorBoard, MLflow's store, W&B), unless their own settings say otherwise."""
+        """The experiment trackers' files (TensorBoard, MLflow's store, W&B), unless their settings say otherwise."""
         return self.path / "logs"
 
     @property

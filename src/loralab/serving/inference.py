@@ -12,7 +12,7 @@ from ..data import LabelledTexts, load_labelled, load_texts, rows_sha256, traini
 from ..errors import LoralabError, warn
 from ..modeling.forward import evaluation_report
 from ..options import InferenceOptions, PredictOptions
-from ..reporting.plots import plot_confusion
+from ..reporting.plots import plot_confusion, plot_reliability
 from ..runs.files import write_json_atomic, write_text_atomic
 from ..runs.rundir import RunDir
 from ..tasks import task_for
@@ -45,8 +45,9 @@ def evaluate_run(run_path: str, data: str | None, split: str, options: Inference
     engine = opened(run_path, options)  # once the rows are read: a bad --data is one line, before any model
     task, decision = task_for(cfg), engine.decision
     logits = classify(engine, rows.texts, rows.pairs, options.batch_size)
-    predictions = task.score(logits, decision).predictions
-    report |= evaluation_report(task, rows.labels, predictions, cfg.data.label_names, decision)
+    scored = task.score(logits, decision)
+    predictions = scored.predictions
+    report |= evaluation_report(task, rows.labels, predictions, cfg.data.label_names, decision, scored.scores)
     report["metric"] = metric_for_best(cfg)
     report["engine"] = engine.describe()
 
@@ -57,6 +58,9 @@ def evaluate_run(run_path: str, data: str | None, split: str, options: Inference
         metric = report["metric"]
         title = f"{run.path.name} ({options.which}) on {tag}: {metric} {report[metric]:.4f}"
         plot_confusion(report["confusion_matrix"], cfg.data.label_names, folder / "confusion", title)
+    if "reliability" in report:
+        title = f"{run.path.name} ({options.which}) on {tag}: ECE {report['ece']:.4f}"
+        plot_reliability({run.path.name: report["reliability"]}, folder / "reliability", title)
     report["saved_in"] = str(folder)
     return report
 

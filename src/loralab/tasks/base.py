@@ -3,7 +3,7 @@ and the interface each shape implements (Task)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -14,11 +14,13 @@ from ..stats import bootstrap_interval, mcnemar_exact, paired_bootstrap_p
 @dataclass
 class Decision:
     """What turns a run's logits into answers, saved with each adapter (decision.json): the per-label
-    thresholds of a multi-label run, the target scaling of a regression."""
+    thresholds of a multi-label run, the target scaling of a regression, the temperature that calibrates
+    the probabilities."""
 
     thresholds: list[float] | None = None
     target_mean: float = 0.0
     target_std: float = 1.0
+    temperature: float = 1.0  # logits are divided by it before probabilities (train.calibrate: temperature)
 
 
 @dataclass
@@ -104,7 +106,8 @@ class Task:
     cell()                    one answer as predict's CSV writes it
     interval()                the 95% interval of a metric on some rows
     training_decision()       what training learns from its targets first (a regression's scaling)
-    fit_decision()            what an evaluation learns on the validation rows (multi-label thresholds)
+    fit_decision()            what an evaluation learns on the validation rows (thresholds, a temperature)
+    calibration_events()      each stated probability and whether its event happened (None: no probabilities)
     report()                  what an evaluation shows beyond the metrics (per class, per label)
     paired_test()             two runs' answers on the same rows: the p-value of their difference
     """
@@ -150,8 +153,32 @@ class Task:
     def interval(self, name: str, targets, predictions) -> tuple[float, float]:
         return bootstrap_interval(self.metric_functions()[name], targets, predictions)
 
-    def fit_decision(self, logits: torch.Tensor, targets: list, decision: Decision, tune: bool) -> Decision:
-        return decision
+    def fit_decision(
+        self, logits: torch.Tensor, targets: list, decision: Decision, tune: bool, calibrate: str = "none"
+    ) -> Decision:
+        """With train.calibrate: temperature, the one temperature that minimises the loss on these rows."""
+        if calibrate != "temperature":
+            return decision
+        return replace(decision, temperature=self.fit_temperature(logits, targets))
+
+    def fit_temperature(self, logits: torch.Tensor, targets: list) -> float:
+        """Temperature scaling (Guo et al. 2017): T > 0 minimising the task's loss of logits / T, fitted by
+        L-BFGS on log T. Dividing every logit by one T changes no argmax and no logit's sign: no label."""
+        logits, truth = logits.detach().float(), torch.tensor(targets)
+        log_t = torch.zeros(1, requires_grad=True)
+        optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = self.loss(logits / log_t.exp(), truth, Decision())
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+    def calibration_events(self, targets: list, scores: list) -> tuple[list, list] | None:
+        return None
 
     def training_decision(self, targets: list, scale_targets: bool) -> Decision:
         """What training learns from its targets before the first step (a regression's scaling)."""

@@ -3,6 +3,8 @@ per class (0.5, or tuned on the validation rows); micro/macro-F1, subset accurac
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,7 +44,7 @@ class MultiLabel(Task):
         return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=class_weights)
 
     def score(self, logits: torch.Tensor, decision: Decision) -> Scored:
-        probabilities = logits.float().sigmoid()
+        probabilities = (logits.float() / decision.temperature).sigmoid()
         thresholds = torch.tensor(decision.thresholds or [0.5] * self.n)
         return Scored((probabilities >= thresholds).int().tolist(), probabilities.tolist())
 
@@ -53,9 +55,25 @@ class MultiLabel(Task):
     def cell(self, prediction, names: list[str] | None, separator: str) -> str:
         return separator.join(map(str, self.answer(prediction, names)))
 
-    def fit_decision(self, logits: torch.Tensor, targets: list, decision: Decision, tune: bool) -> Decision:
-        """With train.tune_thresholds: per label, the threshold of the grid with the best F1 on these rows
-        (ties: the one nearest 0.5)."""
+    def fit_decision(
+        self, logits: torch.Tensor, targets: list, decision: Decision, tune: bool, calibrate: str = "none"
+    ) -> Decision:
+        """With train.tune_thresholds, per label the threshold of the grid with the best F1 on these rows (ties:
+        the one nearest 0.5); with train.calibrate, then a temperature, each threshold carried through it so
+        that no label changes (p >= t exactly where sigmoid(logit(p) / T) >= sigmoid(logit(t) / T))."""
+        decision = self._thresholds(logits, targets, decision, tune)
+        if calibrate != "temperature":
+            return decision
+        temperature = self.fit_temperature(logits, targets)
+        raw = torch.tensor(decision.thresholds or [0.5] * self.n, dtype=torch.float64)
+        carried = (torch.logit(raw) / temperature).sigmoid().tolist()
+        return replace(decision, temperature=temperature, thresholds=carried)
+
+    def calibration_events(self, targets: list, scores: list) -> tuple[list, list]:
+        """Every label's probability, and whether the label was on."""
+        return np.asarray(scores).ravel().tolist(), np.asarray(targets, float).ravel().tolist()
+
+    def _thresholds(self, logits: torch.Tensor, targets: list, decision: Decision, tune: bool) -> Decision:
         if not tune:
             return decision
         probabilities, truth = logits.float().sigmoid().numpy(), np.asarray(targets)

@@ -24,8 +24,13 @@ class SingleLabel(Task):
         return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=label_smoothing)
 
     def score(self, logits: torch.Tensor, decision: Decision) -> Scored:
-        probabilities = logits.float().softmax(-1)
+        probabilities = (logits.float() / decision.temperature).softmax(-1)
         return Scored(probabilities.argmax(-1).tolist(), probabilities.tolist())
+
+    def calibration_events(self, targets: list, scores: list) -> tuple[list, list]:
+        """Top-label calibration: the probability of the class answered, and whether it was right."""
+        scores = np.asarray(scores)
+        return scores.max(1).tolist(), (scores.argmax(1) == np.asarray(targets)).astype(float).tolist()
 
     def answer(self, prediction: int, names: list[str] | None):
         """One row's answer as users read it (predict's CSV, the server's JSON): the class, by name if given."""

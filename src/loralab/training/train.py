@@ -477,7 +477,7 @@ def save_evaluation(
 ) -> None:
     """Metrics row, best/ at a new peak, last/ after the final evaluation, and the checkpoint."""
     run.append_metrics({"step": state.step, "split": "val", **result.metrics(), "elapsed_s": state.elapsed_s})
-    predictions = Predictions(state.step, prep.val_set.labels, result.predictions)
+    predictions = Predictions(state.step, prep.val_set.labels, result.predictions, result.scores)
     if state.best_step == state.step:
         run.save_adapter("best", model, prep.frozen, predictions, result.decision)
     if state.step == prep.cfg.train.steps or state.stopped_early:
