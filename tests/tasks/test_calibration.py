@@ -85,9 +85,7 @@ def predicted(run, tmp_path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_a_calibrated_run_saves_its_temperature_and_predict_applies_it_without_changing_a_label(
-    pair_of_runs, tmp_path
-):
+def test_a_calibrated_run_saves_its_temperature_and_predict_applies_it_without_changing_a_label(pair_of_runs, tmp_path):
     saved = json.loads((pair_of_runs / "calibrated" / "best" / "decision.json").read_text())
     assert saved["temperature"] != 1.0
     plain, calibrated = predicted(pair_of_runs / "plain", tmp_path), predicted(pair_of_runs / "calibrated", tmp_path)
