@@ -1,5 +1,6 @@
 """`loralab serve`, met as users meet it: a real server process on loopback, real HTTP requests."""
 
+import atexit
 import csv
 import http.client
 import json
@@ -32,11 +33,23 @@ def runs(model_dirs, tiny_data, tmp_path_factory):
     return root
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@atexit.register
+def _kill_left_running() -> None:
+    """A test that failed before its stop() leaves its server running: gone when the test session ends."""
+    for process in STARTED:
+        if process.poll() is None:
+            process.kill()
+
+
 def start(*argv: str) -> tuple[subprocess.Popen, int]:
     """A `loralab serve` process on a free port, in fp32 (the numbers of predict's fp32 on any CPU); returns it
     with the port it printed."""
     command = [sys.executable, "-m", "loralab.cli", "serve", *argv, "--port", "0", "--precision", "fp32"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    STARTED.append(process)
     ready, _, _ = select.select([process.stdout], [], [], 300)  # a server that hangs fails here, not forever
     line = process.stdout.readline() if ready else ""
     if not line.startswith("serving"):
