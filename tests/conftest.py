@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
+import http.client
+import json
 import os
 import random
+import select
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +219,49 @@ def train_tiny(model_dir, data, out_dir, name, *extra):
     from loralab.training.train import train
 
     return train(config.load(SEED_CONFIG, overrides))
+
+
+# --- `loralab serve` as a user meets it: a real server process on loopback -----------------------------
+
+
+STARTED: list[subprocess.Popen] = []
+
+
+@atexit.register
+def _kill_left_running() -> None:
+    """A test that failed before its stop() leaves its server running: gone when the test session ends."""
+    for process in STARTED:
+        if process.poll() is None:
+            process.kill()
+
+
+def start(*argv: str) -> tuple[subprocess.Popen, int]:
+    """A `loralab serve` process on a free port, in fp32 (the numbers of predict's fp32 on any CPU); returns it
+    with the port it printed."""
+    command = [sys.executable, "-m", "loralab.cli", "serve", *argv, "--port", "0", "--precision", "fp32"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    STARTED.append(process)
+    ready, _, _ = select.select([process.stdout], [], [], 300)  # a server that hangs fails here, not forever
+    line = process.stdout.readline() if ready else ""
+    if not line.startswith("serving"):
+        process.kill()
+        raise AssertionError(f"no 'serving' line: {line!r} {process.communicate(timeout=30)[1][-3000:]}")
+    return process, int(line.split("http://127.0.0.1:")[1].split("/")[0])
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    return out
+
+
+def call(port: int, method: str, path: str, body=None, headers=None) -> tuple[int, object]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    raw = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    connection.request(method, path, body=raw, headers={"Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    is_json = response.getheader("content-type", "").startswith("application/json")
+    return response.status, json.loads(data) if is_json else data.decode()

@@ -30,6 +30,7 @@ LOWER_IS_BETTER = tuple(sorted({metric for shape in SHAPES.values() for metric i
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
 LORA_BIAS = ("none", "lora_only")
 CALIBRATIONS = ("none", "temperature")
+LONG_TEXTS = ("truncate", "chunk")
 # Accelerate's tracker names -> the module each needs.
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio", "aim": "aim",
             "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}  # fmt: skip
@@ -107,7 +108,14 @@ class DataConfig:
     )
     val_size: int = doc("rows held out of the training data for validation", 640)
     split_seed: int = doc("seed of the train/validation split", 42)
-    max_length: int = doc("tokens kept per text (longer texts are truncated)", 512)
+    max_length: int = doc("tokens the model reads at once (a longer text is truncated, or chunked)", 512)
+    long_texts: str = doc(
+        "truncate: a text longer than max_length is read up to there; chunk: it is read in overlapping windows "
+        "of max_length, each trained on with the text's label, their logits averaged per text when answering "
+        "(the largest, for multi-label), so every text is answered once, in input order",
+        "truncate",
+    )
+    stride: int = doc("with long_texts: chunk, the tokens two neighbouring windows share", 32)
 
 
 @dataclass
@@ -288,6 +296,15 @@ def _validate(cfg: Config) -> None:
     require(cfg.data.label_separator != "", "data.label_separator: must not be empty")
     require(cfg.data.val_size >= 1, f"data.val_size: must be >= 1, got {cfg.data.val_size}")
     require(cfg.data.max_length >= 2, f"data.max_length: must be >= 2, got {cfg.data.max_length}")
+    require(
+        cfg.data.long_texts in LONG_TEXTS, f"data.long_texts: '{cfg.data.long_texts}' is not one of truncate, chunk"
+    )
+    if cfg.data.long_texts == "chunk":
+        require(not cfg.data.text_pair_column, "data.long_texts: chunk reads single texts; pairs are truncated")
+        require(
+            0 <= cfg.data.stride <= cfg.data.max_length // 2,
+            f"data.stride: {cfg.data.stride} must be 0 to half of data.max_length ({cfg.data.max_length // 2})",
+        )
     t = cfg.train
     for name in ("steps", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "log_every"):
         require(getattr(t, name) >= 1, f"train.{name}: must be >= 1, got {getattr(t, name)}")

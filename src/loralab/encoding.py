@@ -17,9 +17,32 @@ class Encoded:
     input_ids: list[list[int]]
     labels: list
     token_type_ids: list[list[int]] | None = None
+    owner: list[int] | None = None  # data.long_texts: chunk: the text each window comes from (labels are per window)
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def row_labels(self) -> list:
+        """One label per text, whatever its windows."""
+        if self.owner is None:
+            return self.labels
+        first = {}
+        for window, row in enumerate(self.owner):
+            first.setdefault(row, window)
+        return [self.labels[first[row]] for row in range(len(first))]
+
+    def per_row(self, logits: torch.Tensor, pooling: str) -> torch.Tensor:
+        """Each text's logits from its windows' (mean or max); the logits themselves where nothing was chunked."""
+        if self.owner is None:
+            return logits
+        owner = torch.tensor(self.owner)
+        rows = int(owner.max()) + 1 if len(owner) else 0
+        if pooling == "max":
+            out = torch.full((rows, logits.shape[1]), -torch.inf, dtype=logits.dtype)
+            return out.scatter_reduce(0, owner[:, None].expand_as(logits), logits, "amax")
+        total = torch.zeros(rows, logits.shape[1], dtype=logits.dtype).index_add_(0, owner, logits)
+        return total / torch.bincount(owner, minlength=rows)[:, None].to(logits.dtype)
 
     @property
     def lengths(self) -> list[int]:
@@ -33,15 +56,31 @@ class Encoded:
         return features
 
 
-def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, token_types: bool, labels=None):
-    """Tokenize once: a pair as the model's tokenizer joins two texts, the longer one truncated first."""
-    encoding = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+def encode(
+    tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, token_types: bool, labels=None,
+    stride: int | None = None,
+) -> Encoded:  # fmt: skip
+    """Tokenize once: a pair as the model's tokenizer joins two texts, the longer one truncated first. With a
+    `stride` (data.long_texts: chunk), a text longer than max_length becomes overlapping windows sharing
+    `stride` tokens, each window with its text's label."""
+    chunk = {} if stride is None else {"stride": stride, "return_overflowing_tokens": True}
+    encoding = tokenizer(texts, pairs, truncation=True, max_length=max_length, **chunk)
     types = encoding.get("token_type_ids") if token_types else None
-    return Encoded(encoding["input_ids"], labels if labels is not None else [], types)
+    labels = labels if labels is not None else []
+    if stride is None:
+        return Encoded(encoding["input_ids"], labels, types)
+    owner = list(encoding["overflow_to_sample_mapping"])
+    return Encoded(encoding["input_ids"], [labels[row] for row in owner] if labels else [], types, owner)
 
 
-def encode_rows(tokenizer, rows: LabelledTexts, max_length: int, token_types: bool) -> Encoded:
-    return encode(tokenizer, rows.texts, rows.pairs, max_length, token_types, rows.labels)
+def encode_for(tokenizer, data_cfg, texts: list[str], pairs: list[str] | None, token_types: bool, labels=None):
+    """Rows as a run's data section says: its max_length, truncated or chunked (data.long_texts)."""
+    stride = data_cfg.stride if data_cfg.long_texts == "chunk" else None
+    return encode(tokenizer, texts, pairs, data_cfg.max_length, token_types, labels, stride)
+
+
+def encode_rows(tokenizer, rows: LabelledTexts, data_cfg, token_types: bool) -> Encoded:
+    return encode_for(tokenizer, data_cfg, rows.texts, rows.pairs, token_types, rows.labels)
 
 
 def collate(tokenizer, data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:

@@ -5,8 +5,18 @@ import threading
 import time
 
 import pytest
-from conftest import multi_label_rows, pair_rows, regression_rows, synthetic_rows, train_tiny, write_csv
-from test_serve import call, predicted, start, stop
+from conftest import (
+    call,
+    multi_label_rows,
+    pair_rows,
+    regression_rows,
+    start,
+    stop,
+    synthetic_rows,
+    train_tiny,
+    write_csv,
+)
+from test_serve import predicted
 
 from loralab.cli import main
 

@@ -9,8 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import synthetic_rows, train_tiny
-from test_serve import call, start, stop
+from conftest import call, start, stop, synthetic_rows, train_tiny
 
 TEXTS = [text for _, text in synthetic_rows(8, seed=3)]
 

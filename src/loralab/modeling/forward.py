@@ -174,14 +174,15 @@ def evaluate(
         for part_rows, part_logits in gather_object([(rows, logits)]):
             whole[part_rows] = part_logits
         logits = whole
-    decision = task.fit_decision(logits, data.labels, decision, cfg.train.tune_thresholds, cfg.train.calibrate)
+    logits, labels = data.per_row(logits, task.window_pooling), data.row_labels  # chunked texts: once each
+    decision = task.fit_decision(logits, labels, decision, cfg.train.tune_thresholds, cfg.train.calibrate)
     scored = task.score(logits, decision)
     return Evaluation(
-        loss=task.loss(logits, torch.tensor(data.labels), decision).item(),
-        values=metrics(task, data.labels, scored.predictions),
+        loss=task.loss(logits, torch.tensor(labels), decision).item(),
+        values=metrics(task, labels, scored.predictions),
         metric=metric_for_best(cfg),
         predictions=scored.predictions,
         decision=decision,
         scores=scored.scores if task.probabilities else None,
-        ece=calibration(task, data.labels, scored.scores).get("ece"),
+        ece=calibration(task, labels, scored.scores).get("ece"),
     )

@@ -17,12 +17,12 @@ import torch
 
 from .. import hardware
 from ..config import Config
-from ..encoding import Encoded, encode
+from ..encoding import Encoded, encode_for
 from ..errors import LoralabError
 from ..modeling.forward import batched_logits, predict_logits
 from ..modeling.model import cast_frozen_linears, load_trained, uses_token_types
 from ..runs.rundir import DECISION, RunDir, read_config_file, read_decision_file
-from ..tasks import Decision
+from ..tasks import Decision, task_for
 
 # What an ONNX export folder holds beside the tokenizer (export.py writes them).
 ONNX_FILE = "model.onnx"
@@ -61,8 +61,9 @@ class TorchEngine:
         model.to(self.device).eval()
         self.token_types = uses_token_types(tokenizer, model.config)
 
-    def encode(self, texts: list[str], pairs: list[str] | None, max_length: int | None = None) -> Encoded:
-        return encode(self.tokenizer, texts, pairs, max_length or self.cfg.data.max_length, self.token_types)
+    def encode(self, texts: list[str], pairs: list[str] | None, data_cfg=None) -> Encoded:
+        """As `data_cfg` (a run's data section; default this engine's run) reads them: max_length, chunking."""
+        return encode_for(self.tokenizer, data_cfg or self.cfg.data, texts, pairs, self.token_types)
 
     def logits(
         self,
@@ -115,9 +116,9 @@ class OnnxEngine:
             "auto", "int8" if self.format == "onnx-int8" else "fp32", "the export's own weights"
         )
 
-    def encode(self, texts: list[str], pairs: list[str] | None, max_length: int | None = None) -> Encoded:
+    def encode(self, texts: list[str], pairs: list[str] | None, data_cfg=None) -> Encoded:
         types = "token_type_ids" in self.inputs
-        return encode(self.tokenizer, texts, pairs, max_length or self.cfg.data.max_length, types)
+        return encode_for(self.tokenizer, data_cfg or self.cfg.data, texts, pairs, types)
 
     def logits(
         self,
@@ -171,4 +172,5 @@ def open_engine(
 
 def classify(engine: TorchEngine | OnnxEngine, texts: list[str], pairs: list[str] | None, batch_size: int = 16):
     """The head's logits for each text (or pair), in input order, truncated and pooled as the run was trained."""
-    return engine.logits(engine.encode(texts, pairs), batch_size, progress=True)
+    data = engine.encode(texts, pairs)
+    return data.per_row(engine.logits(data, batch_size, progress=True), task_for(engine.cfg).window_pooling)

@@ -297,8 +297,8 @@ class Classifiers:
         return list({id(a.group): a.group for a in self.adapters.values()}.values())
 
     def encode(self, adapter: Adapter, texts: list[str], pairs: list[str] | None) -> Encoded:
-        """Token ids as the run was trained (its own max_length); called off the event loop."""
-        return adapter.group.engine.encode(texts, pairs, adapter.cfg.data.max_length)
+        """Token ids as the run was trained (its own max_length and chunking); called off the event loop."""
+        return adapter.group.engine.encode(texts, pairs, adapter.cfg.data)
 
     def answer(self, adapter: Adapter, logits: torch.Tensor, probabilities: bool) -> dict:
         scored = adapter.task.score(logits, adapter.decision)

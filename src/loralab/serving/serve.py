@@ -218,7 +218,7 @@ def build_app(classifiers: Classifiers):
         adapter.in_flight += 1  # in the same step as its lookup: no removal can come between them
         try:
             data = await asyncio.to_thread(classifiers.encode, adapter, texts, pairs)
-            logits = await batcher.classify(adapter, data)
+            logits = data.per_row(await batcher.classify(adapter, data), adapter.task.window_pooling)
         except Overloaded as err:
             return JSONResponse({"error": str(err)}, status_code=503, headers={"Retry-After": "1"})
         except Exception as err:  # noqa: BLE001 - the batch failed: this request says why, the server goes on

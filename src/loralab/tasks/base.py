@@ -96,6 +96,7 @@ class Task:
     name, problem_type        data.task, and Hugging Face's problem_type (a merged export's loss)
     column, probabilities     predict's answer column (Label, Labels, Score); whether answers have probabilities
     metrics, lower_is_better  the metrics' names (the first picks the peak by default), which fall as they improve
+    window_pooling            how a chunked text's windows' logits make its own: mean, or max (a label on anywhere)
     metric_functions()        every metric of the task, by name
     label_names_problem()     what is wrong with a configured label set (data.label_names)
     unnamed_labels()          the output names where none are configured (None: the data's classes)
@@ -118,6 +119,7 @@ class Task:
     probabilities = True
     metrics: tuple[str, ...] = ()
     lower_is_better: tuple[str, ...] = ()
+    window_pooling = "mean"  # a chunked text's logits from its windows' (data.long_texts: chunk)
 
     def __init__(self, outputs: int):
         self.n = outputs

@@ -19,6 +19,7 @@ class MultiLabel(Task):
     problem_type = "multi_label_classification"
     column = "Labels"
     metrics = ("f1_micro", "f1_macro", "subset_accuracy")
+    window_pooling = "max"  # a label is on where any window of the text has it
 
     def metric_functions(self) -> dict:
         macro = lambda t, p: float(np.mean(per_label_f1(t, p)))  # noqa: E731 - one of three, named by its key

@@ -72,8 +72,8 @@ def prepare(cfg: Config, log=print, processes: int = 1) -> Prepared:
     tokenizer = load_tokenizer(cfg.model.name)
     check_max_length(cfg, shapes.config, tokenizer)
     types = uses_token_types(tokenizer, shapes.config)
-    train_set = encode_rows(tokenizer, train_rows, cfg.data.max_length, types)
-    val_set = encode_rows(tokenizer, val_rows, cfg.data.max_length, types)
+    train_set = encode_rows(tokenizer, train_rows, cfg.data, types)  # chunked texts: one row per window
+    val_set = encode_rows(tokenizer, val_rows, cfg.data, types)
     torch.manual_seed(cfg.train.seed)  # the head's random initialisation
     model, frozen = build_model(cfg, shapes, plan, breakdown)
     identity = identify(cfg.data.train, rows, val_rows)
@@ -363,7 +363,7 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
         final=state.last_eval,
         steps_done=state.step,
         stopped_early=state.stopped_early,
-        val_rows=len(prep.val_set),
+        val_rows=len(prep.val_set.row_labels),
         trainable=prep.breakdown.as_dict(),
         wall_time_s=time.perf_counter() - started,
         train_samples_per_s=state.step * samples_per_step / max(state.train_time_s, 1e-9),
@@ -477,7 +477,7 @@ def save_evaluation(
 ) -> None:
     """Metrics row, best/ at a new peak, last/ after the final evaluation, and the checkpoint."""
     run.append_metrics({"step": state.step, "split": "val", **result.metrics(), "elapsed_s": state.elapsed_s})
-    predictions = Predictions(state.step, prep.val_set.labels, result.predictions, result.scores)
+    predictions = Predictions(state.step, prep.val_set.row_labels, result.predictions, result.scores)
     if state.best_step == state.step:
         run.save_adapter("best", model, prep.frozen, predictions, result.decision)
     if state.step == prep.cfg.train.steps or state.stopped_early:
