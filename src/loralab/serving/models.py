@@ -147,8 +147,8 @@ class SharedBase(ModelGroup):
         base = base_for_adapter(cfg, RunDir(founder.run).adapter(self.which), num_labels=width)
         model = PeftModel(base, config, adapter_name=founder.peft_name)
         self._load(model, founder, weights)
-        restack(model)
         super().__init__(TorchEngine(cfg, founder.decision, load_tokenizer(cfg.model.name), model, options.precision))
+        restack(model)  # once the engine has cast and moved the weights: the stacks are built from them
         founder.group = self
 
     def read(self, adapter: Adapter):
