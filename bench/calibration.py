@@ -43,18 +43,18 @@ def main() -> None:
         raise SystemExit(f"{run.path} has no fitted temperature: train it with train.calibrate=temperature")
     logits = classify(engine, rows.texts, rows.pairs)
     results = {}
-    for name, decision in (("uncalibrated", dataclasses.replace(fitted, temperature=1.0)), ("temperature", fitted)):
+    for name, decision in (("uncalibrated", dataclasses.replace(fitted, temperature=1.0)), ("calibrated", fitted)):
         scored = task.score(logits, decision)
         loss = task.loss(logits / decision.temperature, torch.tensor(rows.labels), decision).item()
         ece = calibration(task, rows.labels, scored.scores)
         results[name] = {"ece": round(ece["ece"], 4), "ece_95ci": [round(x, 4) for x in ece["ece_95ci"]],
                          "loss": round(loss, 4), "predictions": scored.predictions}  # fmt: skip
     changed = sum(
-        a != b for a, b in zip(results["uncalibrated"].pop("predictions"), results["temperature"].pop("predictions"))
+        a != b for a, b in zip(results["uncalibrated"].pop("predictions"), results["calibrated"].pop("predictions"))
     )
-    before, after = results["uncalibrated"]["ece"], results["temperature"]["ece"]
+    before, after = results["uncalibrated"]["ece"], results["calibrated"]["ece"]
     summary = {"rows": len(rows.texts), "temperature": round(fitted.temperature, 4), **results,
-               "ece_temperature_vs_uncalibrated": round(after / before, 3), "labels_changed": changed}  # fmt: skip
+               "ece_calibrated_vs_uncalibrated": round(after / before, 3), "labels_changed": changed}  # fmt: skip
     print(json.dumps(summary))
 
 

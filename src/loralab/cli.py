@@ -35,7 +35,8 @@ def cmd_train(args) -> int:
 
 def cmd_budget(args) -> int:
     from . import config
-    from .budget.count import breakdown_for, format_plan, largest_fitting_rank, plan_table, shapes_for
+    from .budget.count import breakdown_for, format_plan, largest_fitting_rank, methods_table, plan_table, shapes_for
+    from .methods import method_of
 
     values = {"model.name": args.model} if args.model else {}
     if args.budget:
@@ -47,13 +48,18 @@ def cmd_budget(args) -> int:
     if args.plan:
         layers = parse_layers(args.layers) if args.layers else None
         print(format_plan(plan_table(cfg, model, layers), cfg.lora.budget))
+        print()
+        scope = ",".join(cfg.lora.scope)
+        title = f"each method at scope {scope}: its largest size within {cfg.lora.budget:,} trainable parameters"
+        print(format_plan(methods_table(cfg, model), cfg.lora.budget, title))
         return 0
     breakdown, _ = breakdown_for(cfg, model)
     print(breakdown.format())
     if breakdown.over_budget:  # the same words as train's refusal
         print(f"over budget: {breakdown.total:,} trainable parameters > lora.budget {breakdown.budget:,}")
-    if breakdown.budget is not None:
-        print(f"largest uniform lora.r within the budget: {largest_fitting_rank(cfg, model)}")
+    field = method_of(cfg).size_field
+    if breakdown.budget is not None and field:
+        print(f"largest uniform lora.{field} within the budget: {largest_fitting_rank(cfg, model)}")
     return 1 if breakdown.over_budget else 0
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import LoralabError
+from .methods import METHODS
 from .tasks import SHAPES
 
 SCOPE_WORDS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
@@ -58,12 +59,18 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
+    method: str = doc(
+        "the parameter-efficient method, through PEFT: lora (and its variants below), vera, fourierft or ia3 "
+        "(the fields below marked LoRA's are refused with another method)",
+        "lora",
+    )
     scope: list[str] = doc(
         "modules to adapt: query, key, value, attention_output, ffn_in, ffn_out, or raw module names",
         factory=lambda: ["value"],
     )
-    r: int = doc("LoRA rank", 22)
-    alpha: float = doc("LoRA alpha (scaling = alpha / r)", 44.0)
+    r: int = doc("LoRA rank; VeRA: the rank of its shared random matrices", 22)
+    n_frequency: int = doc("FourierFT: trained spectral coefficients per adapted layer", 1000)
+    alpha: float = doc("LoRA alpha (scaling = alpha / r); FourierFT: its scaling", 44.0)
     dropout: float = doc("dropout on the LoRA input", 0.1)
     layers: list[int] | None = doc("encoder layers to adapt (null: all)", None)
     rank_pattern: dict[int, int] = doc("per-layer rank overriding r, e.g. {10: 32, 11: 32}", factory=dict)
@@ -278,6 +285,17 @@ def _validate(cfg: Config) -> None:
     require(cfg.lora.budget >= 1, f"lora.budget: must be >= 1, got {cfg.lora.budget}")
     require(cfg.lora.plus_ratio >= 0, f"lora.plus_ratio: must be >= 0, got {cfg.lora.plus_ratio}")
     require(cfg.lora.init in LORA_INITS, f"lora.init: '{cfg.lora.init}' is not one of {', '.join(LORA_INITS)}")
+    method = cfg.lora.method
+    require(method in METHODS, f"lora.method: '{method}' is not one of {', '.join(METHODS)}")
+    require(cfg.lora.n_frequency >= 1, f"lora.n_frequency: must be >= 1, got {cfg.lora.n_frequency}")
+    if method != "lora":
+        lora_only = {"use_dora": False, "use_rslora": False, "plus_ratio": 0.0, "init": "default", "bias": "none",
+                     "rank_pattern": {}}  # fmt: skip
+        for name, default in lora_only.items():
+            require(
+                getattr(cfg.lora, name) == default,
+                f"lora.{name} is LoRA's: with lora.method {method} leave it at {default!r} (or use lora.method lora)",
+            )
     require(cfg.lora.bias in LORA_BIAS, f"lora.bias: '{cfg.lora.bias}' is not one of {', '.join(LORA_BIAS)}")
     require(cfg.data.task in TASKS, f"data.task: '{cfg.data.task}' is not one of {', '.join(TASKS)}")
     problem = SHAPES[cfg.data.task].label_names_problem(cfg.data.label_names)

@@ -166,3 +166,60 @@ def test_plan_upper_layers_only():
     rows = plan_table(config.from_dict({}), ROBERTA_BASE, layers=[8, 9, 10, 11])
     value_full = next(r for r in rows if r["scope"] == "value" and r["head"] == "full")
     assert value_full["r"] == 66 and value_full["total"] == 4 * 66 * 1536 + 593_668
+
+
+@pytest.mark.parametrize("method", ["lora", "vera", "fourierft", "ia3"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_method_counts_exactly_on_every_family(model_dirs, family, method):
+    """The count from config.json alone equals what PEFT builds, for each method on each supported family, with
+    the feed-forward layers (IA3 rescales ffn_out's input) and a trained head."""
+    tree = {
+        "model": {"name": str(model_dirs[family])},
+        "lora": {"method": method, "scope": ["query", "value", "ffn_out"], "r": 3, "n_frequency": 7},
+    }
+    cfg = config.from_dict(tree)
+    model_config = load_model_config(cfg)
+    breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
+    model = build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0]
+    assert trainable_params(model) == breakdown.total
+    assert type(model.peft_config["default"]).__name__.lower().startswith(method[:4])
+
+
+def test_methods_table_gives_each_methods_largest_size_and_counts_it_exactly(model_dirs):
+    from loralab.budget.count import methods_table
+
+    cfg = config.from_dict({"model": {"name": str(model_dirs["roberta"])},
+                            "lora": {"scope": ["query", "value"], "budget": 3000}})  # fmt: skip
+    model = ModelShapes.of(load_model_config(cfg))
+    rows = methods_table(cfg, model)
+    assert {row["method"] for row in rows} == {"lora", "vera", "fourierft", "ia3"}
+    for row in rows:
+        field = row["size_field"]
+        lora = {"method": row["method"], "scope": ["query", "value"], "budget": 3000}
+        probe = config.from_dict({"model": {"name": str(model_dirs["roberta"]), "head": row["head"]},
+                                  "lora": lora | ({field: max(row["r"], 1)} if field else {})})  # fmt: skip
+        breakdown, plan = breakdown_for(probe, model)
+        built = trainable_params(build_model(probe, model, plan, breakdown)[0])
+        if not row["fits"]:
+            assert built > 3000
+            continue
+        assert built == row["total"] <= 3000
+        if field:  # one size more no longer fits
+            bigger = config.from_dict(
+                {"model": probe.model.__dict__, "lora": probe.lora.__dict__ | {field: row["r"] + 1}}
+            )
+            assert breakdown_for(bigger, model)[0].total > 3000
+
+
+def test_loras_own_settings_are_refused_with_another_method():
+    with pytest.raises(LoralabError, match="lora.use_dora is LoRA's: with lora.method vera leave it at False"):
+        config.from_dict({"lora": {"method": "vera", "use_dora": True}})
+    with pytest.raises(LoralabError, match="lora.method: 'prefix' is not one of lora, vera, fourierft, ia3"):
+        config.from_dict({"lora": {"method": "prefix"}})
+
+
+def test_over_budget_names_the_methods_own_size():
+    cfg = config.from_dict({"lora": {"method": "fourierft", "n_frequency": 100_000}})
+    breakdown, _ = breakdown_for(cfg, ROBERTA_BASE)
+    with pytest.raises(LoralabError, match=r"the largest lora.n_frequency that fits is \d+"):
+        check_budget(cfg, breakdown, ROBERTA_BASE)

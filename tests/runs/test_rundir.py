@@ -27,6 +27,11 @@ VARIANTS = {
     "rank_pattern": ["lora.rank_pattern={1: 6}"],
     "pissa": ["lora.init=pissa"],
     "olora": ["lora.init=olora"],
+    # The other methods, through PEFT: VeRA's shared random matrices saved with it, FourierFT's frequencies drawn
+    # again from the seed in its config, IA3's vectors.
+    "vera": ["lora.method=vera", "lora.r=16", "lora.alpha=16"],
+    "fourierft": ["lora.method=fourierft", "lora.n_frequency=64", "lora.alpha=100"],
+    "ia3": ["lora.method=ia3", "train.lr=5e-2"],
 }
 
 

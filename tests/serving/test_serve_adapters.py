@@ -42,6 +42,7 @@ def runs(model_dirs, tiny_data, tmp_path_factory):
     train_tiny(bert, pairs, root, "pairs", "data.text_column=premise", "data.text_pair_column=hypothesis",
                "data.label_names=[other,match]")  # fmt: skip
     train_tiny(model_dirs["roberta"], tiny_data, root, "roberta")
+    train_tiny(bert, tiny_data, root, "vera", "lora.method=vera", "lora.r=16")  # PEFT mixes only LoRA in a batch
     return root
 
 
@@ -164,6 +165,7 @@ def test_admin_requests_that_cannot_be_taken_are_4xx_and_the_server_goes_on(admi
         ({"run": "/etc"}, ADMIN, 403, "is not inside --runs-dir"),
         ({"run": "link"}, ADMIN, 403, "is not inside --runs-dir"),
         ({"run": "roberta"}, ADMIN, 422, "have different bases"),
+        ({"run": "vera"}, ADMIN, 422, "is a vera adapter, which PEFT cannot mix with others in one batch"),
         ({"run": "broken"}, ADMIN, 422, "cannot serve it here"),
         ({"run": "nothing"}, ADMIN, 404, "neither a finished run"),
         ({"run": "four"}, ADMIN, 409, "already served"),

@@ -10,6 +10,7 @@ import torch
 
 from ..config import Config, missing_here
 from ..errors import LoralabError
+from ..methods import method_of
 from .scope import AdapterPlan, plan_adapters
 
 
@@ -143,18 +144,14 @@ class Breakdown:
         return "\n".join(lines)
 
 
-def lora_params(shape: ModuleShape, rank: int, cfg: Config) -> int:
-    """A (r x in) and B (out x r); DoRA adds a magnitude per output; lora_only bias trains the layer's bias."""
-    params = rank * (shape.in_features + shape.out_features)
-    if cfg.lora.use_dora:
-        params += shape.out_features
-    if cfg.lora.bias == "lora_only" and shape.has_bias:
-        params += shape.out_features
-    return params
-
-
 def count(plan: AdapterPlan, model: ModelShapes, cfg: Config) -> Breakdown:
+    """Each adapted module's parameters as its method counts them, by scope word, and the head's."""
+    method = method_of(cfg)
     shapes = model.modules
+
+    def params(name: str) -> int:
+        return method.layer_params(shapes[name], plan.lora_ranks[name], cfg, plan.lora_kind[name])
+
     by_kind: dict[str, list[str]] = {}
     for name, kind in plan.lora_kind.items():
         by_kind.setdefault(kind, []).append(name)
@@ -162,14 +159,12 @@ def count(plan: AdapterPlan, model: ModelShapes, cfg: Config) -> Breakdown:
     for kind, names in by_kind.items():
         if kind == "head":
             continue
-        ranks = sorted({plan.lora_ranks[n] for n in names})
-        rank_text = "r" + "/".join(str(r) for r in ranks)
-        params = sum(lora_params(shapes[n], plan.lora_ranks[n], cfg) for n in names)
-        rows.append((f"lora {kind} ({len(names)} x {rank_text})", params))
+        sizes = sorted({plan.lora_ranks[n] if method.size_field == "r" else method.size(cfg) for n in names})
+        rows.append((f"{method.name} {kind} ({len(names)} x {method.size_label(sizes)})", sum(map(params, names))))
     head_lora = by_kind.get("head", [])
     head = sum(shapes[name].params for name in plan.trained_whole)
-    head += sum(lora_params(shapes[n], plan.lora_ranks[n], cfg) for n in head_lora)
-    parts = plan.trained_whole + [f"lora {n}" for n in head_lora]
+    head += sum(map(params, head_lora))
+    parts = plan.trained_whole + [f"{method.name} {n}" for n in head_lora]
     rows.append((f"head ({cfg.model.head}: {' + '.join(parts)})", head))
     return Breakdown(rows, sum(n for _, n in rows), cfg.lora.budget)
 
@@ -184,11 +179,14 @@ def breakdown_for(cfg: Config, model: ModelShapes | None = None) -> tuple[Breakd
 
 
 def with_rank(cfg: Config, rank: int) -> Config:
-    return replace(cfg, lora=replace(cfg.lora, r=rank))
+    """cfg with its method's size (lora.r, or lora.n_frequency for FourierFT) set to `rank`."""
+    field = method_of(cfg).size_field or "r"
+    return replace(cfg, lora=replace(cfg.lora, **{field: rank}))
 
 
 def largest_fitting_rank(cfg: Config, model: ModelShapes) -> int:
-    """The largest uniform lora.r within the budget (the count is linear in r: a + b*r)."""
+    """The largest uniform size of cfg's method (lora.r, lora.n_frequency) within the budget (every method's
+    count is linear in its size: a + b*size); 0 where none fits, or where the method has no size (IA3)."""
     fixed = breakdown_for(with_rank(cfg, 0), model)[0].total
     per_rank = breakdown_for(with_rank(cfg, 1), model)[0].total - fixed
     if per_rank == 0:
@@ -196,8 +194,33 @@ def largest_fitting_rank(cfg: Config, model: ModelShapes) -> int:
     return max(0, (cfg.lora.budget - fixed) // per_rank)
 
 
+def plan_row(probe: Config, model: ModelShapes) -> dict | None:
+    """The largest size of probe's method within its budget, and what it trains (None: a head mode this family
+    cannot take). `size` is 0 where none fits; a method without a size (IA3) fits or not as it is."""
+    method = method_of(probe)
+    try:
+        size = largest_fitting_rank(probe, model) if method.size_field else 0
+        breakdown = breakdown_for(with_rank(probe, max(size, 1)) if method.size_field else probe, model)[0]
+    except LoralabError:
+        return None
+    fits = size >= 1 if method.size_field else not breakdown.over_budget
+    head_params = breakdown.rows[-1][1]
+    return {
+        "method": method.name,
+        "size_field": method.size_field,
+        "scope": ",".join(probe.lora.scope),
+        "head": probe.model.head,
+        "r": size,
+        "fits": fits,
+        "lora": breakdown.total - head_params,
+        "head_params": head_params,
+        "total": breakdown.total if fits else None,
+        "headroom": breakdown.headroom if fits else None,
+    }
+
+
 def plan_table(cfg: Config, model: ModelShapes, layers: list[int] | None = None) -> list[dict]:
-    """For every scope combination and head mode: the largest uniform rank within the budget and its count."""
+    """For every scope combination and head mode: the largest uniform size of cfg's method within the budget."""
     from itertools import combinations
 
     from ..config import HEAD_MODES, SCOPE_WORDS
@@ -211,51 +234,59 @@ def plan_table(cfg: Config, model: ModelShapes, layers: list[int] | None = None)
                     model=replace(cfg.model, head=head),
                     lora=replace(cfg.lora, scope=list(scope), layers=layers, rank_pattern={}),
                 )
-                try:
-                    rank = largest_fitting_rank(probe, model)
-                except LoralabError:  # a head mode this family cannot take
-                    continue
-                breakdown = breakdown_for(with_rank(probe, max(rank, 1)), model)[0]
-                head_params = breakdown.rows[-1][1]
-                rows.append(
-                    {
-                        "scope": ",".join(scope),
-                        "head": head,
-                        "r": rank,
-                        "lora": breakdown.total - head_params,
-                        "head_params": head_params,
-                        "total": breakdown.total if rank else None,
-                        "headroom": breakdown.headroom if rank else None,
-                    }
-                )
+                if (row := plan_row(probe, model)) is not None:
+                    rows.append(row)
     return rows
 
 
-def format_plan(rows: list[dict], budget: int) -> str:
+def methods_table(cfg: Config, model: ModelShapes) -> list[dict]:
+    """For every method and head mode, at cfg's scope and layers: the largest size within the budget."""
+    from ..config import HEAD_MODES
+    from ..methods import METHODS
+
+    rows = []
+    for name in METHODS:
+        for head in HEAD_MODES:
+            lora = replace(cfg.lora, method=name, rank_pattern={})
+            if name != "lora":  # LoRA's own variants do not apply to the others
+                lora = replace(lora, use_dora=False, use_rslora=False, plus_ratio=0.0, init="default", bias="none")
+            probe = replace(cfg, model=replace(cfg.model, head=head), lora=lora)
+            if (row := plan_row(probe, model)) is not None:
+                rows.append(row)
+    return rows
+
+
+def format_plan(rows: list[dict], budget: int, title: str | None = None) -> str:
     lines = [
-        f"largest uniform rank within {budget:,} trainable parameters, per scope and head mode",
-        f"{'scope':<52} {'head':<8} {'r':>5} {'lora':>11} {'head':>11} {'total':>11} {'headroom':>9}",
+        title or f"largest uniform size within {budget:,} trainable parameters, per scope and head mode",
+        f"{'method':<10} {'scope':<52} {'head':<8} {'size':>17} {'adapters':>11} {'head':>11} {'total':>11} "
+        f"{'headroom':>9}",
     ]
     for row in rows:
-        if row["r"] == 0:
+        where = f"{row['method']:<10} {row['scope']:<52} {row['head']:<8}"
+        if not row["fits"]:
             why = (
-                f"{'-':>5}  does not fit: the head alone takes {row['head_params']:,}"
+                f"does not fit: the head alone takes {row['head_params']:,}"
                 if row["head_params"] > budget
-                else f"{'0':>5}  rank 1 does not fit"
+                else f"does not fit: {row['lora']:,} + {row['head_params']:,} at the smallest size"
             )
-            lines.append(f"{row['scope']:<52} {row['head']:<8} {why}")
+            lines.append(f"{where} {'-':>17}  {why}")
             continue
+        size = f"{row['size_field']}={row['r']}" if row["size_field"] else "fixed"
         lines.append(
-            f"{row['scope']:<52} {row['head']:<8} {row['r']:>5} {row['lora']:>11,} {row['head_params']:>11,} "
-            f"{row['total']:>11,} {row['headroom']:>9,}"
+            f"{where} {size:>17} {row['lora']:>11,} {row['head_params']:>11,} {row['total']:>11,} {row['headroom']:>9,}"
         )
     return "\n".join(lines)
 
 
 def check_budget(cfg: Config, breakdown: Breakdown, model: ModelShapes) -> None:
     if breakdown.over_budget:
-        rank = largest_fitting_rank(cfg, model)
-        hint = f"the largest lora.r that fits is {rank}" if rank >= 1 else "no rank fits: shrink the scope or the head"
+        rank, field = largest_fitting_rank(cfg, model), method_of(cfg).size_field
+        hint = (
+            f"the largest lora.{field} that fits is {rank}"
+            if field and rank >= 1
+            else f"no {field or 'setting of ' + cfg.lora.method} fits: shrink the scope or the head"
+        )
         raise LoralabError(
             f"over budget: {breakdown.total:,} trainable parameters > lora.budget {cfg.lora.budget:,} ({hint})"
         )

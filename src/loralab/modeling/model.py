@@ -11,6 +11,7 @@ from ..budget.count import Breakdown, ModelShapes
 from ..budget.scope import LAYER_NAME, AdapterPlan
 from ..config import Config
 from ..errors import LoralabError, warn
+from ..methods import method_of
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -89,22 +90,7 @@ def uses_token_types(tokenizer, model_config) -> bool:
 
 
 def peft_config(cfg: Config, plan: AdapterPlan):
-    from peft import LoraConfig
-
-    # Explicit module names (not suffixes) so scope, layers and the head LoRA never match by accident.
-    # No task_type: PEFT's SEQ_CLS would force the whole 'classifier' trainable whatever the head mode.
-    return LoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=sorted(plan.lora_ranks),
-        rank_pattern={name: r for name, r in plan.lora_ranks.items() if r != cfg.lora.r},
-        modules_to_save=list(plan.trained_whole),
-        bias=cfg.lora.bias,
-        use_rslora=cfg.lora.use_rslora,
-        use_dora=cfg.lora.use_dora,
-        init_lora_weights=True if cfg.lora.init == "default" else cfg.lora.init,
-    )
+    return method_of(cfg).peft_config(cfg, plan)
 
 
 def optimizer_groups(model, cfg: Config) -> list[dict]:

@@ -13,6 +13,7 @@ import torch
 from ..config import Config
 from ..encoding import Encoded
 from ..errors import LoralabError
+from ..methods import method_of
 from ..modeling.model import load_trained, with_base
 from ..options import ServeOptions
 from ..runs.frozen import same_frozen
@@ -87,6 +88,8 @@ def alone_only(adapter: Adapter) -> str | None:
     cfg, run = adapter.cfg, adapter.run
     if cfg.model.finetune == "full":
         return f"{run} is a full fine-tuning (no adapter to put beside others): serve it alone"
+    if not method_of(cfg).mixes_in_batches:
+        return f"{run} is a {cfg.lora.method} adapter, which PEFT cannot mix with others in one batch: serve it alone"
     if cfg.lora.use_dora:
         return f"{run} uses DoRA, which PEFT cannot mix with other adapters in one batch: serve it alone"
     if cfg.lora.bias != "none":

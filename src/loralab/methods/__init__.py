@@ -1,0 +1,20 @@
+"""Parameter-efficient methods, each one file behind one interface (base.Method), plugged in through one table
+as PEFT plugs in its tuners: how many parameters a layer trains under it (counted from shapes alone, before any
+weight is loaded), what sizes it (lora.r, lora.n_frequency, or nothing), and PEFT's config for it."""
+
+from __future__ import annotations
+
+from .base import Method
+from .fourierft import FourierFT
+from .ia3 import IA3
+from .lora import Lora
+from .vera import Vera
+
+METHODS: dict[str, Method] = {method.name: method for method in (Lora(), Vera(), FourierFT(), IA3())}
+
+__all__ = ["METHODS", "Method", "method_of"]
+
+
+def method_of(cfg) -> Method:
+    """The method of a configuration (a config.Config: config.py takes its method names from here)."""
+    return METHODS[cfg.lora.method]

@@ -1,0 +1,29 @@
+"""The interface of a parameter-efficient method: everything outside methods/ asks the method object."""
+
+from __future__ import annotations
+
+
+class Method:
+    """name                  lora.method, and PEFT's name for it
+    size_field            the lora.* field that sizes every adapted layer (None: the size is fixed)
+    mixes_in_batches      whether PEFT can answer rows of several adapters of it in one forward pass
+    layer_params()        trainable parameters of one adapted Linear (in_features, out_features, has_bias)
+    peft_config()         PEFT's config for a plan of modules (budget/scope.py's AdapterPlan)
+    """
+
+    name = ""
+    size_field: str | None = "r"
+    mixes_in_batches = False
+
+    def layer_params(self, shape, rank: int, cfg, kind: str) -> int:
+        raise NotImplementedError
+
+    def peft_config(self, cfg, plan):
+        raise NotImplementedError
+
+    def size(self, cfg) -> int:
+        return getattr(cfg.lora, self.size_field) if self.size_field else 0
+
+    def size_label(self, sizes: list[int]) -> str:
+        """How a breakdown row names the size of its layers, e.g. r8 or r4/8."""
+        return "r" + "/".join(str(r) for r in sizes)

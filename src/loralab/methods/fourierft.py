@@ -1,0 +1,27 @@
+"""FourierFT (Gao et al. 2024): each adapted layer's update is the inverse Fourier transform of lora.n_frequency
+trained spectral coefficients at random frequencies (drawn from a seed saved in the adapter's config)."""
+
+from __future__ import annotations
+
+from .base import Method
+
+
+class FourierFT(Method):
+    name = "fourierft"
+    size_field = "n_frequency"
+
+    def layer_params(self, shape, rank: int, cfg, kind: str) -> int:
+        return cfg.lora.n_frequency
+
+    def peft_config(self, cfg, plan):
+        from peft import FourierFTConfig
+
+        return FourierFTConfig(
+            n_frequency=cfg.lora.n_frequency,
+            scaling=cfg.lora.alpha,
+            target_modules=sorted(plan.lora_ranks),
+            modules_to_save=list(plan.trained_whole),
+        )
+
+    def size_label(self, sizes: list[int]) -> str:
+        return "n" + "/".join(str(n) for n in sizes)
