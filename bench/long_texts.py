@@ -1,5 +1,5 @@
 """Long texts, truncated against chunked, on a task derived from the shared AG News rows: each story behind a
-boilerplate header of about 150 tokens (as e-mails, filings and scraped pages carry), so that at max_length 128
+boilerplate header of about 200 tokens (as e-mails, filings and scraped pages carry), so that at max_length 128
 the words that decide the topic sit only past the first window. Trains the quickstart configuration on it
 twice (data.long_texts: truncate, then chunk) and prints each peak validation accuracy and the difference;
 then counts the AG News rows longer than max_length, where chunking could change anything at all.
@@ -21,7 +21,11 @@ HEADER = (
     "opinions expressed are solely those of the author and do not necessarily represent those of the company. "
     "The company accepts no liability for any damage caused by any virus transmitted by this message. "
     "Unauthorised use, disclosure, copying or distribution of this message or any part of it is prohibited. "
-    "Please consider the environment before printing this message. Registered office as shown on our website."
+    "Please consider the environment before printing this message. Registered office as shown on our website. "
+    "Messages sent to or from this address may be monitored and recorded for compliance, security and training "
+    "purposes, as the law permits. Nothing in this message constitutes an offer, an acceptance or a binding "
+    "commitment unless it is confirmed in writing by an authorised signatory. The recipient should check this "
+    "message and any attachments for viruses before opening them."
 )
 
 
@@ -49,6 +53,8 @@ def main() -> None:
         writer.writerows((label, f"{HEADER} {text}") for label, text in rows)
     tokenizer = load_tokenizer(args.model)
     header_tokens = len(tokenizer(HEADER)["input_ids"])
+    if header_tokens <= 128:
+        raise SystemExit(f"the header is {header_tokens} tokens: it must fill the first window of 128")
     peaks = {}
     for mode in ("truncate", "chunk"):
         runs = out / "runs"
