@@ -519,3 +519,25 @@ def test_ctrl_c_of_a_sweep_is_one_line_with_how_to_resume(tmp_path, model_dirs, 
     lines = [line for line in err.splitlines() if line.startswith("loralab:")]
     assert lines == ["loralab: interrupted; run the same command again: finished trials are kept, interrupted ones "
                      "resume from their checkpoints"], err[-2000:]  # fmt: skip
+
+
+def test_one_sweep_file_compares_methods_at_one_budget_each_at_its_largest_size(tmp_path, model_dirs, tiny_data):
+    """`lora.r: max_fit` sizes each method's own knob (FourierFT's n_frequency); a method without one is refused."""
+    from loralab.budget.count import largest_fitting_rank, shapes_for
+    from loralab.sweeps.sweepfile import trial_config
+
+    methods = {"lora": {}, "vera": {}, "fourierft": {}}
+    groups = {"methods": {"variants": {m: {"lora.method": m, "lora.r": "max_fit"} for m in methods},
+                          "set": {"lora.budget": 4000, "lora.alpha": 8}}}  # fmt: skip
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, groups, name="methods")
+    sweep = read_sweep(path, str(tmp_path / "runs"))
+    for trial in sweep.trials:
+        cfg = trial_config(sweep, trial, str(tmp_path / "runs"))
+        field = "n_frequency" if cfg.lora.method == "fourierft" else "r"
+        total = breakdown_for(cfg, shapes_for(cfg))[0].total
+        assert total <= 4000 < breakdown_for(with_rank(cfg, getattr(cfg.lora, field) + 1), shapes_for(cfg))[0].total
+        assert largest_fitting_rank(cfg, shapes_for(cfg)) == getattr(cfg.lora, field)
+    groups["methods"]["variants"]["ia3"] = {"lora.method": "ia3", "lora.r": "max_fit"}
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, groups, name="methods")
+    with pytest.raises(LoralabError, match="trial methods/ia3: lora.r: max_fit: ia3 has no size to fit"):
+        read_sweep(path, str(tmp_path / "runs"))  # said when the file is read, before any trial trains

@@ -33,6 +33,7 @@ from .. import config as config_io
 from ..budget.count import ModelShapes, breakdown_for, largest_fitting_rank, shapes_for
 from ..config import Config
 from ..errors import LoralabError
+from ..methods import method_of
 from ..runs.rundir import safe_dirname
 
 ALPHA_EXPRESSION = re.compile(r"^r\s*\*\s*(\d+(?:\.\d*)?|\.\d+)$")
@@ -41,7 +42,7 @@ SWEEP_KEYS = {"base", "name", "overrides", "seeds", "groups", "space"}
 
 GROUP_KEYS = {"grid", "zip", "variants", "set", "seeds"}
 
-MAX_FIT = "max_fit"  # `lora.r: max_fit`: the largest rank the budget allows for the sampled scope and head
+MAX_FIT = "max_fit"  # `lora.r: max_fit`: the largest size of the method (r; FourierFT: n_frequency) that fits
 
 
 @dataclass
@@ -199,10 +200,14 @@ def trial_config(sweep: Sweep, trial: Trial, runs_dir: str, resolve: bool = True
     try:
         if values.get("lora.r") == MAX_FIT:
             probe = config_io.load(sweep.base, sweep.overrides, resolve_alpha(values | {"lora.r": 1}, 1, where))
+            field = method_of(probe).size_field  # what max_fit sizes: lora.r, or FourierFT's lora.n_frequency
+            if field is None:
+                raise LoralabError(f"lora.r: max_fit: {probe.lora.method} has no size to fit (give lora.r a number)")
             rank = largest_fitting_rank(probe, shapes_for(probe)) if resolve else 1
             if rank < 1:
-                raise LoralabError(f"no rank fits lora.budget {probe.lora.budget:,} with this scope and head")
-            values = resolve_alpha(values | {"lora.r": rank}, rank, where)
+                raise LoralabError(f"no lora.{field} fits lora.budget {probe.lora.budget:,} with this scope and head")
+            sized = {"lora.r": rank} if field == "r" else {"lora.r": probe.lora.r, f"lora.{field}": rank}
+            values = resolve_alpha(values | sized, sized["lora.r"], where)
         return config_io.load(sweep.base, sweep.overrides, values)
     except LoralabError as err:
         raise LoralabError(f"{where}: {err}") from None
