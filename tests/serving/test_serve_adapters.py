@@ -148,6 +148,17 @@ def test_adapters_are_added_used_removed_and_added_again(admin_server, runs, tmp
         assert call(port, "DELETE", f"/v1/adapters/{name}", None, ADMIN)[0] == 200
 
 
+def test_an_onnx_export_is_added_live_as_a_model_of_its_own(admin_server, runs, tmp_path):
+    port, expected = admin_server, expected_of(runs, tmp_path)
+    if not (runs / "four-onnx").exists():
+        assert main(["export", str(runs / "four"), str(runs / "four-onnx"), "--format", "onnx", "--no-check"]) == 0
+    status, info = call(port, "POST", "/v1/adapters", {"run": "four-onnx"}, ADMIN)
+    assert status == 201 and (info["engine"], info["shared_base"]) == ("onnx", False)
+    status, answer = call(port, "POST", "/v1/classify", body_for("four") | {"adapter": "four-onnx"})
+    assert status == 200 and answer["labels"] == [label for label, _ in expected["four"]]
+    assert call(port, "DELETE", "/v1/adapters/four-onnx", None, ADMIN)[0] == 200
+
+
 def test_admin_requests_that_cannot_be_taken_are_4xx_and_the_server_goes_on(admin_server, runs, tmp_path):
     port = admin_server
     broken = runs / "broken"
