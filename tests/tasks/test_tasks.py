@@ -216,8 +216,11 @@ def test_other_tasks_in_runs_against_plots_and_jsonl_lists(model_dirs, tmp_path,
     assert "paired bootstrap" in capsys.readouterr().out
     plotted = plot_runs([a, b], tmp_path / "figures")
     assert plotted and (tmp_path / "figures" / "loss_runs.png").exists()
-    (curves,) = [v for v in plotted.values()]
+    (curves,) = [v for stem, v in plotted.items() if stem != "fig_reliability"]
     assert sorted(curves.values()) == sorted([a.peak, b.peak])  # the curves drawn are of the run's metric
+    # And the group's best run's calibration, from the probabilities saved with its predictions.
+    (best,) = plotted["fig_reliability"]
+    assert best.startswith(f"runs: {max([a, b], key=lambda r: r.peak).name} (ECE ")
 
 
 def strict_loads(text: str):
