@@ -101,6 +101,41 @@ def test_a_calibrated_run_saves_its_temperature_and_predict_applies_it_without_c
     assert all(0 <= r["ece"] <= 1 for r in rows if r.get("split") == "val")
 
 
+FRESH_READER = """
+import json, sys
+import numpy as np, onnxruntime, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+hf, onnx, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+tokenizer = AutoTokenizer.from_pretrained(hf)
+batch = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+with torch.no_grad():
+    merged = AutoModelForSequenceClassification.from_pretrained(hf).eval()(**batch).logits.softmax(-1).tolist()
+session = onnxruntime.InferenceSession(onnx + "/model.onnx")
+feed = {i.name: batch[i.name].numpy() for i in session.get_inputs()}
+logits = torch.tensor(session.run(None, feed)[0])
+print(json.dumps({"hf": merged, "onnx": logits.softmax(-1).tolist()}))
+"""
+
+
+def test_exports_carry_the_temperature_in_their_weights_for_plain_transformers_and_onnx_runtime(pair_of_runs, tmp_path):
+    """A merged or ONNX export of a calibrated run, read in a fresh process by transformers and ONNX Runtime alone
+    (no loralab, no decision.json), answers the calibrated probabilities that loralab predict gives."""
+    run = pair_of_runs / "calibrated"
+    assert main(["export", str(run), str(tmp_path / "hf")]) == 0
+    assert main(["export", str(run), str(tmp_path / "onnx"), "--format", "onnx"]) == 0
+    assert json.loads((tmp_path / "hf" / "decision.json").read_text())["temperature"] == 1.0
+    texts = [t for _, t in synthetic_rows(60, seed=9)]
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_READER, str(tmp_path / "hf"), str(tmp_path / "onnx"), json.dumps(texts)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    read = json.loads(done.stdout)
+    calibrated = np.array([[float(v) for k, v in r.items() if k.startswith("prob_")] for r in predicted(run, tmp_path)])
+    assert np.abs(np.array(read["hf"]) - calibrated).max() < 1e-4
+    assert np.abs(np.array(read["onnx"]) - calibrated).max() < 1e-3
+
+
 def test_eval_reports_the_ece_with_its_interval_and_draws_the_reliability_diagram(pair_of_runs, capsys):
     assert main(["eval", str(pair_of_runs / "calibrated"), "--precision", "fp32", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

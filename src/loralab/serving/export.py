@@ -10,6 +10,7 @@ the exact McNemar p between them. An export that fails its tolerance is refused 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -30,7 +31,7 @@ from ..modeling.model import load_adapter_folder, load_trained, uses_token_types
 from ..options import ExportOptions
 from ..runs.files import make_dir, replace_dir, write_json_atomic
 from ..runs.frozen import FROZEN_WEIGHTS, has_frozen
-from ..runs.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECISION, RunDir, write_config_file
+from ..runs.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECISION, RunDir, read_decision_file, write_config_file
 from ..stats import paired_difference_interval
 from ..tasks import Decision, metrics, task_for
 from .engine import EXPORT_RECORD, ONNX_FILE, RUN_CONFIG, OnnxEngine, TorchEngine, classify, open_engine
@@ -130,21 +131,39 @@ def _sha256(path: Path) -> str:
 
 
 def write_files(tmp: Path, options: ExportOptions, cfg: Config, tokenizer, model, folder: Path, run: RunDir) -> None:
+    decision = run.read_decision(options.which) if (folder / DECISION).exists() else None
+    if not options.adapter_only and decision is not None and decision.temperature != 1.0:
+        # A calibrated run's temperature goes into the head's output layer (logits/T = (W/T)x + b/T), so that
+        # transformers, Optimum and plain ONNX Runtime read calibrated probabilities from the files alone;
+        # decision.json then says 1.0, or loralab would divide twice.
+        fold_temperature(model, decision.temperature)
+        decision = dataclasses.replace(decision, temperature=1.0)
     if options.adapter_only:
         for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FROZEN_WEIGHTS):
             if (folder / name).exists():
                 shutil.copy(folder / name, tmp / name)
-        (tmp / "README.md").write_text(model_card(cfg, run, frozen=has_frozen(folder)))
+        (tmp / "README.md").write_text(model_card(cfg, run, has_frozen(folder), decision))
     elif options.format == "hf":
         model.save_pretrained(tmp)
     else:
         write_onnx(model, tokenizer, cfg, tmp / ONNX_FILE, options.quantize)
         # Labels and model type beside the graph: Optimum's ORTModelForSequenceClassification loads the folder.
         model.config.save_pretrained(tmp)
-    if (folder / DECISION).exists():  # thresholds or target scaling: what turns its logits into answers
-        shutil.copy(folder / DECISION, tmp / DECISION)
+    if decision is not None:  # thresholds, target scaling, temperature: what turns its logits into answers
+        write_json_atomic(tmp / DECISION, dataclasses.asdict(decision))
     write_config_file(tmp / RUN_CONFIG, cfg)
     tokenizer.save_pretrained(tmp)
+
+
+def fold_temperature(model, temperature: float) -> None:
+    """Divide the merged model's logits by `temperature` in its weights: its head's output layer, scaled."""
+    from ..budget.scope import family_of
+
+    out = model.get_submodule(family_of(model.config.model_type).head_out)
+    with torch.no_grad():
+        out.weight.div_(temperature)
+        if out.bias is not None:
+            out.bias.div_(temperature)
 
 
 def write_onnx(model, tokenizer, cfg: Config, path: Path, quantize: str | None) -> None:
@@ -212,17 +231,19 @@ def check_export(
     reference = open_engine(run.path, options.which, "fp32", options.base_model, merged=False)
     kind = _kind(options)
     tokenizer = AutoTokenizer.from_pretrained(tmp)
+    # The export is read as a user meets it: its own decision.json (a folded temperature reads 1.0 there).
+    written = read_decision_file(tmp / DECISION) if (tmp / DECISION).exists() else decision
     if kind == "adapter":
-        exported = TorchEngine(cfg, decision, tokenizer, load_adapter_folder(cfg, tmp), "fp32")
+        exported = TorchEngine(cfg, written, tokenizer, load_adapter_folder(cfg, tmp), "fp32")
     elif kind == "hf":
         merged = AutoModelForSequenceClassification.from_pretrained(tmp)
-        exported = TorchEngine(cfg, decision, tokenizer, merged, "fp32")
+        exported = TorchEngine(cfg, written, tokenizer, merged, "fp32")
     else:
         exported = OnnxEngine(tmp, kind=kind)
     reference_logits, reference_rate = timed(reference, rows)
     exported_logits, exported_rate = timed(exported, rows)
     task, metric = task_for(cfg), metric_for_best(cfg)
-    ours, theirs = task.score(reference_logits, decision), task.score(exported_logits, decision)
+    ours, theirs = task.score(reference_logits, decision), task.score(exported_logits, written)
     same = sum(a == b for a, b in zip(ours.predictions, theirs.predictions))
     difference = float(np.max(np.abs(np.asarray(ours.scores, float) - np.asarray(theirs.scores, float))))
     adapter_metric = metrics(task, rows.labels, ours.predictions)[metric]
@@ -307,7 +328,7 @@ def loading_snippet(cfg, frozen: bool) -> str:
     return "\n".join(lines)
 
 
-def model_card(cfg, run: RunDir, frozen: bool) -> str:
+def model_card(cfg, run: RunDir, frozen: bool, decision: Decision | None) -> str:
     summary = run.read_summary() if run.summary.exists() else None
     trainable = (summary.trainable if summary else None) or {}
     lines = [
@@ -340,6 +361,11 @@ def model_card(cfg, run: RunDir, frozen: bool) -> str:
     ]
     for label, count in trainable.get("rows", {}).items():
         lines.append(f"  - {label}: {count:,}")
+    if decision is not None and decision.temperature != 1.0:
+        lines.append(
+            f"- calibrated: divide the logits by {decision.temperature:.4g} before the softmax (decision.json: "
+            "temperature); merged and ONNX exports have it in their weights"
+        )
     if summary:
         lines += [
             f"- peak validation {summary.metric}: {summary.peak_value:.4f} at step {summary.peak_step} "
