@@ -60,7 +60,7 @@ class ModelConfig:
 @dataclass
 class LoraConfig:
     method: str = doc(
-        "the parameter-efficient method, through PEFT: lora (and its variants below), vera, fourierft or ia3 "
+        "the parameter-efficient method: lora (and its variants below), vera, fourierft, ia3 (through PEFT) or bitfit "
         "(the fields below marked LoRA's are refused with another method)",
         "lora",
     )

@@ -10,7 +10,8 @@ from transformers import AutoModelForSequenceClassification, RobertaConfig
 from loralab import config
 from loralab.budget.count import ModelShapes, breakdown_for, check_budget, largest_fitting_rank, load_model_config
 from loralab.errors import LoralabError
-from loralab.modeling.model import build_model, peft_config, trainable_params
+from loralab.methods import method_of
+from loralab.modeling.model import build_model, trainable_params
 
 ROBERTA_BASE_CONFIG = RobertaConfig(num_labels=4)
 ROBERTA_BASE = ModelShapes.of(ROBERTA_BASE_CONFIG)
@@ -37,10 +38,8 @@ def test_roberta_base_counts_match_the_study(scope, r, expected):
 def test_full_size_roberta_base_built_with_peft_trains_999172():
     cfg = config.from_dict({})
     breakdown, plan = breakdown_for(cfg, ROBERTA_BASE)
-    from peft import get_peft_model
-
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForSequenceClassification.from_config(ROBERTA_BASE_CONFIG), peft_config(cfg, plan))
+    model = method_of(cfg).attach(AutoModelForSequenceClassification.from_config(ROBERTA_BASE_CONFIG), cfg, plan)
     assert trainable_params(model) == breakdown.total == 999_172
 
 
@@ -168,7 +167,7 @@ def test_plan_upper_layers_only():
     assert value_full["r"] == 66 and value_full["total"] == 4 * 66 * 1536 + 593_668
 
 
-@pytest.mark.parametrize("method", ["lora", "vera", "fourierft", "ia3"])
+@pytest.mark.parametrize("method", ["lora", "vera", "fourierft", "ia3", "bitfit"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_method_counts_exactly_on_every_family(model_dirs, family, method):
     """The count from config.json alone equals what PEFT builds, for each method on each supported family, with
@@ -182,7 +181,13 @@ def test_every_method_counts_exactly_on_every_family(model_dirs, family, method)
     breakdown, plan = breakdown_for(cfg, ModelShapes.of(model_config))
     model = build_model(cfg, ModelShapes.of(model_config), plan, breakdown)[0]
     assert trainable_params(model) == breakdown.total
-    assert type(model.peft_config["default"]).__name__.lower().startswith(method[:4])
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    if method == "bitfit":  # the adapted layers' biases and the head: nothing else, nothing added
+        adapted = {f"model.{name}.bias" for name in plan.lora_ranks}
+        head = [n for n in trained if any(n.startswith(f"model.{module}.") for module in plan.trained_whole)]
+        assert head and set(trained) - set(head) == adapted
+    else:
+        assert type(model.peft_config["default"]).__name__.lower().startswith(method[:4])
 
 
 def test_methods_table_gives_each_methods_largest_size_and_counts_it_exactly(model_dirs):
@@ -192,7 +197,7 @@ def test_methods_table_gives_each_methods_largest_size_and_counts_it_exactly(mod
                             "lora": {"scope": ["query", "value"], "budget": 3000}})  # fmt: skip
     model = ModelShapes.of(load_model_config(cfg))
     rows = methods_table(cfg, model)
-    assert {row["method"] for row in rows} == {"lora", "vera", "fourierft", "ia3"}
+    assert {row["method"] for row in rows} == {"lora", "vera", "fourierft", "ia3", "bitfit"}
     for row in rows:
         field = row["size_field"]
         lora = {"method": row["method"], "scope": ["query", "value"], "budget": 3000}
@@ -214,7 +219,7 @@ def test_methods_table_gives_each_methods_largest_size_and_counts_it_exactly(mod
 def test_loras_own_settings_are_refused_with_another_method():
     with pytest.raises(LoralabError, match="lora.use_dora is LoRA's: with lora.method vera leave it at False"):
         config.from_dict({"lora": {"method": "vera", "use_dora": True}})
-    with pytest.raises(LoralabError, match="lora.method: 'prefix' is not one of lora, vera, fourierft, ia3"):
+    with pytest.raises(LoralabError, match="lora.method: 'prefix' is not one of lora, vera, fourierft, ia3, bitfit"):
         config.from_dict({"lora": {"method": "prefix"}})
 
 

@@ -32,6 +32,8 @@ VARIANTS = {
     "vera": ["lora.method=vera", "lora.r=16", "lora.alpha=16"],
     "fourierft": ["lora.method=fourierft", "lora.n_frequency=64", "lora.alpha=100"],
     "ia3": ["lora.method=ia3", "train.lr=5e-2"],
+    # BitFit, outside PEFT: the adapted layers' biases and the head in files of its own.
+    "bitfit": ["lora.method=bitfit", "lora.scope=[query,value,ffn_out]", "train.lr=5e-2"],
 }
 
 

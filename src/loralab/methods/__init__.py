@@ -1,16 +1,18 @@
 """Parameter-efficient methods, each one file behind one interface (base.Method), plugged in through one table
 as PEFT plugs in its tuners: how many parameters a layer trains under it (counted from shapes alone, before any
-weight is loaded), what sizes it (lora.r, lora.n_frequency, or nothing), and PEFT's config for it."""
+weight is loaded), what sizes it (lora.r, lora.n_frequency, or nothing), and PEFT's config for it (BitFit, which
+PEFT lacks, brings its own model)."""
 
 from __future__ import annotations
 
 from .base import Method
+from .bitfit import BitFit
 from .fourierft import FourierFT
 from .ia3 import IA3
 from .lora import Lora
 from .vera import Vera
 
-METHODS: dict[str, Method] = {method.name: method for method in (Lora(), Vera(), FourierFT(), IA3())}
+METHODS: dict[str, Method] = {method.name: method for method in (Lora(), Vera(), FourierFT(), IA3(), BitFit())}
 
 __all__ = ["METHODS", "Method", "method_of"]
 

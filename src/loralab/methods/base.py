@@ -9,6 +9,8 @@ class Method:
     mixes_in_batches      whether PEFT can answer rows of several adapters of it in one forward pass
     layer_params()        trainable parameters of one adapted Linear (in_features, out_features, has_bias)
     peft_config()         PEFT's config for a plan of modules (budget/scope.py's AdapterPlan)
+    attach(), load()      the base with a new adapter to train, or with the one saved in a folder (PEFT's by default)
+    loading_lines()       how a user loads an adapter-only export over `base` from `folder` (the model card's code)
     """
 
     name = ""
@@ -20,6 +22,19 @@ class Method:
 
     def peft_config(self, cfg, plan):
         raise NotImplementedError
+
+    def attach(self, base, cfg, plan):
+        from peft import get_peft_model
+
+        return get_peft_model(base, self.peft_config(cfg, plan))
+
+    def load(self, base, folder):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, folder)
+
+    def loading_lines(self) -> list[str]:
+        return ["from peft import PeftModel", "model = PeftModel.from_pretrained(base, folder).eval()"]
 
     def size(self, cfg) -> int:
         return getattr(cfg.lora, self.size_field) if self.size_field else 0

@@ -89,10 +89,6 @@ def uses_token_types(tokenizer, model_config) -> bool:
     return "token_type_ids" in tokenizer.model_input_names and getattr(model_config, "type_vocab_size", 0) > 1
 
 
-def peft_config(cfg: Config, plan: AdapterPlan):
-    return method_of(cfg).peft_config(cfg, plan)
-
-
 def optimizer_groups(model, cfg: Config) -> list[dict]:
     """AdamW parameter groups, one per learning rate: LoRA+ trains the B matrices at lr x plus_ratio;
     layer-wise decay trains encoder layer i at lr x decay^(top layer - i) and the embeddings one step
@@ -224,14 +220,12 @@ def build_model(cfg: Config, shapes: ModelShapes, plan: AdapterPlan, breakdown: 
 
     Returns the PEFT model and the frozen random weights it must be saved with.
     """
-    from peft import get_peft_model
-
     base, fresh = load_classifier(cfg, shapes.config)
     if cfg.model.finetune == "full":  # every weight trains: nothing is frozen, no adapter
         model, frozen = base, {}
     else:
         frozen = frozen_weights(base, fresh, plan)
-        model = get_peft_model(base, peft_config(cfg, plan))
+        model = method_of(cfg).attach(base, cfg, plan)
     built = trainable_params(model)
     if built != breakdown.total:
         raise LoralabError(f"bug: the built model trains {built:,} parameters but the plan counted {breakdown.total:,}")
@@ -286,11 +280,9 @@ def load_adapter_folder(cfg: Config, folder: Path, merged: bool = False):
     """The base model with the adapter (and head, and frozen weights) saved in `folder`: a run's best/ or
     last/, or an adapter-only export; merged into plain weights if asked. A full fine-tuning's folder is
     the whole model."""
-    from peft import PeftModel
-
     if cfg.model.finetune == "full":
         return load_full(cfg, folder).eval()
-    model = PeftModel.from_pretrained(base_for_adapter(cfg, folder), folder)
+    model = method_of(cfg).load(base_for_adapter(cfg, folder), folder)
     if merged:
         try:
             model = model.merge_and_unload()

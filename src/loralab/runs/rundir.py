@@ -41,12 +41,14 @@ from .. import strictjson
 from ..config import Config
 from ..data import DataIdentity
 from ..errors import LoralabError
+from ..methods.bitfit import BITFIT_CONFIG, BITFIT_WEIGHTS
 from ..tasks import Decision
 from .files import disk_full, megabytes, no_space, replace_dir, write_json_atomic, write_text_atomic
 from .frozen import load_frozen_into, read_frozen, save_frozen
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BITFIT_CONFIG, BITFIT_WEIGHTS)  # PEFT's, or BitFit's
 VAL_PREDICTIONS = "val_predictions.json"
 DECISION = "decision.json"
 ADAPTERS = ("best", "last")
@@ -362,7 +364,7 @@ class RunDir:
         if not self.config.is_file():
             raise LoralabError(f"{self.path} is not a run directory (no config.yaml)")
         folder = self.path / which
-        if not (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():  # a full fine-tuning
+        if not any((folder / name).is_file() for name in (ADAPTER_CONFIG, BITFIT_CONFIG, "config.json")):
             raise LoralabError(f"run {self.path} has no adapter in {which}/ (did it finish an evaluation?)")
         return folder
 
@@ -401,6 +403,8 @@ class RunDir:
             load_frozen_into(model.get_base_model(), frozen)
         if (folder / ADAPTER_WEIGHTS).exists():
             set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+        elif (folder / BITFIT_WEIGHTS).exists():  # BitFit, the one method outside PEFT
+            model.load_saved(folder)
         else:  # full fine-tuning: the checkpoint holds the whole model
             model.load_state_dict(load_file(str(folder / "model.safetensors")))
         saved = torch.load(self.checkpoint / "state.pt", weights_only=False)

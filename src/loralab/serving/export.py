@@ -27,11 +27,12 @@ from ..config import LOWER_IS_BETTER, Config, metric_for_best
 from ..data import LabelledTexts, load_labelled
 from ..encoding import encode
 from ..errors import LoralabError
+from ..methods import method_of
 from ..modeling.model import load_adapter_folder, load_trained, uses_token_types
 from ..options import ExportOptions
 from ..runs.files import make_dir, replace_dir, write_json_atomic
 from ..runs.frozen import FROZEN_WEIGHTS, has_frozen
-from ..runs.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECISION, RunDir, read_decision_file, write_config_file
+from ..runs.rundir import ADAPTER_FILES, DECISION, RunDir, read_decision_file, write_config_file
 from ..stats import paired_difference_interval
 from ..tasks import Decision, metrics, task_for
 from .engine import EXPORT_RECORD, ONNX_FILE, RUN_CONFIG, OnnxEngine, TorchEngine, classify, open_engine
@@ -139,7 +140,7 @@ def write_files(tmp: Path, options: ExportOptions, cfg: Config, tokenizer, model
         fold_temperature(model, decision.temperature)
         decision = dataclasses.replace(decision, temperature=1.0)
     if options.adapter_only:
-        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FROZEN_WEIGHTS):
+        for name in (*ADAPTER_FILES, FROZEN_WEIGHTS):
             if (folder / name).exists():
                 shutil.copy(folder / name, tmp / name)
         (tmp / "README.md").write_text(model_card(cfg, run, has_frozen(folder), decision))
@@ -302,7 +303,6 @@ def timed(engine, rows: LabelledTexts) -> tuple:
 def loading_snippet(cfg, frozen: bool) -> str:
     """How to load an exported adapter with transformers and PEFT (the model card shows it; a test runs it)."""
     lines = [
-        "from peft import PeftModel",
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
         "",
         'folder = "."  # this folder',
@@ -322,7 +322,7 @@ def loading_snippet(cfg, frozen: bool) -> str:
             "pool_mean_into_first_token(base)",
         ]
     lines += [
-        "model = PeftModel.from_pretrained(base, folder).eval()",
+        *method_of(cfg).loading_lines(),
         "tokenizer = AutoTokenizer.from_pretrained(folder)",
     ]
     return "\n".join(lines)
