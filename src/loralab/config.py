@@ -60,7 +60,8 @@ class ModelConfig:
 @dataclass
 class LoraConfig:
     method: str = doc(
-        "the parameter-efficient method: lora (and its variants below), vera, fourierft, ia3 (through PEFT) or bitfit "
+        "the parameter-efficient method: lora (and its variants below), vera, fourierft, ia3, adalora (through PEFT) "
+        "or bitfit "
         "(the fields below marked LoRA's are refused with another method)",
         "lora",
     )
@@ -68,7 +69,10 @@ class LoraConfig:
         "modules to adapt: query, key, value, attention_output, ffn_in, ffn_out, or raw module names",
         factory=lambda: ["value"],
     )
-    r: int = doc("LoRA rank; VeRA: the rank of its shared random matrices", 22)
+    r: int = doc(
+        "LoRA rank; VeRA: the rank of its shared random matrices; AdaLoRA: the average rank left after pruning", 22
+    )
+    init_r: int = doc("AdaLoRA: the rank each adapted layer trains from before pruning (0: 1.5 x lora.r)", 0)
     n_frequency: int = doc("FourierFT: trained spectral coefficients per adapted layer", 1000)
     alpha: float = doc("LoRA alpha (scaling = alpha / r); FourierFT: its scaling", 44.0)
     dropout: float = doc("dropout on the LoRA input", 0.1)
@@ -288,6 +292,17 @@ def _validate(cfg: Config) -> None:
     method = cfg.lora.method
     require(method in METHODS, f"lora.method: '{method}' is not one of {', '.join(METHODS)}")
     require(cfg.lora.n_frequency >= 1, f"lora.n_frequency: must be >= 1, got {cfg.lora.n_frequency}")
+    if method == "adalora":
+        require(
+            cfg.lora.init_r == 0 or cfg.lora.init_r > cfg.lora.r,
+            f"lora.init_r: AdaLoRA prunes from it down to lora.r, so it must be above {cfg.lora.r} (0: 1.5 x lora.r)",
+        )
+        require(
+            cfg.train.epochs > 0 or cfg.train.steps >= 10,
+            f"train.steps: AdaLoRA prunes over the run's steps and needs at least 10, got {cfg.train.steps}",
+        )
+    else:
+        require(cfg.lora.init_r == 0, f"lora.init_r is AdaLoRA's: with lora.method {method} leave it at 0")
     if method != "lora":
         lora_only = {"use_dora": False, "use_rslora": False, "plus_ratio": 0.0, "init": "default", "bias": "none",
                      "rank_pattern": {}}  # fmt: skip

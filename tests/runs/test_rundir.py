@@ -34,6 +34,8 @@ VARIANTS = {
     "ia3": ["lora.method=ia3", "train.lr=5e-2"],
     # BitFit, outside PEFT: the adapted layers' biases and the head in files of its own.
     "bitfit": ["lora.method=bitfit", "lora.scope=[query,value,ffn_out]", "train.lr=5e-2"],
+    # AdaLoRA: its pruned ranks saved in PEFT's rank_pattern, read back resized.
+    "adalora": ["lora.method=adalora", "lora.r=2", "train.steps=12"],
 }
 
 

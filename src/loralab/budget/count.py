@@ -148,6 +148,8 @@ def count(plan: AdapterPlan, model: ModelShapes, cfg: Config) -> Breakdown:
     """Each adapted module's parameters as its method counts them, by scope word, and the head's."""
     method = method_of(cfg)
     shapes = model.modules
+    if problem := method.plan_problem(plan, shapes):
+        raise LoralabError(problem)
 
     def params(name: str) -> int:
         return method.layer_params(shapes[name], plan.lora_ranks[name], cfg, plan.lora_kind[name])

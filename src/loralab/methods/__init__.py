@@ -5,6 +5,7 @@ PEFT lacks, brings its own model)."""
 
 from __future__ import annotations
 
+from .adalora import AdaLora
 from .base import Method
 from .bitfit import BitFit
 from .fourierft import FourierFT
@@ -12,7 +13,9 @@ from .ia3 import IA3
 from .lora import Lora
 from .vera import Vera
 
-METHODS: dict[str, Method] = {method.name: method for method in (Lora(), Vera(), FourierFT(), IA3(), BitFit())}
+METHODS: dict[str, Method] = {
+    method.name: method for method in (Lora(), Vera(), FourierFT(), IA3(), BitFit(), AdaLora())
+}
 
 __all__ = ["METHODS", "Method", "method_of"]
 

@@ -11,11 +11,17 @@ class Method:
     peft_config()         PEFT's config for a plan of modules (budget/scope.py's AdapterPlan)
     attach(), load()      the base with a new adapter to train, or with the one saved in a folder (PEFT's by default)
     loading_lines()       how a user loads an adapter-only export over `base` from `folder` (the model card's code)
+    plan_problem()        why a plan of modules cannot be counted exactly under this method (None: it can)
+    start_size()          the size it trains from, where that is not its final, counted size (AdaLoRA prunes)
+    after_step(), regularization(), keeps_from_step()
+                          what the training loop adds: a step after each optimizer step, a term of the loss, the
+                          first step whose adapter may be kept as the run's best or last
     """
 
     name = ""
     size_field: str | None = "r"
     mixes_in_batches = False
+    resumable = True  # whether a checkpoint holds all of its training state
 
     def layer_params(self, shape, rank: int, cfg, kind: str) -> int:
         raise NotImplementedError
@@ -35,6 +41,21 @@ class Method:
 
     def loading_lines(self) -> list[str]:
         return ["from peft import PeftModel", "model = PeftModel.from_pretrained(base, folder).eval()"]
+
+    def plan_problem(self, plan, shapes) -> str | None:
+        return None
+
+    def start_size(self, cfg) -> int | None:
+        return None
+
+    def after_step(self, model, step: int) -> None:
+        return None
+
+    def regularization(self, model):
+        return None
+
+    def keeps_from_step(self, cfg) -> int:
+        return 0
 
     def size(self, cfg) -> int:
         return getattr(cfg.lora, self.size_field) if self.size_field else 0

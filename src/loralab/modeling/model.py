@@ -226,9 +226,13 @@ def build_model(cfg: Config, shapes: ModelShapes, plan: AdapterPlan, breakdown: 
     else:
         frozen = frozen_weights(base, fresh, plan)
         model = method_of(cfg).attach(base, cfg, plan)
-    built = trainable_params(model)
-    if built != breakdown.total:
-        raise LoralabError(f"bug: the built model trains {built:,} parameters but the plan counted {breakdown.total:,}")
+    built, expected = trainable_params(model), breakdown.total
+    if (start := method_of(cfg).start_size(cfg)) is not None:  # AdaLoRA trains from more than it keeps
+        from ..budget.count import breakdown_for, with_rank
+
+        expected = breakdown_for(with_rank(cfg, start), shapes)[0].total
+    if built != expected:
+        raise LoralabError(f"bug: the built model trains {built:,} parameters but the plan counted {expected:,}")
     return model, frozen
 
 

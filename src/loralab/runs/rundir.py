@@ -29,6 +29,7 @@ import shutil
 import socket
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def _fill_adapter(folder: Path, model, frozen: dict[str, torch.Tensor]) -> None:
-    model.save_pretrained(folder)
+    with warnings.catch_warnings():
+        # AdaLoRA may prune a layer to rank 0; PEFT takes its empty tensors for unsharded DeepSpeed ones and says so.
+        warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
+        model.save_pretrained(folder)
     save_frozen(folder, frozen)
 
 

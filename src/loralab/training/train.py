@@ -22,6 +22,7 @@ from ..config import LOWER_IS_BETTER, Config, check_class_weights, metric_for_be
 from ..data import DataIdentity, check_label_fit, identify, label_names_of, training_and_validation
 from ..encoding import Encoded, collate, encode_rows, training_batches
 from ..errors import LoralabError, warn
+from ..methods import method_of
 from ..modeling.forward import Evaluation, evaluate
 from ..modeling.model import (
     build_model,
@@ -248,6 +249,11 @@ def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], Non
     with ExitStack() as ownership:
         if accelerator.is_main_process:
             check_run_dir(run, resume)  # cheap checks first: nothing loads for a run that cannot start
+            if resume and run.checkpoint.exists() and not method_of(cfg).resumable:
+                raise LoralabError(
+                    f"--resume: a run of lora.method {cfg.lora.method} cannot resume from its checkpoint (its training "
+                    "state is not all saved): set output.name and train it again"
+                )
             if resume:
                 ownership.enter_context(run.lock())
         prep = prepare(cfg, accelerator.print, accelerator.num_processes)
@@ -339,7 +345,7 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
                 accelerator,
             )
             state.elapsed_s = time.perf_counter() - started
-            record_evaluation(state, result, t.early_stopping_patience)
+            record_evaluation(state, result, t.early_stopping_patience, method_of(cfg).keeps_from_step(cfg))
             accelerator.log({f"val/{key}": value for key, value in result.metrics().items()}, step=state.step)
             if main:
                 save_evaluation(run, plain, prep, state, result, optimizer, scheduler)
@@ -427,6 +433,7 @@ def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int,
     """Forward and backward over grad_accum micro-batches (Accelerate syncs gradients on the last), clip,
     step; returns the step's mean loss, left on the device so no step waits for the GPU."""
     t = cfg.train
+    method, plain = method_of(cfg), accelerator.unwrap_model(model)
     total = torch.zeros((), device=accelerator.device)
     for micro in range(t.grad_accum):
         batch = batches[step * t.grad_accum + micro]
@@ -434,12 +441,15 @@ def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int,
         with accelerator.accumulate(model), accelerator.autocast():
             logits = model(**batch).logits.float()
             loss = loss_of(logits, labels)
+            if (extra := method.regularization(plain)) is not None:  # AdaLoRA's orthogonality penalty
+                loss = loss + extra
             accelerator.backward(loss)
         total += loss.detach() / t.grad_accum
     if t.max_grad_norm > 0:
         accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm)
     optimizer.step()
     scheduler.step()
+    method.after_step(plain, step)  # AdaLoRA allocates its ranks here, from this step's gradients
     optimizer.zero_grad(set_to_none=True)
     return total
 
@@ -462,9 +472,12 @@ def is_better(score: float, best: float | None, metric: str) -> bool:
     return score < best if metric in LOWER_IS_BETTER else score > best
 
 
-def record_evaluation(state: LoopState, result: Evaluation, patience: int) -> None:
-    """Track the best metric and whether patience for early stopping has run out."""
+def record_evaluation(state: LoopState, result: Evaluation, patience: int, keeps_from: int) -> None:
+    """Track the best metric and whether patience for early stopping has run out; evaluations before step
+    `keeps_from` (an AdaLoRA adapter before its last pruning, above its final budget) count for neither."""
     state.last_eval = {"step": state.step, **result.metrics()}
+    if state.step < keeps_from:
+        return
     if is_better(result.score, state.best_score, result.metric):
         state.best_score, state.best_step, state.evals_since_best = result.score, state.step, 0
     else:
