@@ -29,6 +29,28 @@ def test_the_count_is_the_final_budget_and_the_model_trains_from_init_r(model_di
     assert trainable_params(build_model(cfg, shapes, plan, breakdown)[0]) - head == 5 * per_rank
 
 
+def test_the_orthogonality_penalty_vanishes_where_p_and_q_are_orthonormal(model_dirs):
+    """AdaLoRA's regulariser ||P^T P - I|| + ||Q Q^T - I||, which loralab adds to the task's loss itself."""
+    import torch
+
+    from loralab.methods import method_of
+
+    cfg = config.from_dict({"model": {"name": str(model_dirs["roberta"])},
+                            "lora": {"method": "adalora", "scope": ["query", "value"], "r": 2}})  # fmt: skip
+    shapes = ModelShapes.of(load_model_config(cfg))
+    breakdown, plan = breakdown_for(cfg, shapes)
+    model = build_model(cfg, shapes, plan, breakdown)[0]
+    method = method_of(cfg)
+    assert method.regularization(model).item() > 0.1  # PEFT draws P and Q at random
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_A." in name:  # r x in: orthonormal rows
+                p.copy_(torch.linalg.qr(torch.randn(p.shape[1], p.shape[0]))[0].T)
+            elif ".lora_B." in name:  # out x r: orthonormal columns
+                p.copy_(torch.linalg.qr(torch.randn(*p.shape))[0])
+    assert method.regularization(model).item() < 1e-4
+
+
 def test_a_scope_of_unlike_shapes_is_refused_in_one_line(model_dirs):
     cfg = config.from_dict({"model": {"name": str(model_dirs["roberta"])},
                             "lora": {"method": "adalora", "scope": ["value", "ffn_in"]}})  # fmt: skip
