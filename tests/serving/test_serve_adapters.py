@@ -43,6 +43,8 @@ def runs(model_dirs, tiny_data, tmp_path_factory):
                "data.label_names=[other,match]")  # fmt: skip
     train_tiny(model_dirs["roberta"], tiny_data, root, "roberta")
     train_tiny(bert, tiny_data, root, "vera", "lora.method=vera", "lora.r=16")  # PEFT mixes only LoRA in a batch
+    train_tiny(bert, tiny_data, root, "bitfit", "lora.method=bitfit", "train.lr=5e-2")  # outside PEFT
+    train_tiny(bert, tiny_data, root, "adalora", "lora.method=adalora", "lora.r=2", "train.steps=12")
     return root
 
 
@@ -110,6 +112,16 @@ def test_runs_of_four_tasks_and_three_label_counts_share_one_pass_and_answer_as_
     assert 'loralab_adapter_request_seconds_count{adapter="pairs"} 6.0' in metrics
     # One model group: the four runs are one base in memory, each row through its own adapter and head.
     assert all(a["shared_base"] for a in by_name.values())
+    stop(process)
+
+
+@pytest.mark.parametrize("name", ["bitfit", "adalora"])
+def test_a_bitfit_or_adalora_run_is_served_alone_and_answers_as_predict(runs, tmp_path, name):
+    """BitFit's own files (no PEFT) and AdaLoRA's pruned ranks, read by a server: its own model, merged."""
+    expected = [served_form(name, *row) for row in predicted(runs / name, tmp_path, [(t,) for t in TEXTS])]
+    process, port = start(str(runs / name))
+    assert_answers(port, name, expected)
+    assert [a["shared_base"] for a in call(port, "GET", "/v1/adapters")[1]["adapters"]] == [False]
     stop(process)
 
 
