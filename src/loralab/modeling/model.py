@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..budget.count import Breakdown, ModelShapes
+from ..budget.count import Breakdown, ModelShapes, breakdown_for, with_rank
 from ..budget.scope import LAYER_NAME, AdapterPlan
 from ..config import Config
 from ..errors import LoralabError, warn
@@ -228,8 +228,6 @@ def build_model(cfg: Config, shapes: ModelShapes, plan: AdapterPlan, breakdown: 
         model = method_of(cfg).attach(base, cfg, plan)
     built, expected = trainable_params(model), breakdown.total
     if (start := method_of(cfg).start_size(cfg)) is not None:  # AdaLoRA trains from more than it keeps
-        from ..budget.count import breakdown_for, with_rank
-
         expected = breakdown_for(with_rank(cfg, start), shapes)[0].total
     if built != expected:
         raise LoralabError(f"bug: the built model trains {built:,} parameters but the plan counted {expected:,}")
@@ -298,7 +296,7 @@ def load_adapter_folder(cfg: Config, folder: Path, merged: bool = False):
 def base_for_adapter(cfg: Config, folder: Path, num_labels: int | None = None):
     """The pretrained classifier an adapter in `folder` was trained on, its frozen random weights restored;
     `num_labels`: a head of that many outputs instead of cfg's (a server's shared base, see serving/models.py)."""
-    from ..budget.count import breakdown_for, shapes_for
+    from ..budget.count import shapes_for
     from ..runs.frozen import load_frozen_into, read_frozen
 
     shapes = shapes_for(cfg)

@@ -69,6 +69,10 @@ def prepare(cfg: Config, log=print, processes: int = 1) -> Prepared:
     breakdown, plan = breakdown_for(cfg, shapes)
     log(breakdown.format())  # shown once, before the one-line error of a run over the budget
     check_budget(cfg, breakdown, shapes)
+    method = method_of(cfg)
+    if (start := method.start_size(cfg)) is not None:
+        log(f"{method.name} trains from lora.{method.size_field}={start}, pruned to the size counted above by step "
+            f"{method.keeps_from_step(cfg) - 1}: only adapters from then on are kept")  # fmt: skip
     check_model_folder(cfg.model.name)
     tokenizer = load_tokenizer(cfg.model.name)
     check_max_length(cfg, shapes.config, tokenizer)
