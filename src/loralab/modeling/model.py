@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..budget.count import Breakdown, ModelShapes, breakdown_for, with_rank
+from ..budget.count import Breakdown, ModelShapes, breakdown_for, shapes_for, with_rank
 from ..budget.scope import LAYER_NAME, AdapterPlan
 from ..config import Config
 from ..errors import LoralabError, warn
@@ -266,7 +266,6 @@ def load_trained(run_path: str | Path, which: str = "best", merged: bool = False
     loralab 0.1 with `head: out_proj` or `lora` on RoBERTa, MPNet or DeBERTa-v2): a reload
     would draw new ones and answer wrongly without a word.
     """
-    from ..budget.count import shapes_for
     from ..runs.rundir import RunDir
 
     run = RunDir(Path(run_path))
@@ -296,7 +295,6 @@ def load_adapter_folder(cfg: Config, folder: Path, merged: bool = False):
 def base_for_adapter(cfg: Config, folder: Path, num_labels: int | None = None):
     """The pretrained classifier an adapter in `folder` was trained on, its frozen random weights restored;
     `num_labels`: a head of that many outputs instead of cfg's (a server's shared base, see serving/models.py)."""
-    from ..budget.count import shapes_for
     from ..runs.frozen import load_frozen_into, read_frozen
 
     shapes = shapes_for(cfg)
