@@ -148,7 +148,7 @@ def count(plan: AdapterPlan, model: ModelShapes, cfg: Config) -> Breakdown:
     """Each adapted module's parameters as its method counts them, by scope word, and the head's."""
     method = method_of(cfg)
     shapes = model.modules
-    if problem := method.plan_problem(plan, shapes):
+    if problem := method.plan_problem(plan, shapes, cfg):
         raise LoralabError(problem)
 
     def params(name: str) -> int:
@@ -189,11 +189,14 @@ def with_rank(cfg: Config, rank: int) -> Config:
 def largest_fitting_rank(cfg: Config, model: ModelShapes) -> int:
     """The largest uniform size of cfg's method (lora.r, lora.n_frequency) within the budget (every method's
     count is linear in its size: a + b*size); 0 where none fits, or where the method has no size (IA3)."""
-    fixed = breakdown_for(with_rank(cfg, 0), model)[0].total
+    empty, plan = breakdown_for(with_rank(cfg, 0), model)
+    fixed = empty.total
     per_rank = breakdown_for(with_rank(cfg, 1), model)[0].total - fixed
     if per_rank == 0:
         return 0
-    return max(0, (cfg.lora.budget - fixed) // per_rank)
+    fits = max(0, (cfg.lora.budget - fixed) // per_rank)
+    limit = method_of(cfg).size_limit(plan, model.modules)  # FourierFT: no more than a layer's in x out
+    return fits if limit is None else min(fits, limit)
 
 
 def plan_row(probe: Config, model: ModelShapes) -> dict | None:

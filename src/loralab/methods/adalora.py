@@ -23,7 +23,7 @@ class AdaLora(Method):
     def layer_params(self, shape, rank: int, cfg, kind: str) -> int:
         return rank * (shape.in_features + shape.out_features + 1)  # P, Q and the singular values E
 
-    def plan_problem(self, plan, shapes) -> str | None:
+    def plan_problem(self, plan, shapes, cfg) -> str | None:
         sizes = {shapes[name].in_features + shapes[name].out_features for name in plan.lora_ranks}
         if len(sizes) > 1:
             return (

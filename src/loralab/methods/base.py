@@ -11,7 +11,8 @@ class Method:
     peft_config()         PEFT's config for a plan of modules (budget/scope.py's AdapterPlan)
     attach(), load()      the base with a new adapter to train, or with the one saved in a folder (PEFT's by default)
     loading_lines()       how a user loads an adapter-only export over `base` from `folder` (the model card's code)
-    plan_problem()        why a plan of modules cannot be counted exactly under this method (None: it can)
+    plan_problem()        why a plan of modules cannot be built or counted exactly under this method (None: it can)
+    size_limit()          the largest size its layers can take (None: no limit but the budget)
     start_size()          the size it trains from, where that is not its final, counted size (AdaLoRA prunes)
     after_step(), regularization(), keeps_from_step()
                           what the training loop adds: a step after each optimizer step, a term of the loss, the
@@ -42,7 +43,13 @@ class Method:
     def loading_lines(self) -> list[str]:
         return ["from peft import PeftModel", "model = PeftModel.from_pretrained(base, folder).eval()"]
 
-    def plan_problem(self, plan, shapes) -> str | None:
+    def plan_problem(self, plan, shapes, cfg) -> str | None:
+        limit = self.size_limit(plan, shapes)
+        if limit is not None and self.size(cfg) > limit:
+            return f"lora.{self.size_field} {self.size(cfg)} is more than {self.name} can take here: at most {limit}"
+        return None
+
+    def size_limit(self, plan, shapes) -> int | None:
         return None
 
     def start_size(self, cfg) -> int | None:

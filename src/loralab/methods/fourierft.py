@@ -13,6 +13,10 @@ class FourierFT(Method):
     def layer_params(self, shape, rank: int, cfg, kind: str) -> int:
         return cfg.lora.n_frequency
 
+    def size_limit(self, plan, shapes) -> int | None:
+        """Each layer's coefficients sit at distinct frequencies of its in x out spectrum."""
+        return min((shapes[name].in_features * shapes[name].out_features for name in plan.lora_ranks), default=None)
+
     def peft_config(self, cfg, plan):
         from peft import FourierFTConfig
 

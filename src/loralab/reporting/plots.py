@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..config import goodness
+from ..methods import method_of
 from ..modeling.forward import calibration
 from ..runs.files import make_dir
 from ..runs.results import RunRecord, defines_configuration
@@ -53,10 +54,14 @@ def save_figure(fig, stem: Path, formats=FORMATS) -> list[Path]:
 
 
 def axis_label(record: RunRecord, axis: str, value) -> str:
+    """A run's value on one axis, as it trained: a sweep's `max_fit` and `r*2` are read back from its config."""
     if axis == "lora.r":
+        method = method_of(record.config)
         trainable = (record.summary.trainable or {}).get("total")
-        return f"r={value}" + (f" ({trainable:,} params)" if trainable else "")
+        size = f"{method.size_field}={method.size(record.config)}" if method.size_field else method.name
+        return size + (f" ({trainable:,} params)" if trainable else "")
     if axis == "lora.alpha":
+        value = record.config.lora.alpha
         return f"alpha={value:g} (r*{value / record.config.lora.r:g})"
     if axis == "lora.scope":
         return ",".join(value)
