@@ -235,10 +235,10 @@ def _kill_left_running() -> None:
             process.kill()
 
 
-def start(*argv: str) -> tuple[subprocess.Popen, int]:
-    """A `loralab serve` process on a free port, in fp32 (the numbers of predict's fp32 on any CPU); returns it
-    with the port it printed."""
-    command = [sys.executable, "-m", "loralab.cli", "serve", *argv, "--port", "0", "--precision", "fp32"]
+def start(*argv: str, precision: str = "fp32") -> tuple[subprocess.Popen, int]:
+    """A `loralab serve` process on a free port, in fp32 unless told (the numbers of predict's fp32 on any CPU);
+    returns it with the port it printed."""
+    command = [sys.executable, "-m", "loralab.cli", "serve", *argv, "--port", "0", "--precision", precision]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     STARTED.append(process)
     ready, _, _ = select.select([process.stdout], [], [], 300)  # a server that hangs fails here, not forever

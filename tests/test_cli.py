@@ -358,6 +358,11 @@ def test_budget_over_the_budget_says_so_as_train_does(capsys):
     out = capsys.readouterr().out
     assert "over budget: 1,036,036 trainable parameters > lora.budget 1,000,000" in out
     assert main(["budget", str(SEED_CONFIG)]) == 0 and "over budget" not in capsys.readouterr().out
+    # The file as train takes it, `--config FILE`, with overrides before or after it.
+    assert main(["budget", "--config", str(SEED_CONFIG), "lora.r=24"]) == 1
+    assert "over budget: 1,036,036" in capsys.readouterr().out
+    assert main(["budget", "lora.r=24", "-c", str(SEED_CONFIG)]) == 1
+    assert "over budget: 1,036,036" in capsys.readouterr().out
 
 
 def test_options_and_overrides_in_any_order(capsys):

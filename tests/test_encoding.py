@@ -11,6 +11,7 @@ import torch
 from conftest import CLASS_WORDS, FILLER, SEED_CONFIG, call, make_tokenizer, start, stop, write_csv
 
 from loralab import config
+from loralab.cli import main
 from loralab.encoding import Encoded, encode
 from loralab.errors import LoralabError
 from loralab.training.train import train
@@ -85,14 +86,21 @@ def test_predict_answers_each_long_text_once_in_input_order_in_a_fresh_process(l
     assert sum(int(a["Label"]) == label for a, (label, _) in zip(answers, rows)) >= 30
 
 
-def test_serve_answers_each_long_text_once(late_runs):
-
+def test_serve_answers_each_long_text_once_as_predict_does(late_runs, tmp_path):
     root, _ = late_runs
-    rows = late_words_rows(6, seed=8)
+    rows = late_words_rows(12, seed=8)
+    source = write_csv(tmp_path / "in.csv", [(text,) for _, text in rows], ("text",))
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(root / "chunk"), "--input", str(source), "--out", str(out), "--label-names",
+                 "--precision", "fp32"]) == 0  # fmt: skip
+    with open(out) as handle:
+        predicted = [a["Label"] for a in csv.DictReader(handle)]
     process, port = start(str(root / "chunk"))
     status, body = call(port, "POST", "/v1/classify", {"texts": [text for _, text in rows]})
     stop(process)
-    assert status == 200 and len(body["labels"]) == 6
+    assert status == 200
+    assert body["labels"] == predicted  # one answer per text, in order, from the windows' mean logits
+    assert len(set(predicted)) > 1  # the texts are not all answered alike: the comparison is not vacuous
 
 
 def test_chunking_settings_that_cannot_work_are_one_line():
@@ -100,5 +108,8 @@ def test_chunking_settings_that_cannot_work_are_one_line():
         config.load(SEED_CONFIG, ["data.long_texts=windows"])
     with pytest.raises(LoralabError, match="data.stride: 300 must be 0 to half of data.max_length"):
         config.load(SEED_CONFIG, ["data.long_texts=chunk", "data.stride=300"])
+    # Unset, the stride follows max_length: a short max_length is not refused for a stride the user never set.
+    short = config.load(SEED_CONFIG, ["data.long_texts=chunk", "data.max_length=32"])
+    assert short.data.stride is None and short.data.window_stride() == 8
     with pytest.raises(LoralabError, match="chunk reads single texts"):
         config.load(SEED_CONFIG, ["data.long_texts=chunk", "data.text_pair_column=b"])

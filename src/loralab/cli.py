@@ -35,16 +35,26 @@ def cmd_train(args) -> int:
 
 def cmd_budget(args) -> int:
     from . import config
-    from .budget.count import breakdown_for, format_plan, largest_fitting_rank, methods_table, plan_table, shapes_for
+    from .budget.count import (
+        breakdown_for,
+        format_plan,
+        largest_fitting_rank,
+        methods_table,
+        plan_table,
+        planning_shapes,
+    )
     from .methods import method_of
 
+    if args.config_file:  # `--config FILE`, as train: a positional word is then the first override
+        args.overrides = [args.config, *args.overrides] if args.config else args.overrides
+        args.config = args.config_file
     values = {"model.name": args.model} if args.model else {}
     if args.budget:
         values["lora.budget"] = args.budget
     if args.labels:
         values["data.label_names"] = [f"class{i}" for i in range(args.labels)]
     cfg = config.load(args.config, args.overrides, values)
-    model = shapes_for(cfg)
+    model = planning_shapes(cfg)
     if args.plan:
         layers = parse_layers(args.layers) if args.layers else None
         print(format_plan(plan_table(cfg, model, layers), cfg.lora.budget))
@@ -281,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     budget = commands.add_parser("budget", help="print the trainable-parameter breakdown (reads config.json only)")
     budget.add_argument("config", nargs="?", help="YAML config file (default: the built-in defaults)")
+    budget.add_argument("--config", "-c", dest="config_file", help="the YAML config file, as train takes it")
     budget.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     budget.add_argument("--plan", action="store_true", help="table of the largest rank per scope and head mode")
     budget.add_argument("--model", help="hub id or folder (overrides model.name)")
@@ -403,10 +414,11 @@ def parse_intermixed(parser: argparse.ArgumentParser, argv: list[str]) -> argpar
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # a "Loading weights" bar per load; ours is the one that matters
     args = parse_intermixed(build_parser(), attach_dash_values(sys.argv[1:] if argv is None else argv))
+    if args.command in LOADS_MODELS:  # transformers (and torch) only for the commands that need them: not --help
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # a "Loading weights" bar per load; ours is the one that matters
     try:
         return args.run(args)
     except LoralabError as err:
@@ -424,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+LOADS_MODELS = ("train", "eval", "predict", "export", "serve", "sweep", "search")
 RESUME = {
     "train": "continue with the same command and --resume",
     "sweep": "run the same command again: finished trials are kept, interrupted ones resume from their checkpoints",

@@ -126,7 +126,14 @@ class DataConfig:
         "(the largest, for multi-label), so every text is answered once, in input order",
         "truncate",
     )
-    stride: int = doc("with long_texts: chunk, the tokens two neighbouring windows share", 32)
+    stride: int | None = doc(
+        "with long_texts: chunk, the tokens two neighbouring windows share (null: a quarter of max_length, 32 of 128)",
+        None,
+    )
+
+    def window_stride(self) -> int:
+        """The tokens neighbouring windows share: data.stride where set, else a quarter of max_length."""
+        return self.max_length // 4 if self.stride is None else self.stride
 
 
 @dataclass
@@ -335,8 +342,9 @@ def _validate(cfg: Config) -> None:
     if cfg.data.long_texts == "chunk":
         require(not cfg.data.text_pair_column, "data.long_texts: chunk reads single texts; pairs are truncated")
         require(
-            0 <= cfg.data.stride <= cfg.data.max_length // 2,
-            f"data.stride: {cfg.data.stride} must be 0 to half of data.max_length ({cfg.data.max_length // 2})",
+            0 <= cfg.data.window_stride() <= cfg.data.max_length // 2,
+            f"data.stride: {cfg.data.stride} must be 0 to half of data.max_length ({cfg.data.max_length // 2}); "
+            "leave it unset for a quarter of data.max_length",
         )
     t = cfg.train
     for name in ("steps", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "log_every"):

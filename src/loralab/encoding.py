@@ -75,7 +75,7 @@ def encode(
 
 def encode_for(tokenizer, data_cfg, texts: list[str], pairs: list[str] | None, token_types: bool, labels=None):
     """Rows as a run's data section says: its max_length, truncated or chunked (data.long_texts)."""
-    stride = data_cfg.stride if data_cfg.long_texts == "chunk" else None
+    stride = data_cfg.window_stride() if data_cfg.long_texts == "chunk" else None
     return encode(tokenizer, texts, pairs, data_cfg.max_length, token_types, labels, stride)
 
 

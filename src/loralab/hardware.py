@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from functools import cache
 
@@ -69,17 +70,31 @@ class Precision:
     def line(self) -> str:
         return (
             f"precision {self.used} ({self.asked}: {self.reason})"
-            if self.asked == "auto"
+            if self.asked in ("auto", "trained")
             else (f"precision {self.used} ({self.reason})")
         )
 
 
-def resolve(asked: str, where: torch.device | None = None, width: int | None = None) -> Precision:
+def resolve(
+    asked: str, where: torch.device | None = None, width: int | None = None, trained: str | None = None
+) -> Precision:
     """`auto` -> bf16 where `where` computes it natively, else fp32 (fp16 only where asked). An explicit
     bf16/fp16 on a device that would emulate it still runs, after one warning with its measured cost
-    (a matmul of the model's `width`, timed here)."""
+    (a matmul of the model's `width`, timed here).
+
+    `trained` (a saved run's answers): the precision the run trained in (`trained`, what it used), kept where
+    this device computes it natively, since only the same precision gives back the run's own numbers; where it
+    is emulated here, or the run's record does not say, `auto` decides and the reason says so."""
     where = where or device()
     native, why = native_bf16(where)
+    if asked == "trained":
+        fp16 = where.type == "cuda" or bool({"avx512_fp16", "amx_fp16"} & cpu_flags())
+        if {"fp32": True, "bf16": native, "fp16": fp16}.get(trained, False):
+            said = f"the run trained in {trained}" + (f"; {why}" if trained == "bf16" else "")
+            return Precision(asked, trained, said)
+        chosen = resolve("auto", where)
+        said = "the run's record does not say" if trained is None else f"the run trained in {trained}, emulated here"
+        return Precision(asked, chosen.used, f"{said}: auto chose {chosen.used} ({chosen.reason})")
     if asked == "auto":
         return Precision(asked, "bf16" if native else "fp32", why)
     if asked == "bf16" and not native:
@@ -92,6 +107,15 @@ def resolve(asked: str, where: torch.device | None = None, width: int | None = N
         slower = emulation_slowdown(width or 768, torch.float16, where)
         warn(f"precision fp16 on a CPU: a matmul of this model's width ran {slower:.1f}x slower than fp32 here")
     return Precision(asked, asked, "set explicitly")
+
+
+def autocast_for(precision: str, where: torch.device):
+    """The autocast context of a resolved precision on a device (nothing for fp32): the one context in which
+    training's validation pass and every later answer of the run run, so both round alike."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return nullcontext
+    return lambda: torch.autocast(where.type, dtype=dtype)
 
 
 def emulation_slowdown(width: int, dtype: torch.dtype, where: torch.device) -> float:

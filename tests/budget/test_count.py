@@ -1,6 +1,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,6 +109,84 @@ def test_budget_command_needs_only_config_json(tmp_path, model_dirs):
     assert out.returncode == 0, out.stderr
     assert re.search(r"^  total +999,172$", out.stdout, re.M), out.stdout
     assert re.search(r"^  headroom +828$", out.stdout, re.M), out.stdout
+
+
+def meta_and_arithmetic(folder, labels: int = 4):
+    """The module shapes of the model in `folder` built on the meta device (as training counts) and computed by
+    the planner's arithmetic from its config.json alone."""
+    import json
+
+    from transformers import AutoConfig
+
+    from loralab.budget.arithmetic import module_shapes as by_arithmetic
+
+    built = ModelShapes.of(AutoConfig.from_pretrained(folder, num_labels=labels)).modules
+    return built, by_arithmetic(json.loads((folder / "config.json").read_text()), labels)
+
+
+def other_layouts(root):
+    """Configs beside the tests' tiny ones: roberta-base as shipped, BERT without token types, DeBERTa-v3's
+    relative positions (shared keys, buckets, a LayerNorm on them) and DistilBERT's sinusoidal positions."""
+    from transformers import BertConfig, DebertaV2Config, DistilBertConfig
+
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=99)
+    configs = {
+        "bert-one-type": BertConfig(**shape, type_vocab_size=1),
+        "deberta-v3": DebertaV2Config(
+            **shape,
+            relative_attention=True,
+            share_att_key=True,
+            position_buckets=16,
+            pos_att_type=["p2c", "c2p"],
+            norm_rel_ebd="layer_norm",
+            position_biased_input=False,
+            type_vocab_size=0,
+        ),  # fmt: skip
+        "distilbert-sinusoidal": DistilBertConfig(
+            dim=32, n_layers=2, n_heads=2, hidden_dim=64, vocab_size=99, sinusoidal_pos_embds=True
+        ),  # fmt: skip
+    }
+    folders = {"roberta-base": Path(config.__file__).parent / "hub_configs" / "roberta-base"}
+    for name, model_config in configs.items():
+        model_config.save_pretrained(root / name)
+        folders[name] = root / name
+    return folders
+
+
+def test_the_planners_arithmetic_gives_the_built_models_shapes_on_every_family(model_dirs, tmp_path):
+    folders = dict(model_dirs) | other_layouts(tmp_path)
+    for name, folder in folders.items():
+        for labels in (1, 4):
+            built, computed = meta_and_arithmetic(folder, labels)
+            assert computed is not None, name
+            assert computed[""] == built[""], name  # every weight: a full fine-tuning's count
+            linears = {key: shape for key, shape in built.items() if shape.in_features is not None}
+            assert {key: shape for key, shape in computed.items() if key} == linears, name
+
+
+def test_the_planner_builds_the_model_where_its_arithmetic_does_not_know_the_config(tmp_path):
+    from transformers import DebertaV2Config
+
+    folder = tmp_path / "deberta-unshared"
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=99)
+    DebertaV2Config(**shape, relative_attention=True, share_att_key=False, pos_att_type=["c2p"]).save_pretrained(folder)
+    built, computed = meta_and_arithmetic(folder)
+    assert computed is None  # its extra position projections are not in the arithmetic
+    cfg = config.from_dict({"model": {"name": str(folder)}, "lora": {"scope": ["value"], "r": 4}})
+    from loralab.budget.count import planning_shapes
+
+    assert planning_shapes(cfg).modules == ModelShapes.of(load_model_config(cfg)).modules  # the meta path, exact
+
+
+def test_the_budget_planner_loads_neither_torch_nor_transformers():
+    model = Path(config.__file__).parents[2] / "configs" / "models" / "roberta-base"
+    script = (
+        f"import sys\nfrom loralab.cli import main\nassert main(['budget', '--plan', '--model', {str(model)!r}]) == 0\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "value" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
 
 
 VARIANTS = [

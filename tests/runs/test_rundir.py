@@ -96,28 +96,60 @@ def test_frozen_random_weights_are_saved_where_a_head_depends_on_them(trained):
             assert not saved.exists(), name
 
 
-def test_eval_in_a_fresh_process_gives_the_saved_predictions_row_for_row(trained):
+def eval_in_a_fresh_process(runs: list[Path], *flags: str) -> list[dict]:
+    """`loralab eval RUN --which W --json` of both adapters of every run, in one new interpreter."""
     script = f"""
-import json
 from loralab.cli import main
-for run in {[str(p) for p in trained.values()]!r}:
+for run in {[str(p) for p in runs]!r}:
     for which in ("best", "last"):
-        assert main(["eval", run, "--which", which, "--json", "--precision", "fp32"]) == 0  # as it trained
+        assert main(["eval", run, "--which", which, "--json", *{list(flags)!r}]) == 0
 """
     env = os.environ | {"PYTHONPATH": str(ROOT / "src"), "TRANSFORMERS_VERBOSITY": "error"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(reports) == 2 * len(trained)  # --json: one object per command, nothing else on stdout
+    assert len(reports) == 2 * len(runs)  # --json: one object per command, nothing else on stdout
+    return reports
+
+
+def assert_gives_back_what_it_reported(report: dict) -> None:
+    """Eval's answers are the ones training saved at that evaluation, row for row and bit for bit, and so
+    is the metric the summary reported."""
+    run = RunDir(Path(report["run"]))
+    saved = run.read_predictions(report["adapter"])
+    evaluated = json.loads((Path(report["saved_in"]) / "predictions.json").read_text())
+    where = f"{run.path.name} {report['adapter']}"
+    assert evaluated["labels"] == saved.labels, where
+    assert len(saved.predictions) == len(saved.labels) > 0
+    assert evaluated["predictions"] == saved.predictions, where
+    assert evaluated["scores"] == saved.scores, where
+    summary = run.read_summary()
+    expected = summary.peak_val_accuracy if report["adapter"] == "best" else summary.final["accuracy"]
+    assert report["accuracy"] == expected, where
+
+
+def test_eval_in_a_fresh_process_gives_the_saved_predictions_row_for_row(trained):
+    for report in eval_in_a_fresh_process(list(trained.values())):  # the default: the precision it trained in
+        assert report["engine"]["precision"]["used"] == "fp32"
+        assert_gives_back_what_it_reported(report)
+
+
+def test_a_run_trained_in_bf16_gives_back_its_own_predictions_in_bf16(model_dirs, tiny_data, tmp_path):
+    """Half precision rounds differently when the adapter is merged into the weights: eval runs the adapter
+    as training evaluated it, in the precision it trained in (bf16 is run even where it is emulated)."""
+    runs = []
+    for head in HEADS:  # RoBERTa's random classifier.dense: frozen under out_proj and lora, trained under full
+        overrides = [f"model.head={head}", "train.precision=bf16", "data.val_size=200", "train.eval_batch_size=64"]
+        train_tiny(model_dirs["roberta"], tiny_data, tmp_path, f"bf16-{head}", *overrides)
+        runs.append(tmp_path / f"bf16-{head}")
+    reports = eval_in_a_fresh_process(runs)
     for report in reports:
-        run = RunDir(Path(report["run"]))
-        saved = run.read_predictions(report["adapter"])
-        evaluated = json.loads((Path(report["saved_in"]) / "predictions.json").read_text())
-        assert evaluated["labels"] == saved.labels, run.path.name
-        assert evaluated["predictions"] == saved.predictions, f"{run.path.name} {report['adapter']}"
-        summary = run.read_summary()
-        expected = summary.peak_val_accuracy if report["adapter"] == "best" else summary.final["accuracy"]
-        assert report["accuracy"] == expected
+        assert report["engine"]["precision"]["used"] == "bf16"
+        assert_gives_back_what_it_reported(report)
+    fp32 = eval_in_a_fresh_process(runs[:1], "--precision", "fp32")  # the comparison is not vacuous
+    assert json.loads((Path(fp32[0]["saved_in"]) / "predictions.json").read_text())["scores"] != (
+        RunDir(runs[0]).read_predictions("best").scores
+    )
 
 
 CLASSIFY = """
@@ -131,7 +163,8 @@ with torch.no_grad():
 
 def assert_same_labels(logits: list[list[float]], predictions: list[int], name: str) -> None:
     """The saved label is the argmax (a tie within float noise may go either way)."""
-    for row, (scores, label) in enumerate(zip(logits, predictions)):
+    assert len(logits) == len(predictions) > 0, name
+    for row, (scores, label) in enumerate(zip(logits, predictions, strict=True)):
         assert scores[label] >= max(scores) - 1e-4, f"{name}: row {row} predicted {label}, logits {scores}"
 
 

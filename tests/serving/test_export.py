@@ -78,6 +78,25 @@ def test_onnx_keeps_mean_pooling_and_bert_segments_and_predict_reads_it_in_a_fre
         assert np.abs(probabilities(ours) - probabilities(onnx)).max() <= 1e-4
 
 
+def test_a_damaged_onnx_file_is_one_line_naming_it_for_predict_and_serve(runs, tmp_path):
+    out = tmp_path / "onnx"
+    assert main(["export", str(runs / "plain"), str(out), "--format", "onnx", "--no-check"]) == 0
+    graph = out / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])  # a copy that broke halfway
+    texts = write_csv(tmp_path / "in.csv", [("c0w1 f3",)], ("text",))
+    commands = {
+        "predict": ["predict", str(out), "--input", str(texts), "--out", str(tmp_path / "p.csv")],
+        "serve": ["serve", str(out), "--port", "0"],
+    }
+    for name, argv in commands.items():
+        done = subprocess.run([sys.executable, "-m", "loralab.cli", *argv], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, (name, done.stderr[-2000:])
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"loralab: error: {graph} cannot be read by ONNX Runtime")
+        assert "export the run again" in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_int8_is_refused_only_where_the_rows_show_it_worse_than_chance(
     runs, model_dirs, tiny_data, tmp_path, monkeypatch
 ):
@@ -98,7 +117,7 @@ def test_int8_is_refused_only_where_the_rows_show_it_worse_than_chance(
     real = export_module.write_files
 
     def favour_one_class(tmp, options, cfg, tokenizer, model, folder, run):
-        model.classifier.out_proj.bias.data[0] += 3.0
+        model.classifier.out_proj.bias.data[0] += 10.0  # beyond any learned margin: class 0 nearly everywhere
         real(tmp, options, cfg, tokenizer, model, folder, run)
 
     monkeypatch.setattr(export_module, "write_files", favour_one_class)

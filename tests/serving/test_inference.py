@@ -270,14 +270,34 @@ def test_eval_on_the_training_file_says_how_many_rows_were_trained_on(runs, tiny
 
 
 @pytest.mark.parametrize("flags, same_as", [({"avx2"}, "fp32"), ({"avx2", "avx512_bf16"}, "bf16")])
-def test_predict_by_default_runs_what_the_cpu_computes_natively(
+def test_predict_auto_runs_what_the_cpu_computes_natively(
     runs, texts_file, tmp_path, monkeypatch, capsys, flags, same_as
 ):
     from loralab import hardware
 
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     args = ["predict", str(runs / "out_proj"), "--input", str(texts_file), "--probs"]
-    assert main([*args, "--out", str(tmp_path / "auto.csv")]) == 0
+    assert main([*args, "--precision", "auto", "--out", str(tmp_path / "auto.csv")]) == 0
     assert f"(pytorch, precision {same_as} (auto: " in capsys.readouterr().out  # said with the result
     assert main([*args, "--precision", same_as, "--out", str(tmp_path / "explicit.csv")]) == 0
     assert (tmp_path / "auto.csv").read_text() == (tmp_path / "explicit.csv").read_text()
+
+
+@pytest.mark.parametrize("flags, used", [({"avx2"}, "fp32"), ({"avx2", "avx512_bf16"}, "bf16")])
+def test_predict_by_default_runs_the_precision_the_run_trained_in_where_it_is_native(
+    runs, model_dirs, tiny_data, texts_file, tmp_path, monkeypatch, capsys, flags, used
+):
+    from loralab import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    args = ["--input", str(texts_file), "--out", str(tmp_path / "out.csv")]
+    assert main(["predict", str(runs / "out_proj"), *args]) == 0  # trained in fp32: fp32 on any CPU
+    assert "precision fp32 (trained: the run trained in fp32)" in capsys.readouterr().out
+    train_tiny(model_dirs["roberta"], tiny_data, tmp_path, "bf16", "train.precision=bf16")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "bf16"), *args]) == 0
+    said = capsys.readouterr().out
+    if used == "bf16":
+        assert "precision bf16 (trained: the run trained in bf16; the CPU has avx512_bf16)" in said
+    else:  # emulated here: auto decides, and says why
+        assert "precision fp32 (trained: the run trained in bf16, emulated here: auto chose fp32 (the CPU" in said

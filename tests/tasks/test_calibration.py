@@ -64,7 +64,7 @@ def pair_of_runs(model_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("calibrated")
     data = write_csv(root / "train.csv", synthetic_rows(400))
     common = [
-        f"model.name={model_dirs['roberta']}", f"data.train={data}", "data.val_size=96", "data.max_length=32",
+        f"model.name={model_dirs['roberta']}", f"data.train={data}", "data.val_size=128", "data.max_length=32",
         "lora.scope=[query,value]", "lora.r=4", "train.steps=40", "train.batch_size=16", "train.eval_every=20",
         "train.warmup_steps=0", "train.lr=2e-2", f"output.dir={root}",
     ]  # fmt: skip
@@ -87,7 +87,9 @@ def predicted(run, tmp_path) -> list[dict]:
 
 def test_a_calibrated_run_saves_its_temperature_and_predict_applies_it_without_changing_a_label(pair_of_runs, tmp_path):
     saved = json.loads((pair_of_runs / "calibrated" / "best" / "decision.json").read_text())
-    assert saved["temperature"] != 1.0
+    assert saved["temperature"] != 1.0 and saved["temperature_rows"] == 128
+    summary = json.loads((pair_of_runs / "calibrated" / "summary.json").read_text())
+    assert summary["temperature"] == {"value": saved["temperature"], "rows": 128}  # how many rows fitted it
     plain, calibrated = predicted(pair_of_runs / "plain", tmp_path), predicted(pair_of_runs / "calibrated", tmp_path)
     assert [r["Label"] for r in plain] == [r["Label"] for r in calibrated]
     probabilities = lambda rows: np.array([[float(v) for k, v in r.items() if k.startswith("prob_")] for r in rows])  # noqa: E731
@@ -154,3 +156,12 @@ def test_calibrating_a_regression_is_refused_in_one_line(tmp_path):
         config.load(SEED_CONFIG, ["data.task=regression", "data.label_names=[]", "train.calibrate=temperature"])
     with pytest.raises(LoralabError, match="train.calibrate: 'platt' is not one of none, temperature"):
         config.load(SEED_CONFIG, ["train.calibrate=platt"])
+
+
+def test_a_temperature_from_a_handful_of_rows_is_refused_before_anything_is_written(model_dirs, tmp_path, capsys):
+    data = write_csv(tmp_path / "train.csv", synthetic_rows(200))
+    argv = ["train", "--config", str(SEED_CONFIG), f"model.name={model_dirs['roberta']}", f"data.train={data}",
+            "data.val_size=1", "train.calibrate=temperature", f"output.dir={tmp_path / 'runs'}"]  # fmt: skip
+    assert main(argv) == 2
+    assert "fitted on 1 validation rows, and a temperature from fewer than 100 is noise" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

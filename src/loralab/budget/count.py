@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
+from types import SimpleNamespace
 
 from ..config import Config, missing_here
 from ..errors import LoralabError
@@ -95,8 +94,27 @@ def load_model_config(cfg: Config):
         raise LoralabError(f"cannot read the model config of '{name}'{where}: {str(err).splitlines()[0]}") from err
 
 
+def planning_shapes(cfg: Config) -> ModelShapes:
+    """What shapes_for gives, computed from config.json by arithmetic where that knows the model's family and
+    config (budget/arithmetic.py: the planner, run again and again, loads neither torch nor transformers); else
+    shapes_for itself."""
+    from ..data import label_names_of
+    from .arithmetic import config_json
+    from .arithmetic import module_shapes as by_arithmetic
+
+    name = cfg.model.name
+    folder = Path(name) if Path(name).is_dir() else HUB_CONFIGS / name
+    config = config_json(folder) if not missing_here(name) else None
+    labels = label_names_of(cfg.data)
+    modules = by_arithmetic(config, len(labels)) if config is not None else None
+    if modules is None:
+        return shapes_for(cfg)
+    return ModelShapes(SimpleNamespace(**config | {"num_labels": len(labels)}), modules)
+
+
 def module_shapes(model_config) -> dict[str, ModuleShape]:
     """Every module's shape, from a model built on the meta device (no memory, no weights)."""
+    import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForSequenceClassification
 

@@ -10,8 +10,10 @@ same in + out: a scope that mixes shapes (attention with feed-forward layers, a 
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads with the first model, not with the method table (loralab --help)
+    import torch
 
 from .base import Method
 
@@ -76,6 +78,8 @@ class AdaLora(Method):
     def regularization(self, model) -> torch.Tensor | None:
         """AdaLoRA's orthogonality penalty on P and Q, as PEFT's AdaLoraModel.forward adds it to a loss that the
         Hugging Face model computed (loralab computes the task's loss itself, so it is added here)."""
+        import torch
+
         weight = model.peft_config[model.active_adapter].orth_reg_weight
         terms = []
         for name, p in model.named_parameters():

@@ -1,18 +1,15 @@
 """BitFit (Ben Zaken et al. 2022): only the biases of the adapted layers train, and the head as model.head says.
 
 PEFT has no tuner for it (its bias="all" rides on LoRA matrices), so this is the one method outside PEFT:
-BitFitModel holds the Hugging Face model and answers the part of PeftModel's interface loralab uses
-(save_pretrained, from_pretrained, merge_and_unload, get_base_model). Its files are named apart from PEFT's so
-that no PEFT loader takes them for its own: bitfit_config.json (which tensors) and bitfit_model.safetensors."""
+BitFitModel (bitfit_model.py, loaded with the first model) holds the Hugging Face model and answers the part of
+PeftModel's interface loralab uses (save_pretrained, from_pretrained, merge_and_unload, get_base_model). Its files
+are named apart from PEFT's so that no PEFT loader takes them for its own: bitfit_config.json (which tensors) and
+bitfit_model.safetensors."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import torch
-
-from ..errors import LoralabError
 from .base import Method
 
 BITFIT_CONFIG = "bitfit_config.json"
@@ -30,9 +27,13 @@ class BitFit(Method):
         biases = [f"{name}.bias" for name in plan.lora_ranks if base.get_submodule(name).bias is not None]
         head = [f"{module}.{name}" for module in plan.trained_whole
                 for name, _ in base.get_submodule(module).named_parameters()]  # fmt: skip
+        from .bitfit_model import BitFitModel
+
         return BitFitModel(base, biases + head, trainable=True)
 
     def load(self, base, folder: Path):
+        from .bitfit_model import BitFitModel
+
         return BitFitModel.from_pretrained(base, folder)
 
     def size_label(self, sizes: list[int]) -> str:
@@ -45,62 +46,3 @@ class BitFit(Method):
             f'base.load_state_dict(load_file(f"{{folder}}/{BITFIT_WEIGHTS}"), strict=False)',
             "model = base.eval()",
         ]
-
-
-class BitFitModel(torch.nn.Module):
-    """A Hugging Face classifier of which only the named tensors train (and are saved)."""
-
-    def __init__(self, model, trained: list[str], trainable: bool):
-        super().__init__()
-        self.model, self.trained = model, trained
-        model.requires_grad_(False)
-        if trainable:
-            params = dict(model.named_parameters())
-            for name in trained:
-                params[name].requires_grad_(True)
-
-    @property
-    def config(self):
-        return self.model.config
-
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
-
-    def get_base_model(self):
-        return self.model
-
-    def merge_and_unload(self):
-        """Nothing to merge: the trained biases are the model's own tensors."""
-        return self.model
-
-    def save_pretrained(self, folder) -> None:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        params = dict(self.model.named_parameters())
-        save_file({name: params[name].detach().contiguous() for name in self.trained}, str(folder / BITFIT_WEIGHTS))
-        (folder / BITFIT_CONFIG).write_text(json.dumps({"method": "bitfit", "trained": self.trained}, indent=1))
-
-    def load_saved(self, folder: Path) -> None:
-        """The saved tensors over the model's own (a reload, or a checkpoint resumed)."""
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(Path(folder) / BITFIT_WEIGHTS))
-        unknown = sorted(set(tensors) - {name for name, _ in self.model.named_parameters()})
-        if unknown or sorted(tensors) != sorted(self.trained):
-            raise LoralabError(
-                f"{folder}/{BITFIT_WEIGHTS} does not fit {self.model.config.model_type} as configured "
-                f"({', '.join(unknown[:3]) or 'other tensors than its config names'}): was it trained on another base?"
-            )
-        with torch.no_grad():
-            params = dict(self.model.named_parameters())
-            for name, tensor in tensors.items():
-                params[name].copy_(tensor)
-
-    @classmethod
-    def from_pretrained(cls, base, folder: Path) -> BitFitModel:
-        trained = json.loads((Path(folder) / BITFIT_CONFIG).read_text())["trained"]
-        model = cls(base, trained, trainable=False)
-        model.load_saved(folder)
-        return model

@@ -136,12 +136,21 @@ def predict_logits(
 
     was_training = model.training
     model.eval()
-    # Mean pooling reads every token of the last layer, so nothing can be trimmed.
-    with first_token_after_last_attention(model) if pooling == "first" else nullcontext():
-        logits = batched_logits(
-            forward, tokenizer, data, batch_size, model.config.num_labels, device, progress, max_tokens
-        )
-    model.train(was_training)
+    # Weights that train are frozen for the pass: torch's matmul takes another kernel path (and rounds otherwise)
+    # for a weight that requires grad, so training's evaluation would not be what eval and predict compute later.
+    training = [p for p in model.parameters() if p.requires_grad]
+    for p in training:
+        p.requires_grad_(False)
+    try:
+        # Mean pooling reads every token of the last layer, so nothing can be trimmed.
+        with first_token_after_last_attention(model) if pooling == "first" else nullcontext():
+            logits = batched_logits(
+                forward, tokenizer, data, batch_size, model.config.num_labels, device, progress, max_tokens
+            )
+    finally:
+        for p in training:
+            p.requires_grad_(True)
+        model.train(was_training)
     return logits
 
 

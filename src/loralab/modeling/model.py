@@ -202,9 +202,9 @@ def cast_frozen_linears(model, precision: str) -> None:
     """Under bf16/fp16 autocast every Linear weight is cast to half precision at every step, one cast
     per weight per forward (transformers#15026); a frozen one can be cast once instead. Autocast runs
     Linear layers in half precision anyway, so the arithmetic is the same. Not with DoRA, which takes
-    norms of the base weight outside autocast's casts."""
+    norms of the base weight outside autocast's casts: decided here, for training and every later answer alike."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
+    if dtype is None or any(getattr(m, "lora_magnitude_vector", None) for m in model.modules()):
         return
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and not any(p.requires_grad for p in module.parameters()):

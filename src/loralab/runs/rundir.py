@@ -101,6 +101,7 @@ class Summary:
     peak_95ci: list[float] | None = None  # its 95% interval on the validation rows
     precision: dict | None = None  # train.precision as resolved on the device: asked, used, reason
     machine: dict | None = None  # where the samples/s were measured: CPU, threads, GPU, versions
+    temperature: dict | None = None  # train.calibrate: the best adapter's temperature and the rows it was fitted on
 
     @property
     def peak_value(self) -> float:
@@ -371,6 +372,14 @@ class RunDir:
         if not any((folder / name).is_file() for name in (ADAPTER_CONFIG, BITFIT_CONFIG, "config.json")):
             raise LoralabError(f"run {self.path} has no adapter in {which}/ (did it finish an evaluation?)")
         return folder
+
+    def trained_precision(self) -> str | None:
+        """The precision the run trained in (what ran, not the setting), where its record says it: a finished
+        run's summary, or an explicit train.precision; None for an unfinished `auto` run."""
+        if self.summary.is_file() and (precision := self.read_summary().precision):
+            return precision["used"]
+        asked = self.read_config().train.precision
+        return None if asked == "auto" else asked
 
     def read_decision(self, which: str = "best") -> Decision:
         return read_decision_file(self.path / which / DECISION)

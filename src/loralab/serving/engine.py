@@ -1,15 +1,15 @@
 """How a trained model answers, prepared in one place for eval, predict, serve and export's check.
 
 An engine holds what turns texts into logits: the run's configuration and decision, the tokenizer, and
-either a PyTorch model (on the CUDA device where there is one, in the precision that device computes
-natively unless told otherwise, merged or with several adapters beside one base) or an ONNX Runtime
-session over an export. Everything that answers calls `engine.logits(engine.encode(texts, pairs))`.
+either a PyTorch model (on the CUDA device where there is one, in the precision the run trained in where that
+device computes it natively unless told otherwise, its adapter beside the base as training evaluated it, or
+several adapters beside one base) or an ONNX Runtime session over an export. Everything that answers calls
+`engine.logits(engine.encode(texts, pairs))`.
 """
 
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +30,6 @@ RUN_CONFIG = "loralab.yaml"  # the run's configuration: task, labels, columns, m
 EXPORT_RECORD = "export.json"
 
 
-def autocast_for(precision: str, where: torch.device):
-    """The autocast context of a resolved precision on a device (nothing for fp32)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        return nullcontext
-    return lambda: torch.autocast(where.type, dtype=dtype)
-
-
 def set_threads(threads: int | None) -> None:
     """Intra-op threads for this process (None: torch's default, one per core), for one replica per core group."""
     if threads is not None:
@@ -52,10 +44,13 @@ class TorchEngine:
 
     kind = "pytorch"
 
-    def __init__(self, cfg: Config, decision: Decision, tokenizer, model, precision: str = "auto"):
+    def __init__(
+        self, cfg: Config, decision: Decision, tokenizer, model, precision: str = "auto", trained: str | None = None
+    ):
+        """`trained`: the precision the run trained in, which `precision: trained` keeps where it is native."""
         self.cfg, self.decision, self.tokenizer, self.model = cfg, decision, tokenizer, model
         self.device = hardware.device()
-        self.precision = hardware.resolve(precision, self.device, model.config.hidden_size)
+        self.precision = hardware.resolve(precision, self.device, model.config.hidden_size, trained)
         model.requires_grad_(False)
         cast_frozen_linears(model, self.precision.used)
         model.to(self.device).eval()
@@ -80,7 +75,7 @@ class TorchEngine:
             data,
             batch_size,
             self.device,
-            autocast_for(self.precision.used, self.device),
+            hardware.autocast_for(self.precision.used, self.device),
             self.cfg.model.pooling,
             progress=progress,
             adapter_names=adapter_names,
@@ -110,7 +105,15 @@ class OnnxEngine:
         settings = ort.SessionOptions()
         if threads is not None:
             settings.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.folder / ONNX_FILE), settings, providers=["CPUExecutionProvider"])
+        graph = self.folder / ONNX_FILE
+        try:
+            self.session = ort.InferenceSession(str(graph), settings, providers=["CPUExecutionProvider"])
+        except Exception as err:  # ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...) for a bad file
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise LoralabError(
+                f"{graph} cannot be read by ONNX Runtime ({reason[:200]}): the file is damaged or incomplete; "
+                "export the run again (loralab export RUN OUT --format onnx)"
+            ) from err
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.precision = hardware.Precision(
             "auto", "int8" if self.format == "onnx-int8" else "fp32", "the export's own weights"
@@ -156,18 +159,25 @@ def config_of(path: str | Path) -> Config:
 def open_engine(
     path: str | Path,
     which: str = "best",
-    precision: str = "auto",
+    precision: str = "trained",
     base_model: str | None = None,
     threads: int | None = None,
-    merged: bool = True,
+    merged: bool = False,
 ) -> TorchEngine | OnnxEngine:
-    """The engine for a run directory (its `which` adapter, merged into plain weights unless asked not
-    to) or for an ONNX export folder: predict, eval, serve and export's check open models only here."""
+    """The engine for a run directory (its `which` adapter) or for an ONNX export folder: predict, eval, serve
+    and export's check open models only here.
+
+    A run's adapter stays beside its base, as training evaluated it: merged weights round differently in half
+    precision (bf16(W + BA) is not bf16(W) plus the adapter's own product), and a merged model answered up to
+    1.5e-3 away in probability, and another label on near ties, from the run's own validation predictions.
+    Unmerged, in the precision it trained in, a run gives back its validation predictions bit for bit.
+    `merged` is for what must be plain weights (exports and their check)."""
     set_threads(threads)
     if is_onnx_export(path):
         return OnnxEngine(path, threads)
+    run = RunDir(Path(path))
     cfg, tokenizer, model = load_trained(path, which, merged=merged, base_model=base_model)
-    return TorchEngine(cfg, RunDir(Path(path)).read_decision(which), tokenizer, model, precision)
+    return TorchEngine(cfg, run.read_decision(which), tokenizer, model, precision, run.trained_precision())
 
 
 def classify(engine: TorchEngine | OnnxEngine, texts: list[str], pairs: list[str] | None, batch_size: int = 16):

@@ -53,7 +53,12 @@ def evaluate_run(run_path: str, data: str | None, split: str, options: Inference
 
     folder = run.eval_dir(f"{tag}-{options.which}")
     write_json_atomic(folder / "metrics.json", report)
-    write_json_atomic(folder / "predictions.json", {"labels": rows.labels, "predictions": predictions})
+    answers = {
+        "labels": rows.labels,
+        "predictions": predictions,
+        "scores": scored.scores if task.probabilities else None,
+    }
+    write_json_atomic(folder / "predictions.json", answers)
     if "confusion_matrix" in report:
         metric = report["metric"]
         title = f"{run.path.name} ({options.which}) on {tag}: {metric} {report[metric]:.4f}"

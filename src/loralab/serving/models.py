@@ -14,17 +14,17 @@ from ..config import Config
 from ..encoding import Encoded
 from ..errors import LoralabError
 from ..methods import method_of
-from ..modeling.model import load_trained, with_base
+from ..modeling.model import with_base
 from ..options import ServeOptions
 from ..runs.frozen import same_frozen
 from ..runs.rundir import RunDir
 from ..tasks import Decision, task_for
-from .engine import EXPORT_RECORD, ONNX_FILE, OnnxEngine, TorchEngine, is_onnx_export, set_threads
+from .engine import EXPORT_RECORD, ONNX_FILE, OnnxEngine, TorchEngine, is_onnx_export, open_engine, set_threads
 from .stacked import restack
 
 
 class ModelGroup:
-    """Adapters that share one forward pass: here one ONNX export, or one run merged into its base."""
+    """Adapters that share one forward pass: here one ONNX export, or one run alone on its base."""
 
     mixed = False
 
@@ -150,7 +150,8 @@ class SharedBase(ModelGroup):
         base = base_for_adapter(cfg, RunDir(founder.run).adapter(self.which), num_labels=width)
         model = PeftModel(base, config, adapter_name=founder.peft_name)
         self._load(model, founder, weights)
-        super().__init__(TorchEngine(cfg, founder.decision, load_tokenizer(cfg.model.name), model, options.precision))
+        tokenizer, trained = load_tokenizer(cfg.model.name), RunDir(founder.run).trained_precision()
+        super().__init__(TorchEngine(cfg, founder.decision, tokenizer, model, options.precision, trained))
         restack(model)  # once the engine has cast and moved the weights: the stacks are built from them
         founder.group = self
 
@@ -239,8 +240,8 @@ class Classifiers:
             if is_onnx_export(path):
                 self.adapters[name] = self.read_export(name, path)
         trained = [self.read_run(name, path) for name, path in runs if not is_onnx_export(path)]
-        if len(trained) == 1 and not options.admin_token:  # alone for good: merged, as predict runs it
-            self._load_merged(trained[0])
+        if len(trained) == 1 and not options.admin_token:  # alone for good: as predict runs it
+            self._load_alone(trained[0])
         elif trained:
             for adapter in trained[1:]:
                 if problem := sharing_problem(trained[0], adapter, options.which):
@@ -266,10 +267,9 @@ class Classifiers:
         engine = OnnxEngine(path, self.options.threads)
         return Adapter(name, path, engine.cfg, engine.decision, "default", ModelGroup(engine))
 
-    def _load_merged(self, adapter: Adapter) -> None:
+    def _load_alone(self, adapter: Adapter) -> None:
         options = self.options
-        cfg, tokenizer, model = load_trained(adapter.run, options.which, merged=True, base_model=options.base_model)
-        adapter.group = ModelGroup(TorchEngine(cfg, adapter.decision, tokenizer, model, options.precision))
+        adapter.group = ModelGroup(open_engine(adapter.run, options.which, options.precision, options.base_model))
 
     def prepare(self, name: str, path: Path):
         """Everything of adding an adapter that can run beside the forward passes: its files read and checked,

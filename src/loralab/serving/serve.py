@@ -2,10 +2,10 @@
 
 Runs trained on the same base share one copy of it in memory: each run's adapter and trained head are
 loaded beside it under their own name, and rows that arrive together are classified in one forward
-pass even when they ask for different adapters (PEFT's mixed-adapter batches). One run alone is
-merged into plain weights, as `predict` runs it. An ONNX export (fp32 or int8) is served by ONNX
-Runtime as a model of its own: several exports are several models, in one server. PyTorch models run
-on the CUDA device where there is one, in the precision it computes natively (engine.py decides).
+pass even when they ask for different adapters (PEFT's mixed-adapter batches). One run alone runs as
+`predict` runs it. An ONNX export (fp32 or int8) is served by ONNX Runtime as a model of its own: several
+exports are several models, in one server. PyTorch models run on the CUDA device where there is one, in the
+precision the (first) run trained in where that device computes it natively (engine.py decides).
 
 Runs of one base share its pass whatever their tasks and label counts (single-label, multi-label,
 regression, pairs): each row's logits come from its own adapter's head. With --admin-token, adapters are

@@ -4,11 +4,18 @@ and the interface each shape implements (Task)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..stats import bootstrap_interval, mcnemar_exact, paired_bootstrap_p
+
+if TYPE_CHECKING:  # torch loads with the first model, not with the task tables (loralab --help)
+    import torch
+
+
+# Fewer validation rows than this fit a temperature that is noise (one row gave T at its bound, 20): refused.
+MIN_CALIBRATION_ROWS = 100
 
 
 @dataclass
@@ -21,6 +28,7 @@ class Decision:
     target_mean: float = 0.0
     target_std: float = 1.0
     temperature: float = 1.0  # logits are divided by it before probabilities (train.calibrate: temperature)
+    temperature_rows: int | None = None  # the validation rows it was fitted on
 
 
 @dataclass
@@ -161,11 +169,13 @@ class Task:
         """With train.calibrate: temperature, the one temperature that minimises the loss on these rows."""
         if calibrate != "temperature":
             return decision
-        return replace(decision, temperature=self.fit_temperature(logits, targets))
+        return replace(decision, temperature=self.fit_temperature(logits, targets), temperature_rows=len(targets))
 
     def fit_temperature(self, logits: torch.Tensor, targets: list) -> float:
         """Temperature scaling (Guo et al. 2017): T > 0 minimising the task's loss of logits / T, fitted by
         L-BFGS on log T. Dividing every logit by one T changes no argmax and no logit's sign: no label."""
+        import torch
+
         logits, truth = logits.detach().float(), torch.tensor(targets)
         log_t = torch.zeros(1, requires_grad=True)
         optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")

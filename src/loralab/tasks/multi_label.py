@@ -4,12 +4,14 @@ per class (0.5, or tuned on the validation rows); micro/macro-F1, subset accurac
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .base import Decision, Scored, Task, f1_micro_labels, per_label_f1, subset_accuracy
+
+if TYPE_CHECKING:  # torch loads with the first model, not with the task tables (loralab --help)
+    import torch
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
@@ -41,10 +43,14 @@ class MultiLabel(Task):
 
     def loss(self, logits, targets, decision: Decision, class_weights=None, label_smoothing: float = 0.0):
         # Label smoothing toward 0.5 for every label, as the single-label loss smooths toward uniform.
+        import torch.nn.functional as F
+
         targets = targets.float() * (1 - label_smoothing) + 0.5 * label_smoothing
         return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=class_weights)
 
     def score(self, logits: torch.Tensor, decision: Decision) -> Scored:
+        import torch
+
         probabilities = (logits.float() / decision.temperature).sigmoid()
         thresholds = torch.tensor(decision.thresholds or [0.5] * self.n)
         return Scored((probabilities >= thresholds).int().tolist(), probabilities.tolist())
@@ -66,9 +72,11 @@ class MultiLabel(Task):
         if calibrate != "temperature":
             return decision
         temperature = self.fit_temperature(logits, targets)
+        import torch
+
         raw = torch.tensor(decision.thresholds or [0.5] * self.n, dtype=torch.float64)
         carried = (torch.logit(raw) / temperature).sigmoid().tolist()
-        return replace(decision, temperature=temperature, thresholds=carried)
+        return replace(decision, temperature=temperature, thresholds=carried, temperature_rows=len(targets))
 
     def calibration_events(self, targets: list, scores: list) -> tuple[list, list]:
         """Every label's probability, and whether the label was on."""

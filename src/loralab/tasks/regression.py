@@ -3,11 +3,14 @@ data.scale_targets); Pearson, Spearman and MSE; no probabilities."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .base import Decision, Scored, Task, mse, pearson, spearman
+
+if TYPE_CHECKING:  # torch loads with the first model, not with the task tables (loralab --help)
+    import torch
 
 
 class Regression(Task):
@@ -39,6 +42,8 @@ class Regression(Task):
         return None
 
     def loss(self, logits, targets, decision: Decision, class_weights=None, label_smoothing: float = 0.0):
+        import torch.nn.functional as F
+
         scaled = (targets.float() - decision.target_mean) / decision.target_std
         return F.mse_loss(logits.float().squeeze(-1), scaled)
 

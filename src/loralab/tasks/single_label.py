@@ -3,12 +3,15 @@ Matthews correlation; per-class precision, recall, F1 and the confusion matrix; 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..stats import wilson_interval
 from .base import Decision, Scored, Task, accuracy, confusion, f1_macro_classes, mcc, mcnemar
+
+if TYPE_CHECKING:  # torch loads with the first model, not with the task tables (loralab --help)
+    import torch
 
 
 class SingleLabel(Task):
@@ -21,6 +24,8 @@ class SingleLabel(Task):
         return dict(zip(self.metrics, (accuracy, lambda t, p: f1_macro_classes(t, p, n), lambda t, p: mcc(t, p, n))))
 
     def loss(self, logits, targets, decision: Decision, class_weights=None, label_smoothing: float = 0.0):
+        import torch.nn.functional as F
+
         return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=label_smoothing)
 
     def score(self, logits: torch.Tensor, decision: Decision) -> Scored:

@@ -37,6 +37,7 @@ from ..modeling.model import (
 from ..runs.files import make_dir
 from ..runs.rundir import LoopState, Predictions, RunDir, Summary
 from ..tasks import Decision, task_for
+from ..tasks.base import MIN_CALIBRATION_ROWS
 from .tracking import check_installed, start_trackers, tracker_settings
 
 
@@ -64,6 +65,11 @@ def prepare(cfg: Config, log=print, processes: int = 1) -> Prepared:
     check_class_weights(cfg)
     for problem in check_label_fit(cfg.data, train_rows, val_rows):
         warn(problem)
+    if cfg.train.calibrate == "temperature" and len(val_rows.texts) < MIN_CALIBRATION_ROWS:
+        raise LoralabError(
+            f"train.calibrate: temperature would be fitted on {len(val_rows.texts)} validation rows, and a temperature "
+            f"from fewer than {MIN_CALIBRATION_ROWS} is noise: raise data.val_size, or set train.calibrate=none"
+        )
     resolve_schedule(cfg, len(train_rows.texts), processes, log)
     shapes = shapes_for(cfg)
     breakdown, plan = breakdown_for(cfg, shapes)
@@ -277,8 +283,7 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
     main = accelerator.is_main_process
     start_trackers(accelerator, run, cfg, prep.breakdown)
 
-    if not cfg.lora.use_dora:  # half-precision autocast: frozen Linear weights cast once, not every step
-        cast_frozen_linears(prep.model, precision.used)
+    cast_frozen_linears(prep.model, precision.used)  # half-precision autocast: frozen Linears cast once, not per step
     if t.gradient_checkpointing:
         checkpoint_layers(prep.model.get_base_model() if cfg.model.finetune == "lora" else prep.model)
     release_freed_memory()  # the fp32 copies just cast, the data tables, the tokenizer's buffers
@@ -336,18 +341,13 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
             window_loss.zero_()
             window_steps = 0
 
-        # Evaluate on the validation rows, keep the best adapter, checkpoint, let a search prune.
+        # Evaluate on the validation rows, keep the best adapter, checkpoint, let a search prune. The pass is
+        # the one `eval`, `predict` and `serve` make later (the adapter unmerged, the same casts and autocast),
+        # so a saved run gives back these predictions bit for bit.
         if state.step % t.eval_every == 0 or state.step == t.steps:
-            result = evaluate(
-                plain,
-                prep.tokenizer,
-                prep.val_set,
-                cfg,
-                decision,
-                accelerator.device,
-                accelerator.autocast,
-                accelerator,
-            )
+            autocast = hardware.autocast_for(precision.used, accelerator.device)
+            where = accelerator.device
+            result = evaluate(plain, prep.tokenizer, prep.val_set, cfg, decision, where, autocast, accelerator)
             state.elapsed_s = time.perf_counter() - started
             record_evaluation(state, result, t.early_stopping_patience, method_of(cfg).keeps_from_step(cfg))
             accelerator.log({f"val/{key}": value for key, value in result.metrics().items()}, step=state.step)
@@ -381,6 +381,7 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
         git_commit=git_commit(),
         precision=precision.record(),
         machine=hardware.machine(),
+        temperature=calibration_record(run) if main and t.calibrate == "temperature" else None,
     )
     accelerator.log({f"peak_val_{metric}": summary.peak, "peak_step": summary.peak_step}, step=state.step)
     for tracker in accelerator.trackers:  # not end_training(): it would also end the caller's process group
@@ -456,6 +457,12 @@ def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int,
     method.after_step(plain, step)  # AdaLoRA allocates its ranks here, from this step's gradients
     optimizer.zero_grad(set_to_none=True)
     return total
+
+
+def calibration_record(run: RunDir) -> dict | None:
+    """The best adapter's temperature and how many validation rows fitted it."""
+    decision = run.read_decision("best")
+    return {"value": decision.temperature, "rows": decision.temperature_rows}
 
 
 def peak_accuracy(run: RunDir, cfg: Config) -> float | None:
