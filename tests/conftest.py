@@ -29,6 +29,12 @@ FILLER = [f"f{i}" for i in range(40)]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core, at most 4 (each holds torch and its own tiny models; the tests run tiny models
+    on one thread each, and their servers and subprocesses want cores of their own)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def synthetic_rows(n: int, seed: int = 0) -> list[tuple[int, str]]:
     """A learnable 4-class task: each text carries three keywords of its class among filler words."""
     rng = random.Random(seed)
@@ -249,8 +255,8 @@ def start(*argv: str, precision: str = "fp32") -> tuple[subprocess.Popen, int]:
     return process, int(line.split("http://127.0.0.1:")[1].split("/")[0])
 
 
-def stop(process: subprocess.Popen) -> str:
-    process.send_signal(signal.SIGTERM)
+def stop(process: subprocess.Popen, how: signal.Signals = signal.SIGTERM) -> str:
+    process.send_signal(how)
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 0
     return out

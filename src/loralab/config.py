@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import LoralabError
+from .fields import doc
 from .methods import METHODS
 from .tasks import SHAPES
 
@@ -28,19 +29,12 @@ TASKS = tuple(SHAPES)
 # names another.
 TASK_METRICS = {name: shape.metrics for name, shape in SHAPES.items()}
 LOWER_IS_BETTER = tuple(sorted({metric for shape in SHAPES.values() for metric in shape.lower_is_better}))
-LORA_INITS = ("default", "gaussian", "pissa", "olora")
-LORA_BIAS = ("none", "lora_only")
 CALIBRATIONS = ("none", "temperature")
 LONG_TEXTS = ("truncate", "chunk")
 # Accelerate's tracker names -> the module each needs.
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio", "aim": "aim",
             "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}  # fmt: skip
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
-
-
-def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
-    """A dataclass field carrying its one-line documentation."""
-    return field(default=default, default_factory=factory, metadata={"doc": text})
 
 
 @dataclass
@@ -58,11 +52,13 @@ class ModelConfig:
 
 
 @dataclass
-class LoraConfig:
+class AdapterSettings:
+    """The settings every method reads; each method's own (LoRA's variants, AdaLoRA's init_r, FourierFT's
+    n_frequency) are declared, documented and checked in its file in methods/ and join this section below."""
+
     method: str = doc(
-        "the parameter-efficient method: lora (and its variants below), vera, fourierft, ia3, adalora (through PEFT) "
-        "or bitfit "
-        "(the fields below marked LoRA's are refused with another method)",
+        f"the parameter-efficient method: {', '.join(METHODS)} (each method's own settings below are refused with "
+        "another method)",
         "lora",
     )
     scope: list[str] = doc(
@@ -72,18 +68,30 @@ class LoraConfig:
     r: int = doc(
         "LoRA rank; VeRA: the rank of its shared random matrices; AdaLoRA: the average rank left after pruning", 22
     )
-    init_r: int = doc("AdaLoRA: the rank each adapted layer trains from before pruning (0: 1.5 x lora.r)", 0)
-    n_frequency: int = doc("FourierFT: trained spectral coefficients per adapted layer", 1000)
     alpha: float = doc("LoRA alpha (scaling = alpha / r); FourierFT: its scaling", 44.0)
     dropout: float = doc("dropout on the LoRA input", 0.1)
     layers: list[int] | None = doc("encoder layers to adapt (null: all)", None)
-    rank_pattern: dict[int, int] = doc("per-layer rank overriding r, e.g. {10: 32, 11: 32}", factory=dict)
-    use_rslora: bool = doc("rank-stabilised scaling alpha/sqrt(r) instead of alpha/r", False)
-    use_dora: bool = doc("DoRA: adds a trainable magnitude per output feature of each adapted layer", False)
-    plus_ratio: float = doc("LoRA+: the B matrices train at lr x this ratio (0: off, plain LoRA)", 0.0)
-    init: str = doc("initialisation of A and B: default, gaussian, pissa or olora", "default")
-    bias: str = doc("biases that train: none, or lora_only (the adapted layers' biases)", "none")
     budget: int = doc("maximum trainable parameters, head included", 1_000_000)
+
+
+def _lora_section() -> type:
+    """The `lora` section: the common settings, then every method's own, one flat section as YAML files and
+    `lora.key=value` overrides name them (methods/ declares them: a new method brings its settings with it)."""
+    own = []
+    for method in METHODS.values():
+        if method.options is None:
+            continue
+        hints = typing.get_type_hints(method.options)
+        for f in dataclasses.fields(method.options):
+            documented = {"doc": f"{method.name}: {f.metadata['doc']}"}
+            own.append((f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory,
+                                                        metadata=documented)))  # fmt: skip
+    section = dataclasses.make_dataclass("LoraConfig", own, bases=(AdapterSettings,))
+    section.__module__ = __name__
+    return section
+
+
+LoraConfig = _lora_section()
 
 
 @dataclass
@@ -292,33 +300,19 @@ def _validate(cfg: Config) -> None:
     require(cfg.lora.r >= 1, f"lora.r: must be >= 1, got {cfg.lora.r}")
     require(cfg.lora.alpha > 0, f"lora.alpha: must be > 0, got {cfg.lora.alpha}")
     require(0 <= cfg.lora.dropout < 1, f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
-    require(all(r >= 1 for r in cfg.lora.rank_pattern.values()), "lora.rank_pattern: ranks must be >= 1")
     require(cfg.lora.budget >= 1, f"lora.budget: must be >= 1, got {cfg.lora.budget}")
-    require(cfg.lora.plus_ratio >= 0, f"lora.plus_ratio: must be >= 0, got {cfg.lora.plus_ratio}")
-    require(cfg.lora.init in LORA_INITS, f"lora.init: '{cfg.lora.init}' is not one of {', '.join(LORA_INITS)}")
     method = cfg.lora.method
     require(method in METHODS, f"lora.method: '{method}' is not one of {', '.join(METHODS)}")
-    require(cfg.lora.n_frequency >= 1, f"lora.n_frequency: must be >= 1, got {cfg.lora.n_frequency}")
-    if method == "adalora":
-        require(
-            cfg.lora.init_r == 0 or cfg.lora.init_r > cfg.lora.r,
-            f"lora.init_r: AdaLoRA prunes from it down to lora.r, so it must be above {cfg.lora.r} (0: 1.5 x lora.r)",
-        )
-        require(
-            cfg.train.epochs > 0 or cfg.train.steps >= 10,
-            f"train.steps: AdaLoRA prunes over the run's steps and needs at least 10, got {cfg.train.steps}",
-        )
-    else:
-        require(cfg.lora.init_r == 0, f"lora.init_r is AdaLoRA's: with lora.method {method} leave it at 0")
-    if method != "lora":
-        lora_only = {"use_dora": False, "use_rslora": False, "plus_ratio": 0.0, "init": "default", "bias": "none",
-                     "rank_pattern": {}}  # fmt: skip
-        for name, default in lora_only.items():
-            require(
-                getattr(cfg.lora, name) == default,
-                f"lora.{name} is LoRA's: with lora.method {method} leave it at {default!r} (or use lora.method lora)",
-            )
-    require(cfg.lora.bias in LORA_BIAS, f"lora.bias: '{cfg.lora.bias}' is not one of {', '.join(LORA_BIAS)}")
+    for other in METHODS.values():  # another method's own settings stay at their defaults
+        if other.name != method:
+            for name, default in other.option_defaults().items():
+                require(
+                    getattr(cfg.lora, name) == default,
+                    f"lora.{name} is {other.label}'s: with lora.method {method} leave it at {default!r} (or use "
+                    f"lora.method {other.name})",
+                )
+    problem = METHODS[method].check(cfg)
+    require(problem is None, problem or "")
     require(cfg.data.task in TASKS, f"data.task: '{cfg.data.task}' is not one of {', '.join(TASKS)}")
     problem = SHAPES[cfg.data.task].label_names_problem(cfg.data.label_names)
     require(problem is None, problem or "")
@@ -370,11 +364,15 @@ def _validate(cfg: Config) -> None:
         check_class_weights(cfg)
 
 
-def goodness(metric: str, value: float) -> float:
-    """A metric's value oriented so that higher is better (MSE negated); an undefined value ranks last."""
-    if math.isnan(value):
-        return -math.inf
+def oriented(metric: str, value: float) -> float:
+    """A metric's value turned so that higher is better (MSE negated): the one place that knows which way each
+    metric improves (each task names its own in tasks/)."""
     return -value if metric in LOWER_IS_BETTER else value
+
+
+def goodness(metric: str, value: float) -> float:
+    """oriented(), with an undefined value ranked last."""
+    return -math.inf if math.isnan(value) else oriented(metric, value)
 
 
 def metric_for_best(cfg: Config) -> str:

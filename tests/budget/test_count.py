@@ -1,3 +1,4 @@
+import dataclasses
 import re
 import subprocess
 import sys
@@ -262,7 +263,7 @@ def test_every_method_counts_exactly_on_every_family(model_dirs, family, method)
     scope = ["query", "value"] if method == "adalora" else ["query", "value", "ffn_out"]
     tree = {
         "model": {"name": str(model_dirs[family])},
-        "lora": {"method": method, "scope": scope, "r": 3, "n_frequency": 7},
+        "lora": {"method": method, "scope": scope, "r": 3, **({"n_frequency": 7} if method == "fourierft" else {})},
     }
     cfg = config.from_dict(tree)
     model_config = load_model_config(cfg)
@@ -308,9 +309,20 @@ def test_methods_table_gives_each_methods_largest_size_and_counts_it_exactly(mod
             assert breakdown_for(bigger, model)[0].total > 3000
 
 
-def test_loras_own_settings_are_refused_with_another_method():
+def test_each_methods_own_settings_are_its_own_and_refused_with_another_method():
     with pytest.raises(LoralabError, match="lora.use_dora is LoRA's: with lora.method vera leave it at False"):
         config.from_dict({"lora": {"method": "vera", "use_dora": True}})
+    with pytest.raises(LoralabError, match="lora.n_frequency is FourierFT's: with lora.method lora leave it at 1000"):
+        config.from_dict({"lora": {"n_frequency": 64}})
+    with pytest.raises(LoralabError, match="lora.n_frequency: must be >= 1, got 0"):  # FourierFT's own check
+        config.from_dict({"lora": {"method": "fourierft", "n_frequency": 0}})
+    # Each method's settings are declared in its own file and join the lora section with their help.
+    from loralab.methods import METHODS
+
+    section = {f.name: f for f in dataclasses.fields(config.LoraConfig)}
+    for method in METHODS.values():
+        for name in method.option_defaults():
+            assert section[name].metadata["doc"].startswith(f"{method.name}: "), name
     with pytest.raises(LoralabError, match="'prefix' is not one of lora, vera, fourierft, ia3, bitfit, adalora"):
         config.from_dict({"lora": {"method": "prefix"}})
 

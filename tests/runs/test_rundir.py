@@ -221,6 +221,13 @@ def test_adapter_only_export_loads_the_way_its_model_card_says(trained, val_text
     logits = classify_in_fresh_process(loaders, folders, val_texts, tmp_path)
     for name in folders:
         assert_same_labels(logits[name], RunDir(trained[name]).read_predictions("best").predictions, name)
+    # Each card names its own method and settings, and the library that loads it.
+    cards = {name: (folder / "README.md").read_text() for name, folder in folders.items()}
+    assert "LoRA adapter for" in cards["roberta-full-first"] and "r=4, alpha=44" in cards["roberta-full-first"]
+    assert "(IA)^3 adapter for" in cards["variant-ia3"] and "r=" not in cards["variant-ia3"]
+    assert "FourierFT adapter" in cards["variant-fourierft"] and "n_frequency=64" in cards["variant-fourierft"]
+    assert "BitFit weights" in cards["variant-bitfit"] and "library_name: transformers" in cards["variant-bitfit"]
+    assert "VeRA adapter" in cards["variant-vera"] and "AdaLoRA adapter" in cards["variant-adalora"]
 
 
 def test_a_run_saved_without_its_frozen_weights_is_refused(trained, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import signal
 import socket
 import threading
 import time
@@ -237,7 +238,8 @@ def test_bad_requests_are_4xx_naming_the_problem_and_the_server_goes_on(server):
         assert call(server, "POST", "/v1/classify", good) == expected
 
 
-def test_a_pair_run_served_alone_and_sigterm_answers_what_is_in_flight(runs, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: its terminal or ssh closed
+def test_a_pair_run_served_alone_and_a_stop_signal_answers_what_is_in_flight(runs, tmp_path, stop_signal):
     rows = pair_rows(12, seed=4)
     expected = predicted(runs / "pairs", tmp_path, [(a, b) for _, a, b in rows], ("premise", "hypothesis"))
     # A long batching wait: the request is still waiting in the server when SIGTERM arrives.
@@ -258,7 +260,7 @@ def test_a_pair_run_served_alone_and_sigterm_answers_what_is_in_flight(runs, tmp
     while time.monotonic() < deadline and "loralab_queue_rows 12.0" not in call(port, "GET", "/metrics")[1]:
         time.sleep(0.05)
     assert "loralab_queue_rows 12.0" in call(port, "GET", "/metrics")[1]
-    assert "every request was answered" in stop(process)
+    assert "every request was answered" in stop(process, stop_signal)
     thread.join(timeout=60)
     assert "response" in answered, "the request in flight was not answered"
     status, body = answered["response"]

@@ -188,7 +188,7 @@ def test_admin_requests_that_cannot_be_taken_are_4xx_and_the_server_goes_on(admi
         ({"run": "/etc"}, ADMIN, 403, "is not inside --runs-dir"),
         ({"run": "link"}, ADMIN, 403, "is not inside --runs-dir"),
         ({"run": "roberta"}, ADMIN, 422, "have different bases"),
-        ({"run": "vera"}, ADMIN, 422, "is a vera adapter, which PEFT cannot mix with others in one batch"),
+        ({"run": "vera"}, ADMIN, 422, "is a VeRA adapter, which PEFT cannot mix with others in one batch"),
         ({"run": "broken"}, ADMIN, 422, "cannot serve it here"),
         ({"run": "nothing"}, ADMIN, 404, "neither a finished run"),
         ({"run": "four"}, ADMIN, 409, "already served"),
@@ -227,7 +227,9 @@ def test_removal_waits_for_the_requests_that_hold_the_adapter(runs, tmp_path):
     thread.join(timeout=60)
     status, answer = done["answer"]
     assert status == 200 and answer["labels"] == [label for label, _ in expected["tags"]]
-    assert done["answered_at"] <= removed_at
+    # Two threads' clocks, read after their responses: scheduling may order them by milliseconds, while a removal
+    # that did not wait would return about 2 s (the batching wait) before the answer.
+    assert done["answered_at"] <= removed_at + 0.25
     assert call(port, "POST", "/v1/classify", body_for("tags"))[0] == 404
     stop(process)
 

@@ -113,6 +113,7 @@ def postgres_or_skip() -> str:
     return POSTGRES_URL
 
 
+@pytest.mark.xdist_group("postgresql")  # beside the outage test, which stops the server
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_workers_run_every_trial_exactly_once(tmp_path, model_dirs, tiny_data, backend):
     name = f"two-workers-{backend}-{os.getpid()}-{time.time_ns()}"
@@ -134,7 +135,7 @@ def test_two_workers_run_every_trial_exactly_once(tmp_path, model_dirs, tiny_dat
 
 def test_interrupted_sweep_resumes_the_killed_trial_from_its_checkpoint(tmp_path, model_dirs, tiny_data):
     runs = tmp_path / "runs"
-    path = tiny_sweep(tmp_path, model_dirs, tiny_data, FOUR, steps=300, name="killed")
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, FOUR, steps=120, name="killed")  # 40 checkpoints a trial
     # The default 30 s heartbeat: the restart must find its own machine's dead worker without waiting.
     command = [sys.executable, "-m", "loralab.cli", "sweep", str(path), "--runs", str(runs)]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -484,16 +485,17 @@ def test_what_every_trial_needs_is_checked_once_and_a_repeated_failure_stops_the
     assert sorted(t.state.name for t in study.get_trials()) == ["FAIL", "FAIL", "WAITING", "WAITING"]
 
 
+@pytest.mark.xdist_group("postgresql")  # it stops the server: no other test of it may run meanwhile
 def test_a_postgresql_outage_mid_sweep_is_ridden_out(tmp_path, model_dirs, tiny_data):
-    """The server stopped for 15 s while a trial trains (its heartbeats fail meanwhile), then started
-    again: the sweep waits, says so, and finishes every trial exactly once."""
+    """The server stopped for 8 s (four heartbeats) while a trial trains (its heartbeats fail meanwhile), then
+    started again: the sweep waits, says so, and finishes every trial exactly once."""
     url = postgres_or_skip()
     clusters = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True)
     if clusters.returncode or os.geteuid() != 0:
         pytest.skip("stopping the PostgreSQL server needs pg_ctlcluster as root")
     version, cluster = clusters.stdout.split()[:2]
     name = f"outage-{os.getpid()}-{time.time_ns()}"
-    path = tiny_sweep(tmp_path, model_dirs, tiny_data, {"r": {"grid": {"lora.r": [2, 4]}}}, steps=2500, name=name)
+    path = tiny_sweep(tmp_path, model_dirs, tiny_data, {"r": {"grid": {"lora.r": [2, 4]}}}, steps=1200, name=name)
     runs = tmp_path / "runs"
     sweep = subprocess.Popen(
         [sys.executable, "-m", "loralab.cli", "sweep", str(path), "train.eval_every=500", "--storage", url,
@@ -506,7 +508,7 @@ def test_a_postgresql_outage_mid_sweep_is_ridden_out(tmp_path, model_dirs, tiny_
             time.sleep(0.2)
         assert list(runs.glob(f"{name}/r/*/metrics.jsonl")), "no trial started training within 120 s"
         subprocess.run(["pg_ctlcluster", version, cluster, "stop"], check=True)
-        time.sleep(15)
+        time.sleep(8)
     finally:
         subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=True)
     out, err = sweep.communicate(timeout=400)

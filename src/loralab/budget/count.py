@@ -268,11 +268,12 @@ def methods_table(cfg: Config, model: ModelShapes) -> list[dict]:
     from ..methods import METHODS
 
     rows = []
-    for name in METHODS:
+    for name, method in METHODS.items():
+        # Another method's own settings (LoRA's variants, ...) do not apply: theirs at their defaults.
+        others = {key: value for other in METHODS.values() if other is not method
+                  for key, value in other.option_defaults().items()}  # fmt: skip
         for head in HEAD_MODES:
-            lora = replace(cfg.lora, method=name, rank_pattern={})
-            if name != "lora":  # LoRA's own variants do not apply to the others
-                lora = replace(lora, use_dora=False, use_rslora=False, plus_ratio=0.0, init="default", bias="none")
+            lora = replace(cfg.lora, **(others | {"method": name, "rank_pattern": {}}))
             probe = replace(cfg, model=replace(cfg.model, head=head), lora=lora)
             if (row := plan_row(probe, model)) is not None:
                 rows.append(row)

@@ -17,7 +17,10 @@ METHODS: dict[str, Method] = {
     method.name: method for method in (Lora(), Vera(), FourierFT(), IA3(), BitFit(), AdaLora())
 }
 
-__all__ = ["METHODS", "Method", "method_of"]
+# Every file any method saves an adapter in (exports copy them; a run's adapter folder holds one method's).
+ADAPTER_FILES = tuple(dict.fromkeys(name for method in METHODS.values() for name in method.files))
+
+__all__ = ["ADAPTER_FILES", "METHODS", "Method", "method_of"]
 
 
 def method_of(cfg) -> Method:

@@ -10,7 +10,10 @@ same in + out: a scope that mixes shapes (attention with feed-forward layers, a 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from ..fields import doc
 
 if TYPE_CHECKING:  # torch loads with the first model, not with the method table (loralab --help)
     import torch
@@ -18,9 +21,25 @@ if TYPE_CHECKING:  # torch loads with the first model, not with the method table
 from .base import Method
 
 
+@dataclass
+class AdaLoraOptions:
+    init_r: int = doc("the rank each adapted layer trains from before pruning (0: 1.5 x lora.r)", 0)
+
+
 class AdaLora(Method):
     name = "adalora"
+    label = "AdaLoRA"
+    title = "AdaLoRA adapter (LoRA in SVD form, its ranks moved between layers while it trained)"
     resumable = False  # PEFT's rank allocator keeps its importance scores in memory only
+    options = AdaLoraOptions
+
+    def check(self, cfg) -> str | None:
+        if cfg.lora.init_r != 0 and cfg.lora.init_r <= cfg.lora.r:
+            r = cfg.lora.r
+            return f"lora.init_r: AdaLoRA prunes from it down to lora.r, so it must be above {r} (0: 1.5 x lora.r)"
+        if cfg.train.epochs <= 0 and cfg.train.steps < 10:
+            return f"train.steps: AdaLoRA prunes over the run's steps and needs at least 10, got {cfg.train.steps}"
+        return None
 
     def layer_params(self, shape, rank: int, cfg, kind: str) -> int:
         return rank * (shape.in_features + shape.out_features + 1)  # P, Q and the singular values E
@@ -46,6 +65,9 @@ class AdaLora(Method):
 
     def keeps_from_step(self, cfg) -> int:
         return cfg.train.steps - self.schedule(cfg)[1] + 1
+
+    def settings(self, cfg) -> str:
+        return f"r={cfg.lora.r} on average after pruning, from {self.start_size(cfg)}, alpha={cfg.lora.alpha:g}"
 
     def peft_config(self, cfg, plan):
         from peft import AdaLoraConfig

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
+# What PEFT's save_pretrained writes for every tuner: the config first, then the weights.
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
 
 class Method:
-    """name                  lora.method, and PEFT's name for it
+    """name, label           lora.method (and PEFT's name for it), and its name as papers write it
     size_field            the lora.* field that sizes every adapted layer (None: the size is fixed)
-    mixes_in_batches      whether PEFT can answer rows of several adapters of it in one forward pass
+    lr_scale()            a trained parameter's learning rate as a multiple of train.lr (LoRA+: its B matrices)
+    why_alone()           why an adapter of a config cannot share a forward pass with others (PEFT mixes plain LoRA
+                          adapters in one batch, no other method); None: it can
     layer_params()        trainable parameters of one adapted Linear (in_features, out_features, has_bias)
     peft_config()         PEFT's config for a plan of modules (budget/scope.py's AdapterPlan)
     attach(), load()      the base with a new adapter to train, or with the one saved in a folder (PEFT's by default)
+    files, restore()      the files an adapter of it is saved in (its config first), and what puts a checkpoint's
+                          saved weights back into the model being trained (a resumed run)
+    options, check()      the dataclass of its own lora.* settings (with their help and defaults; they join config's
+                          lora section, and another method's run refuses them), and what is wrong with a config's
+                          values for it (None: nothing)
+    title, library        what the adapter-only export's model card calls it, and the library that loads it
+    settings()            its settings as the model card lists them
     loading_lines()       how a user loads an adapter-only export over `base` from `folder` (the model card's code)
     plan_problem()        why a plan of modules cannot be built or counted exactly under this method (None: it can)
     size_limit()          the largest size its layers can take (None: no limit but the budget)
@@ -20,9 +35,32 @@ class Method:
     """
 
     name = ""
+    label = ""  # its name as papers write it
     size_field: str | None = "r"
-    mixes_in_batches = False
     resumable = True  # whether a checkpoint holds all of its training state
+    files: tuple[str, ...] = PEFT_FILES
+    title = ""
+    library = "peft"
+    options: type | None = None
+
+    def option_defaults(self) -> dict:
+        """Each of its own settings with its default."""
+        if self.options is None:
+            return {}
+        return {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(self.options)
+        }
+
+    def check(self, cfg) -> str | None:
+        return None
+
+    def lr_scale(self, parameter: str, cfg) -> float:
+        """The learning rate of a trained parameter, as a multiple of train.lr."""
+        return 1.0
+
+    def why_alone(self, cfg) -> str | None:
+        return f"a {self.label} adapter, which PEFT cannot mix with others in one batch"
 
     def layer_params(self, shape, rank: int, cfg, kind: str) -> int:
         raise NotImplementedError
@@ -39,6 +77,15 @@ class Method:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base, folder)
+
+    def settings(self, cfg) -> str:
+        return f"r={cfg.lora.r}, dropout={cfg.lora.dropout:g}"
+
+    def restore(self, model, folder: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(Path(folder) / self.files[1])))
 
     def loading_lines(self) -> list[str]:
         return ["from peft import PeftModel", "model = PeftModel.from_pretrained(base, folder).eval()"]

@@ -18,7 +18,14 @@ BITFIT_WEIGHTS = "bitfit_model.safetensors"
 
 class BitFit(Method):
     name = "bitfit"
+    label = "BitFit"
     size_field = None
+    files = (BITFIT_CONFIG, BITFIT_WEIGHTS)  # named apart from PEFT's: no PEFT loader takes them for its own
+    title = "BitFit weights (the adapted layers' biases and the head)"
+    library = "transformers"
+
+    def settings(self, cfg) -> str:
+        return "only biases: no size to choose"
 
     def layer_params(self, shape, rank: int, cfg, kind: str) -> int:
         return shape.out_features if shape.has_bias else 0
@@ -35,6 +42,9 @@ class BitFit(Method):
         from .bitfit_model import BitFitModel
 
         return BitFitModel.from_pretrained(base, folder)
+
+    def restore(self, model, folder: Path) -> None:
+        model.load_saved(folder)
 
     def size_label(self, sizes: list[int]) -> str:
         return "biases"

@@ -3,12 +3,30 @@ trained spectral coefficients at random frequencies (drawn from a seed saved in 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ..fields import doc
 from .base import Method
+
+
+@dataclass
+class FourierFTOptions:
+    n_frequency: int = doc("trained spectral coefficients per adapted layer", 1000)
 
 
 class FourierFT(Method):
     name = "fourierft"
+    label = "FourierFT"
     size_field = "n_frequency"
+    options = FourierFTOptions
+
+    def check(self, cfg) -> str | None:
+        return None if cfg.lora.n_frequency >= 1 else f"lora.n_frequency: must be >= 1, got {cfg.lora.n_frequency}"
+
+    title = "FourierFT adapter (trained spectral coefficients per layer)"
+
+    def settings(self, cfg) -> str:
+        return f"n_frequency={cfg.lora.n_frequency}, scaling={cfg.lora.alpha:g}"
 
     def layer_params(self, shape, rank: int, cfg, kind: str) -> int:
         return cfg.lora.n_frequency

@@ -8,7 +8,12 @@ from .base import Method
 
 class IA3(Method):
     name = "ia3"
+    label = "(IA)^3"
     size_field = None
+    title = "(IA)^3 adapter (one trained scaling vector per layer)"
+
+    def settings(self, cfg) -> str:
+        return "no size to choose"
 
     def layer_params(self, shape, rank: int, cfg, kind: str) -> int:
         return shape.in_features if kind == "ffn_out" else shape.out_features

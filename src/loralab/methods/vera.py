@@ -8,6 +8,8 @@ from .base import Method
 
 class Vera(Method):
     name = "vera"
+    label = "VeRA"
+    title = "VeRA adapter (shared frozen random matrices, saved with it, and two trained vectors per layer)"
 
     def layer_params(self, shape, rank: int, cfg, kind: str) -> int:
         return rank + shape.out_features

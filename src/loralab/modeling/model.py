@@ -90,17 +90,19 @@ def uses_token_types(tokenizer, model_config) -> bool:
 
 
 def optimizer_groups(model, cfg: Config) -> list[dict]:
-    """AdamW parameter groups, one per learning rate: LoRA+ trains the B matrices at lr x plus_ratio;
-    layer-wise decay trains encoder layer i at lr x decay^(top layer - i) and the embeddings one step
-    below layer 0, the head at lr (the lower a layer, the more general its features: change it less)."""
+    """AdamW parameter groups, one per learning rate: the method's own scale for a parameter (LoRA+ trains the B
+    matrices at lr x plus_ratio); layer-wise decay trains encoder layer i at lr x decay^(top layer - i) and the
+    embeddings one step below layer 0, the head at lr (the lower a layer, the more general its features: change it
+    less)."""
     decay = cfg.train.layer_lr_decay
     layers = [int(m["index"]) for name, _ in model.named_modules() if (m := LAYER_NAME.match(name))]
     top = max(layers, default=0)
     by_scale: dict[float, list] = {}
+    method = method_of(cfg)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        scale = cfg.lora.plus_ratio if cfg.lora.plus_ratio > 0 and ".lora_B." in name else 1.0
+        scale = method.lr_scale(name, cfg)
         if (m := LAYER_NAME.match(name)) is not None:
             scale *= decay ** (top - int(m["index"]))
         elif ".embeddings." in name:

@@ -42,14 +42,13 @@ from .. import strictjson
 from ..config import Config
 from ..data import DataIdentity
 from ..errors import LoralabError
-from ..methods.bitfit import BITFIT_CONFIG, BITFIT_WEIGHTS
+from ..methods import METHODS, method_of
 from ..tasks import Decision
 from .files import disk_full, megabytes, no_space, replace_dir, write_json_atomic, write_text_atomic
 from .frozen import load_frozen_into, read_frozen, save_frozen
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BITFIT_CONFIG, BITFIT_WEIGHTS)  # PEFT's, or BitFit's
+# The file that marks a folder as holding an adapter: each method's config, or a whole model's (full fine-tuning).
+ADAPTER_MARKS = (*dict.fromkeys(method.files[0] for method in METHODS.values()), "config.json")
 VAL_PREDICTIONS = "val_predictions.json"
 DECISION = "decision.json"
 ADAPTERS = ("best", "last")
@@ -369,7 +368,7 @@ class RunDir:
         if not self.config.is_file():
             raise LoralabError(f"{self.path} is not a run directory (no config.yaml)")
         folder = self.path / which
-        if not any((folder / name).is_file() for name in (ADAPTER_CONFIG, BITFIT_CONFIG, "config.json")):
+        if not any((folder / name).is_file() for name in ADAPTER_MARKS):
             raise LoralabError(f"run {self.path} has no adapter in {which}/ (did it finish an evaluation?)")
         return folder
 
@@ -407,19 +406,17 @@ class RunDir:
 
     def load_checkpoint(self, model, optimizer, scheduler) -> LoopState:
         """Restore adapter, frozen weights, optimizer, scheduler and RNG; returns the loop state."""
-        from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         folder = self.checkpoint / "adapter"
         frozen = read_frozen(folder)
         if frozen:
             load_frozen_into(model.get_base_model(), frozen)
-        if (folder / ADAPTER_WEIGHTS).exists():
-            set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
-        elif (folder / BITFIT_WEIGHTS).exists():  # BitFit, the one method outside PEFT
-            model.load_saved(folder)
-        else:  # full fine-tuning: the checkpoint holds the whole model
+        cfg = self.read_config()
+        if cfg.model.finetune == "full":  # the checkpoint holds the whole model
             model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        else:
+            method_of(cfg).restore(model, folder)
         saved = torch.load(self.checkpoint / "state.pt", weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

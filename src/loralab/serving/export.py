@@ -23,16 +23,16 @@ import numpy as np
 import torch
 
 from .. import hardware
-from ..config import LOWER_IS_BETTER, Config, metric_for_best
+from ..config import Config, metric_for_best, oriented
 from ..data import LabelledTexts, load_labelled
 from ..encoding import encode
 from ..errors import LoralabError
-from ..methods import method_of
+from ..methods import ADAPTER_FILES, method_of
 from ..modeling.model import load_adapter_folder, load_trained, uses_token_types
 from ..options import ExportOptions
 from ..runs.files import make_dir, replace_dir, write_json_atomic
 from ..runs.frozen import FROZEN_WEIGHTS, has_frozen
-from ..runs.rundir import ADAPTER_FILES, DECISION, RunDir, read_decision_file, write_config_file
+from ..runs.rundir import DECISION, RunDir, read_decision_file, write_config_file
 from ..stats import paired_difference_interval
 from ..tasks import Decision, metrics, task_for
 from .engine import EXPORT_RECORD, ONNX_FILE, RUN_CONFIG, OnnxEngine, TorchEngine, classify, open_engine
@@ -276,7 +276,7 @@ def check_export(
     check["difference"] = export_metric - adapter_metric
     check["difference_95ci"] = [low, high]
     if kind == "onnx-int8":
-        worse = export_metric > adapter_metric if metric in LOWER_IS_BETTER else export_metric < adapter_metric
+        worse = oriented(metric, export_metric) < oriented(metric, adapter_metric)
         passed = not (worse and p < SIGNIFICANCE)
         rule = f"{metric} not significantly worse than the adapter's on these rows (p >= {SIGNIFICANCE:g})"
     else:
@@ -331,24 +331,24 @@ def loading_snippet(cfg, frozen: bool) -> str:
 def model_card(cfg, run: RunDir, frozen: bool, decision: Decision | None) -> str:
     summary = run.read_summary() if run.summary.exists() else None
     trainable = (summary.trainable if summary else None) or {}
+    method = method_of(cfg)
     lines = [
         "---",
         f"base_model: {cfg.model.name}",
-        "library_name: peft",
+        f"library_name: {method.library}",
         "pipeline_tag: text-classification",
         "---",
         "",
         f"# {cfg.output.name}",
         "",
-        f"LoRA adapter for `{cfg.model.name}`, trained with loralab. Load it with:",
+        f"{method.title} for `{cfg.model.name}`, trained with loralab. Load it with:",
         "",
         "```python",
         loading_snippet(cfg, frozen),
         "```",
         "",
         f"- labels: {', '.join(cfg.data.label_names)}",
-        f"- LoRA: scope {', '.join(cfg.lora.scope)}, r={cfg.lora.r}, alpha={cfg.lora.alpha:g}, "
-        f"dropout={cfg.lora.dropout:g}; head {cfg.model.head}",
+        f"- {method.name}: scope {', '.join(cfg.lora.scope)}, {method.settings(cfg)}; head {cfg.model.head}",
         f"- pooling: {cfg.model.pooling}"
         + (
             " (the head reads the mean of the last layer over real tokens, written into position 0)"

@@ -88,13 +88,8 @@ def alone_only(adapter: Adapter) -> str | None:
     cfg, run = adapter.cfg, adapter.run
     if cfg.model.finetune == "full":
         return f"{run} is a full fine-tuning (no adapter to put beside others): serve it alone"
-    if not method_of(cfg).mixes_in_batches:
-        return f"{run} is a {cfg.lora.method} adapter, which PEFT cannot mix with others in one batch: serve it alone"
-    if cfg.lora.use_dora:
-        return f"{run} uses DoRA, which PEFT cannot mix with other adapters in one batch: serve it alone"
-    if cfg.lora.bias != "none":
-        return f"{run} trained the base model's biases (lora.bias: {cfg.lora.bias}), shared here: serve it alone"
-    return None
+    why = method_of(cfg).why_alone(cfg)
+    return None if why is None else f"{run} is {why}: serve it alone"
 
 
 def sharing_problem(first: Adapter, other: Adapter, which: str) -> str | None:

@@ -381,7 +381,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(options: ServeOptions, log=print) -> None:
-    """Load the runs, then answer requests until Ctrl-C or SIGTERM (requests in flight are answered first)."""
+    """Load the runs, then answer requests until Ctrl-C, SIGTERM or SIGHUP (requests in flight are answered first)."""
     import uvicorn
 
     limits = (
@@ -429,15 +429,19 @@ def serve(options: ServeOptions, log=print) -> None:
     config = uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=30, http=read_timeout_protocol(options.read_timeout)
     )
+    server = uvicorn.Server(config)
     # uvicorn answers the requests in flight on Ctrl-C or SIGTERM, then raises the signal again for the
-    # caller: here that is the end of a clean stop (exit 0), not an interruption.
+    # caller: here that is the end of a clean stop (exit 0), not an interruption. SIGHUP (the terminal or ssh
+    # session that started the server closed) would kill it at once: it stops the same graceful way.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    hangup = signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, hangup)
     lost = app.state.accepted - app.state.answered
     if lost:
         log(f"stopped: {lost} of {app.state.accepted} requests were not answered", flush=True)

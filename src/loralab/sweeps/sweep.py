@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import config as config_io
 from ..budget.count import breakdown_for, largest_fitting_rank, shapes_for
-from ..config import LOWER_IS_BETTER, metric_for_best
+from ..config import metric_for_best, oriented
 from ..errors import LoralabError
 from ..options import SweepOptions
 from ..runs.files import make_dir
@@ -235,7 +235,7 @@ def check_inputs(sweep: Sweep, trials: list[Trial], runs_dir: str) -> None:
 
 def objective_value(summary: Summary) -> float:
     """What the study maximizes: the peak of the run's metric, negated where lower is better (MSE)."""
-    return -summary.peak_value if summary.metric in LOWER_IS_BETTER else summary.peak_value
+    return oriented(summary.metric, summary.peak_value)
 
 
 def sweep_status(study, trials: list[Trial]) -> dict[str, int]:
@@ -449,7 +449,7 @@ def search_trials(sweep: Sweep, options: SweepOptions, storage: str, sampler_see
     base_cfg = config_io.load(sweep.base, sweep.overrides)
     model = shapes_for(base_cfg)
     max_fit = sweep.space.get("lora.r") == MAX_FIT
-    lower_is_better = metric_for_best(base_cfg) in LOWER_IS_BETTER
+    metric = metric_for_best(base_cfg)
     if max_fit:
         check_max_fit_space(sweep, base_cfg, model)
 
@@ -470,7 +470,7 @@ def search_trials(sweep: Sweep, options: SweepOptions, storage: str, sampler_see
             raise optuna.TrialPruned()
 
         def report(step: int, score: float) -> None:
-            trial.report(-score if lower_is_better else score, step)
+            trial.report(oriented(metric, score), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 

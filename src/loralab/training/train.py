@@ -18,7 +18,7 @@ import torch
 from .. import hardware, strictjson
 from ..allocator import release_freed_memory
 from ..budget.count import Breakdown, breakdown_for, check_budget, shapes_for
-from ..config import LOWER_IS_BETTER, Config, check_class_weights, metric_for_best
+from ..config import Config, check_class_weights, metric_for_best, oriented
 from ..data import DataIdentity, check_label_fit, identify, label_names_of, training_and_validation
 from ..encoding import Encoded, collate, encode_rows, training_batches
 from ..errors import LoralabError, warn
@@ -480,7 +480,7 @@ def is_better(score: float, best: float | None, metric: str) -> bool:
         return True
     if math.isnan(score):
         return False
-    return score < best if metric in LOWER_IS_BETTER else score > best
+    return oriented(metric, score) > oriented(metric, best)
 
 
 def record_evaluation(state: LoopState, result: Evaluation, patience: int, keeps_from: int) -> None:
