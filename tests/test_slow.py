@@ -18,7 +18,7 @@ def offline_model(name: str) -> str:
     """The folder of a real pretrained model that installs from PyPI (../shared/tools/offline-models)."""
     out = subprocess.run([str(SHARED / "tools" / "offline-models"), name], capture_output=True, text=True)
     if out.returncode != 0:
-        pytest.skip(f"offline-models {name} failed: {out.stderr.strip().splitlines()[-1:]}")
+        pytest.fail(f"offline-models {name} failed: {out.stderr.strip().splitlines()[-1:]}")  # ../shared is here
     return out.stdout.strip()
 
 

@@ -224,7 +224,7 @@ def test_adapter_only_export_loads_the_way_its_model_card_says(trained, val_text
     # Each card names its own method and settings, and the library that loads it.
     cards = {name: (folder / "README.md").read_text() for name, folder in folders.items()}
     assert "LoRA adapter for" in cards["roberta-full-first"] and "r=4, alpha=44" in cards["roberta-full-first"]
-    assert "(IA)^3 adapter for" in cards["variant-ia3"] and "r=" not in cards["variant-ia3"]
+    assert "(IA)^3 adapter (one trained scaling vector" in cards["variant-ia3"] and "r=" not in cards["variant-ia3"]
     assert "FourierFT adapter" in cards["variant-fourierft"] and "n_frequency=64" in cards["variant-fourierft"]
     assert "BitFit weights" in cards["variant-bitfit"] and "library_name: transformers" in cards["variant-bitfit"]
     assert "VeRA adapter" in cards["variant-vera"] and "AdaLoRA adapter" in cards["variant-adalora"]

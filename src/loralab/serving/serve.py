@@ -144,37 +144,53 @@ def not_running(task) -> RuntimeError:
     return RuntimeError(f"the batcher is not running ({failure or 'stopped'})")
 
 
+def error(status: int, message: str):
+    """A JSON error answer: {"error": message}."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
 def build_app(classifiers: Classifiers):
-    """The FastAPI application over loaded classifiers."""
+    """The FastAPI application over loaded classifiers: the batcher's lifespan, then each concern's part."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
 
     metrics = Metrics(classifiers.options.max_batch)
     metrics.adapters.set(len(classifiers.adapters))
     batcher = Batcher(classifiers, metrics)
 
-    batcher_task = None
-
     @asynccontextmanager
     async def lifespan(app):
-        nonlocal batcher_task
-        batcher_task = asyncio.create_task(batcher.run())
+        task = app.state.batcher_task = asyncio.create_task(batcher.run())
         # A batcher that stops answers what waits for it at once, rather than leave it waiting for ever.
-        batcher_task.add_done_callback(lambda task: batcher.fail_waiting(not_running(task)))
+        task.add_done_callback(lambda done: batcher.fail_waiting(not_running(done)))
         yield
-        batcher_task.cancel()  # uvicorn has answered every request in flight by now
+        task.cancel()  # uvicorn has answered every request in flight by now
 
     app = FastAPI(title="loralab", lifespan=lifespan)
+    app.state.batcher_task = None
     app.state.accepted = app.state.answered = 0  # requests taken in and answered: the shutdown line's truth
+    # Requests that hold an adapter, from their parsing to their answer: a removal waits until none does.
+    app.state.released = asyncio.Condition()
+    add_error_answers(app)
+    add_request_metrics(app, metrics)
+    add_classify(app, classifiers, batcher, metrics)
+    add_adapter_admin(app, classifiers, batcher, metrics)
+    return app
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+
+def batcher_problem(app) -> str | None:
+    """Why nothing would answer a classification now (None: the batcher runs)."""
+    task = app.state.batcher_task
+    return str(not_running(task)) if task is None or task.done() else None
+
+
+def add_error_answers(app) -> None:
+    """Errors as one JSON line naming the problem: unknown paths and methods, bodies that fail validation."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException):
@@ -188,6 +204,12 @@ def build_app(classifiers: Classifiers):
     async def validation_error(request: Request, err: RequestValidationError):
         return error(422, str(err.errors()[0].get("msg", err)))
 
+
+def add_request_metrics(app, metrics: Metrics) -> None:
+    """Every request counted (taken in, answered) and timed by path and status, and GET /metrics to read them."""
+    from fastapi.responses import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
     @app.middleware("http")
     async def count(request: Request, call_next):
         start = time.perf_counter()
@@ -200,14 +222,22 @@ def build_app(classifiers: Classifiers):
         metrics.latency.labels(path).observe(time.perf_counter() - start)
         return response
 
-    # Requests that hold an adapter, from their parsing to their answer: a removal waits until none does.
-    released = asyncio.Condition()
-    changing = asyncio.Lock()  # one addition or removal at a time
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def add_classify(app, classifiers: Classifiers, batcher: Batcher, metrics: Metrics) -> None:
+    """POST /v1/classify through the batcher, GET /v1/adapters, and the health check that sees the batcher."""
+    from fastapi.responses import JSONResponse, Response
+    from starlette.requests import ClientDisconnect
+
+    released = app.state.released
 
     @app.post("/v1/classify")
     async def classify(request: Request):
-        if batcher_task is None or batcher_task.done():  # nothing would answer it: said at once
-            return error(503, str(not_running(batcher_task)))
+        if problem := batcher_problem(app):  # nothing would answer it: said at once
+            return error(503, problem)
         try:
             adapter, texts, pairs, probabilities = parse_request(await request.body(), classifiers)
         except BadRequest as err:
@@ -235,6 +265,21 @@ def build_app(classifiers: Classifiers):
     @app.get("/v1/adapters")
     async def adapters():
         return {"adapters": [a.info for a in classifiers.adapters.values()]}
+
+    @app.get("/healthz")
+    async def healthz():
+        """503 where the batcher is not running: a load balancer then stops sending here."""
+        if problem := batcher_problem(app):
+            return error(503, problem)
+        return {"status": "ok", "adapters": len(classifiers.adapters)}
+
+
+def add_adapter_admin(app, classifiers: Classifiers, batcher: Batcher, metrics: Metrics) -> None:
+    """POST /v1/adapters and DELETE /v1/adapters/NAME, behind the admin token, one change at a time."""
+    from fastapi.responses import JSONResponse
+
+    released = app.state.released
+    changing = asyncio.Lock()  # one addition or removal at a time
 
     def refused(request: Request) -> JSONResponse | None:
         """Why an admin request is refused (None: it may go on): off without --admin-token, else its token."""
@@ -286,19 +331,6 @@ def build_app(classifiers: Classifiers):
             metrics.forget(name)
             metrics.adapters.set(len(classifiers.adapters))
         return {"removed": name, "adapters": list(classifiers.adapters)}
-
-    @app.get("/healthz")
-    async def healthz():
-        """503 where the batcher is not running: a load balancer then stops sending here."""
-        if batcher_task is None or batcher_task.done():
-            return error(503, str(not_running(batcher_task)))
-        return {"status": "ok", "adapters": len(classifiers.adapters)}
-
-    @app.get("/metrics")
-    async def prometheus():
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 PATHS = {

@@ -280,29 +280,10 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
     """The training loop of a prepared run in its claimed directory, to the end or to early stopping."""
     cfg = prep.cfg
     t = cfg.train
-    main = accelerator.is_main_process
     start_trackers(accelerator, run, cfg, prep.breakdown)
-
-    cast_frozen_linears(prep.model, precision.used)  # half-precision autocast: frozen Linears cast once, not per step
-    if t.gradient_checkpointing:
-        checkpoint_layers(prep.model.get_base_model() if cfg.model.finetune == "lora" else prep.model)
-    release_freed_memory()  # the fp32 copies just cast, the data tables, the tokenizer's buffers
-    # Setup: optimizer and schedule over the trainable parameters; model and optimizer wrapped for the
-    # device(s). The schedule is not: Accelerate would step it once per process, and a step here is global.
-    optimizer, scheduler = optimizer_and_schedule(prep.model, cfg)
-    model, optimizer = accelerator.prepare(prep.model, optimizer)
+    model, optimizer, scheduler = set_up(accelerator, prep, precision)
     plain = accelerator.unwrap_model(model)  # the PeftModel itself: for evaluating and saving
-    class_weights = torch.tensor(t.class_weights, device=accelerator.device) if t.class_weights else None
-
-    # Resume: the checkpoint holds the adapter, optimizer, schedule, RNG and loop state.
-    state = LoopState()
-    if resume and run.checkpoint.exists():
-        state = run.load_checkpoint(plain, optimizer, scheduler)
-        if main:
-            run.truncate_metrics(state.step)
-        accelerator.print(f"resumed {run.path} at step {state.step}")
-    elif main:
-        run.metrics.unlink(missing_ok=True)
+    state = resumed_state(accelerator, run, plain, optimizer, scheduler, resume)
 
     batches = BatchStream(prep.tokenizer, prep.train_set, cfg, accelerator)
     samples_per_step = t.batch_size * t.grad_accum * accelerator.num_processes
@@ -310,6 +291,7 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
     # The window's loss stays on the device until it is logged: no host sync every step.
     window_loss, window_steps, shown_loss = torch.zeros((), device=accelerator.device), 0, None
     task, decision = task_for(cfg), prep.decision
+    class_weights = torch.tensor(t.class_weights, device=accelerator.device) if t.class_weights else None
     progress = Progress(t.steps, state.step, accelerator.is_local_main_process)
     metric = metric_for_best(cfg)
     model.train()
@@ -333,27 +315,14 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
         # Log the mean training loss of the window since the last log.
         if log_now:
             row = {"step": state.step, "split": "train", "loss": shown_loss, "lr": scheduler.get_last_lr()[0]}
-            accelerator.log(
-                {"train/loss": shown_loss, "train/lr": row["lr"], "train/samples_per_s": samples_per_s}, step=state.step
-            )
-            if main:
-                run.append_metrics(row | {"samples_per_s": samples_per_s, "elapsed_s": time.perf_counter() - started})
+            log_training(accelerator, run, row, samples_per_s, time.perf_counter() - started)
             window_loss.zero_()
             window_steps = 0
 
-        # Evaluate on the validation rows, keep the best adapter, checkpoint, let a search prune. The pass is
-        # the one `eval`, `predict` and `serve` make later (the adapter unmerged, the same casts and autocast),
-        # so a saved run gives back these predictions bit for bit.
+        # Evaluate on the validation rows, keep the best adapter, checkpoint, let a search prune.
         if state.step % t.eval_every == 0 or state.step == t.steps:
-            autocast = hardware.autocast_for(precision.used, accelerator.device)
-            where = accelerator.device
-            result = evaluate(plain, prep.tokenizer, prep.val_set, cfg, decision, where, autocast, accelerator)
             state.elapsed_s = time.perf_counter() - started
-            record_evaluation(state, result, t.early_stopping_patience, method_of(cfg).keeps_from_step(cfg))
-            accelerator.log({f"val/{key}": value for key, value in result.metrics().items()}, step=state.step)
-            if main:
-                save_evaluation(run, plain, prep, state, result, optimizer, scheduler)
-            release_freed_memory()  # what the evaluation's batches took
+            result = evaluate_and_keep(accelerator, run, prep, plain, precision, state, optimizer, scheduler)
             if on_eval is not None:
                 on_eval(state.step, result.score)
 
@@ -361,7 +330,67 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
         loss = "-" if shown_loss is None else f"{shown_loss:.4f}"
         progress.step(state.step, log_now, loss=loss, samples_s=f"{samples_per_s:.1f}", **{f"val_{metric}": val})
     progress.close()
+    return finish(accelerator, run, prep, precision, state, time.perf_counter() - started, samples_per_step)
 
+
+def set_up(accelerator, prep: Prepared, precision):
+    """The model cast and wrapped for the device(s), with its optimizer and schedule."""
+    cfg = prep.cfg
+    cast_frozen_linears(prep.model, precision.used)  # half-precision autocast: frozen Linears cast once, not per step
+    if cfg.train.gradient_checkpointing:
+        checkpoint_layers(prep.model.get_base_model() if cfg.model.finetune == "lora" else prep.model)
+    release_freed_memory()  # the fp32 copies just cast, the data tables, the tokenizer's buffers
+    # The optimizer and schedule over the trainable parameters; model and optimizer wrapped for the device(s).
+    # The schedule is not: Accelerate would step it once per process, and a step here is global.
+    optimizer, scheduler = optimizer_and_schedule(prep.model, cfg)
+    model, optimizer = accelerator.prepare(prep.model, optimizer)
+    return model, optimizer, scheduler
+
+
+def resumed_state(accelerator, run: RunDir, model, optimizer, scheduler, resume: bool) -> LoopState:
+    """Where the loop starts: a checkpoint's adapter, optimizer, schedule, RNG and loop state, or step 0."""
+    main = accelerator.is_main_process
+    if resume and run.checkpoint.exists():
+        state = run.load_checkpoint(model, optimizer, scheduler)
+        if main:
+            run.truncate_metrics(state.step)
+        accelerator.print(f"resumed {run.path} at step {state.step}")
+        return state
+    if main:
+        run.metrics.unlink(missing_ok=True)
+    return LoopState()
+
+
+def log_training(accelerator, run: RunDir, row: dict, samples_per_s: float, elapsed_s: float) -> None:
+    """A training window's mean loss and learning rate, to the trackers and metrics.jsonl."""
+    step = row["step"]
+    accelerator.log({"train/loss": row["loss"], "train/lr": row["lr"], "train/samples_per_s": samples_per_s}, step=step)
+    if accelerator.is_main_process:
+        run.append_metrics(row | {"samples_per_s": samples_per_s, "elapsed_s": elapsed_s})
+
+
+def evaluate_and_keep(accelerator, run: RunDir, prep: Prepared, model, precision, state: LoopState, optimizer,
+                      scheduler) -> Evaluation:  # fmt: skip
+    """Score the validation rows, then record the result, keep best/ and last/, and checkpoint. The pass is the one
+    `eval`, `predict` and `serve` make later (the adapter unmerged, the same casts and autocast), so a saved run
+    gives back these predictions bit for bit."""
+    cfg = prep.cfg
+    where = accelerator.device
+    autocast = hardware.autocast_for(precision.used, where)
+    result = evaluate(model, prep.tokenizer, prep.val_set, cfg, prep.decision, where, autocast, accelerator)
+    record_evaluation(state, result, cfg.train.early_stopping_patience, method_of(cfg).keeps_from_step(cfg))
+    accelerator.log({f"val/{key}": value for key, value in result.metrics().items()}, step=state.step)
+    if accelerator.is_main_process:
+        save_evaluation(run, model, prep, state, result, optimizer, scheduler)
+    release_freed_memory()  # what the evaluation's batches took
+    return result
+
+
+def finish(accelerator, run: RunDir, prep: Prepared, precision, state: LoopState, wall_s: float,
+           samples_per_step: int) -> Summary:  # fmt: skip
+    """The run's summary, written last (its presence marks the run finished), and the peak said."""
+    cfg, main = prep.cfg, accelerator.is_main_process
+    metric, task = metric_for_best(cfg), task_for(cfg)
     best = run.read_predictions("best") if main else None
     summary = Summary(
         name=cfg.output.name,
@@ -375,20 +404,20 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
         stopped_early=state.stopped_early,
         val_rows=len(prep.val_set.row_labels),
         trainable=prep.breakdown.as_dict(),
-        wall_time_s=time.perf_counter() - started,
+        wall_time_s=wall_s,
         train_samples_per_s=state.step * samples_per_step / max(state.train_time_s, 1e-9),
         versions=library_versions(),
         git_commit=git_commit(),
         precision=precision.record(),
         machine=hardware.machine(),
-        temperature=calibration_record(run) if main and t.calibrate == "temperature" else None,
+        temperature=calibration_record(run) if main and cfg.train.calibrate == "temperature" else None,
     )
     accelerator.log({f"peak_val_{metric}": summary.peak, "peak_step": summary.peak_step}, step=state.step)
     for tracker in accelerator.trackers:  # not end_training(): it would also end the caller's process group
         tracker.finish()
     if main:
         run.write_summary(summary)  # last: its presence marks the run finished
-        if not t.keep_checkpoint:  # a finished run is not resumed: its optimizer state is only weight
+        if not cfg.train.keep_checkpoint:  # a finished run is not resumed: its optimizer state is only weight
             shutil.rmtree(run.checkpoint, ignore_errors=True)
         peak = f"{summary.peak:.4f}" if math.isfinite(summary.peak) else f"undefined ({strictjson.reason(metric)})"
         accelerator.print(f"peak val {metric} {peak} at step {summary.peak_step}; run in {run.path}")
