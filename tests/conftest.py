@@ -19,6 +19,8 @@ import torch
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(1)  # tiny models gain nothing from threads, and lose much when the CPU is shared
+# The processes the tests start (servers, sweeps, fresh interpreters) likewise: the suite runs one worker per core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 AG_NEWS_CSV = SHARED / "data" / "ag_news" / "train.csv"

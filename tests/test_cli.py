@@ -3,6 +3,8 @@ and nothing written (the whole test folder is the same before and after)."""
 
 import csv
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -351,6 +353,20 @@ def test_version_and_help_on_every_option(capsys):
         for action in sub._actions:
             if not isinstance(action, argparse._HelpAction):
                 assert action.help, f"loralab {name} {action.option_strings or action.dest} has no help text"
+
+
+def test_help_and_the_commands_that_read_no_model_load_no_torch(env, tmp_path):
+    """`--help`, `runs` and `report` answer without waiting for torch and transformers to load (seconds)."""
+    script = (
+        "import sys\nfrom loralab.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as stop:\n    assert stop.code == 0\n"
+        f"assert main(['runs', {str(env.run)!r}]) == 0\n"
+        f"assert main(['report', {str(env.run)!r}, '--out', {str(tmp_path / 'report.html')!r}]) == 0\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "train" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_budget_over_the_budget_says_so_as_train_does(capsys):

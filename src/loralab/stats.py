@@ -125,3 +125,17 @@ def ece_of_bins(bins: list[dict]) -> float:
     """The ECE of a reliability diagram's bins: each bin's gap weighted by its share of the rows."""
     total = sum(b["rows"] for b in bins)
     return float(sum(b["rows"] / total * abs(b["confidence"] - b["frequency"]) for b in bins)) if total else 0.0
+
+
+def calibration(task, labels: list, scores: list) -> dict:
+    """How far a task's probabilities are from meaning what they say: the ECE, its 95% bootstrap interval over
+    the rows, and the reliability diagram's bins (nothing for a task without probabilities)."""
+    events = task.calibration_events(labels, scores) if task.probabilities else None
+    if events is None:
+        return {}
+    confidence, happened = events
+    return {
+        "ece": expected_calibration_error(confidence, happened),
+        "ece_95ci": list(bootstrap_interval(expected_calibration_error, confidence, happened)),
+        "reliability": calibration_bins(confidence, happened),
+    }

@@ -96,19 +96,20 @@ def test_frozen_random_weights_are_saved_where_a_head_depends_on_them(trained):
             assert not saved.exists(), name
 
 
-def eval_in_a_fresh_process(runs: list[Path], *flags: str) -> list[dict]:
-    """`loralab eval RUN --which W --json` of both adapters of every run, in one new interpreter."""
+def eval_in_a_fresh_process(runs: list[Path], *flags: str, last: tuple[Path, ...] = ()) -> list[dict]:
+    """`loralab eval RUN --which best --json` of every run (and `--which last` of the runs in `last`), in one
+    new interpreter."""
+    wanted = [(str(p), "best") for p in runs] + [(str(p), "last") for p in last]
     script = f"""
 from loralab.cli import main
-for run in {[str(p) for p in runs]!r}:
-    for which in ("best", "last"):
-        assert main(["eval", run, "--which", which, "--json", *{list(flags)!r}]) == 0
+for run, which in {wanted!r}:
+    assert main(["eval", run, "--which", which, "--json", *{list(flags)!r}]) == 0
 """
     env = os.environ | {"PYTHONPATH": str(ROOT / "src"), "TRANSFORMERS_VERBOSITY": "error"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(reports) == 2 * len(runs)  # --json: one object per command, nothing else on stdout
+    assert len(reports) == len(wanted)  # --json: one object per command, nothing else on stdout
     return reports
 
 
@@ -129,7 +130,9 @@ def assert_gives_back_what_it_reported(report: dict) -> None:
 
 
 def test_eval_in_a_fresh_process_gives_the_saved_predictions_row_for_row(trained):
-    for report in eval_in_a_fresh_process(list(trained.values())):  # the default: the precision it trained in
+    # The default: the precision it trained in. The last evaluation's adapter too, for each head mode.
+    last = tuple(trained[f"roberta-{head}-first"] for head in HEADS)
+    for report in eval_in_a_fresh_process(list(trained.values()), last=last):
         assert report["engine"]["precision"]["used"] == "fp32"
         assert_gives_back_what_it_reported(report)
 
@@ -142,7 +145,7 @@ def test_a_run_trained_in_bf16_gives_back_its_own_predictions_in_bf16(model_dirs
         overrides = [f"model.head={head}", "train.precision=bf16", "data.val_size=200", "train.eval_batch_size=64"]
         train_tiny(model_dirs["roberta"], tiny_data, tmp_path, f"bf16-{head}", *overrides)
         runs.append(tmp_path / f"bf16-{head}")
-    reports = eval_in_a_fresh_process(runs)
+    reports = eval_in_a_fresh_process(runs, last=tuple(runs))
     for report in reports:
         assert report["engine"]["precision"]["used"] == "bf16"
         assert_gives_back_what_it_reported(report)

@@ -10,7 +10,7 @@ import torch
 
 from ..config import Config, metric_for_best
 from ..encoding import Encoded, eval_batches
-from ..stats import bootstrap_interval, calibration_bins, expected_calibration_error
+from ..stats import calibration
 from ..tasks import Decision, metrics, task_for
 
 
@@ -31,20 +31,6 @@ class Evaluation:
     def metrics(self) -> dict:
         calibration = {} if self.ece is None else {"ece": self.ece}
         return {"loss": self.loss, **self.values, **calibration}
-
-
-def calibration(task, labels: list, scores: list) -> dict:
-    """How far the probabilities are from meaning what they say: the ECE, its 95% bootstrap interval over the
-    rows, and the reliability diagram's bins (nothing for a task without probabilities)."""
-    events = task.calibration_events(labels, scores) if task.probabilities else None
-    if events is None:
-        return {}
-    confidence, happened = events
-    return {
-        "ece": expected_calibration_error(confidence, happened),
-        "ece_95ci": list(bootstrap_interval(expected_calibration_error, confidence, happened)),
-        "reliability": calibration_bins(confidence, happened),
-    }
 
 
 def evaluation_report(

@@ -11,11 +11,10 @@ from pathlib import Path
 
 from ..config import goodness
 from ..methods import method_of
-from ..modeling.forward import calibration
 from ..runs.files import make_dir
 from ..runs.results import RunRecord, defines_configuration
 from ..runs.rundir import safe_dirname
-from ..stats import ece_of_bins, t_interval
+from ..stats import calibration, ece_of_bins, t_interval
 from ..tasks import task_for
 
 FORMATS = ("png", "svg")

@@ -7,10 +7,12 @@ they were trained on the same ones. Which weights these are is decided where the
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import LoralabError
+
+if TYPE_CHECKING:  # torch loads with the first model, not to read a run's files (loralab runs, report)
+    import torch
 
 FROZEN_WEIGHTS = "frozen_weights.safetensors"
 
@@ -37,7 +39,7 @@ def read_frozen(folder: Path) -> dict[str, torch.Tensor]:
 def same_frozen(folder: Path, other: Path) -> bool:
     """Whether two adapters were trained on the same frozen weights (or both on none)."""
     mine, theirs = read_frozen(folder), read_frozen(other)
-    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    return mine.keys() == theirs.keys() and all(mine[k].equal(theirs[k]) for k in mine)
 
 
 def load_frozen_into(model, weights: dict[str, torch.Tensor]) -> None:
@@ -45,6 +47,8 @@ def load_frozen_into(model, weights: dict[str, torch.Tensor]) -> None:
     if not weights:
         return
     params = dict(model.named_parameters())
+    import torch
+
     with torch.no_grad():
         for name, value in weights.items():
             target = params[name] if name in params else params.get(_lora_base_name(name))

@@ -33,10 +33,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .. import strictjson
 from ..config import Config
@@ -142,7 +139,14 @@ class LoopState:
     elapsed_s: float = 0.0
 
 
+if TYPE_CHECKING:  # torch loads with the first model, not to read a run's files (loralab runs, report)
+    import torch
+
+
 def rng_state() -> dict:
+    import numpy as np
+    import torch
+
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -150,6 +154,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -390,6 +397,8 @@ class RunDir:
     # --- checkpoint ----------------------------------------------------------------------------
 
     def save_checkpoint(self, model, frozen: dict[str, torch.Tensor], optimizer, scheduler, state: LoopState) -> None:
+        import torch
+
         def fill(tmp: Path) -> None:
             _fill_adapter(tmp / "adapter", model, frozen)
             torch.save(
@@ -417,6 +426,8 @@ class RunDir:
             model.load_state_dict(load_file(str(folder / "model.safetensors")))
         else:
             method_of(cfg).restore(model, folder)
+        import torch
+
         saved = torch.load(self.checkpoint / "state.pt", weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
