@@ -184,7 +184,8 @@ def test_onnx_exports_are_served_by_onnx_runtime_beside_a_run(runs, exports, tmp
     from the same export or run; rows for several models that arrive together are split by model."""
     fp32, int8 = exports
     rows = [(t,) for t in TEXTS]
-    expected = {"fp32": predicted(fp32, tmp_path, rows), "int8": predicted(int8, tmp_path, rows),
+    int8_batches = ("text",), "--batch-size", "16"
+    expected = {"fp32": predicted(fp32, tmp_path, rows), "int8": predicted(int8, tmp_path, rows, *int8_batches),
                 "one": predicted(runs / "one", tmp_path, rows)}  # fmt: skip
     # --max-batch 16 as predict's batches: int8's activation scales are per batch, so equal batches answer equally.
     process, port = start(f"fp32={fp32}", f"int8={int8}", f"one={runs / 'one'}", "--max-batch", "16", "--threads", "1")
