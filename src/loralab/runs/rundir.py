@@ -44,6 +44,9 @@ from ..tasks import Decision
 from .files import disk_full, megabytes, no_space, replace_dir, write_json_atomic, write_text_atomic
 from .frozen import load_frozen_into, read_frozen, save_frozen
 
+if TYPE_CHECKING:  # torch loads with the first model, not to read a run's files (loralab runs, report)
+    import torch
+
 # The file that marks a folder as holding an adapter: each method's config, or a whole model's (full fine-tuning).
 ADAPTER_MARKS = (*dict.fromkeys(method.files[0] for method in METHODS.values()), "config.json")
 VAL_PREDICTIONS = "val_predictions.json"
@@ -137,10 +140,6 @@ class LoopState:
     stopped_early: bool = False
     train_time_s: float = 0.0
     elapsed_s: float = 0.0
-
-
-if TYPE_CHECKING:  # torch loads with the first model, not to read a run's files (loralab runs, report)
-    import torch
 
 
 def rng_state() -> dict:
