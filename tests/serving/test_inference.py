@@ -301,3 +301,22 @@ def test_predict_by_default_runs_the_precision_the_run_trained_in_where_it_is_na
         assert "precision bf16 (trained: the run trained in bf16; the CPU has avx512_bf16)" in said
     else:  # emulated here: auto decides, and says why
         assert "precision fp32 (trained: the run trained in bf16, emulated here: auto chose fp32 (the CPU" in said
+
+
+@pytest.mark.parametrize("run", ["full", "mean"])
+def test_batches_padded_to_buckets_answer_as_unpadded_ones_in_fp32(runs, run, monkeypatch):
+    """Answering batches are padded to a multiple of PAD_MULTIPLE tokens (few shapes: bounded kernel caches); the
+    pads are masked, so first-token and mean pooling answer as without them."""
+    import loralab.modeling.forward as forward
+    from loralab.serving.engine import classify, open_engine
+
+    texts = [text for _, text in synthetic_rows(40, seed=5)]
+    engine = open_engine(runs / run, precision="fp32")
+    padded = classify(engine, texts, None)
+    monkeypatch.setattr(forward, "PAD_MULTIPLE", None)  # each batch to its longest row only
+    unpadded = classify(engine, texts, None)
+    assert forward.PAD_MULTIPLE is None and padded.shape == unpadded.shape == (40, 4)
+    assert padded.argmax(-1).tolist() == unpadded.argmax(-1).tolist()
+    assert (padded - unpadded).abs().max().item() <= 1e-5
+    lengths = engine.encode(texts, None).lengths
+    assert max(lengths) % 32 != 0  # the buckets really added pads to these rows
