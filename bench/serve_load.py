@@ -213,31 +213,42 @@ def live(specs: list[str], texts: list[str], args) -> None:
                       "errors": before["errors"] + during["errors"]}))  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def server_arguments(parser: argparse.ArgumentParser, adapters: int) -> None:
+    """The runs, the clients, and the served adapters' count and batch: this bench's and serve_soak's."""
     parser.add_argument("runs", nargs="+", help="finished runs on one base")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--warmup", type=float, default=10, help="seconds of the same load before measuring")
-    parser.add_argument("--texts", type=int, default=1, help="texts per request (default 1)")
     parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch")
-    parser.add_argument("--onnx", action="store_true", help="PyTorch fp32 against the run's ONNX fp32 and int8")
-    parser.add_argument("--only-one", action="store_true", help="only the one-adapter server (precision auto)")
-    parser.add_argument("--adapters", type=int, default=8, help="adapters of the mixed server (the runs repeated)")
-    parser.add_argument("--live", action="store_true", help="p99 before and while adapters are added and removed")
-    args = parser.parse_args()
+    parser.add_argument("--adapters", type=int, default=adapters, help="adapters served (the runs repeated)")
 
-    from loralab import hardware
+
+def texts_of(run: str) -> list[str]:
+    """The training texts of `run`, each text's token count noted (TOKENS) as the run reads it."""
     from loralab.data import load_labelled
     from loralab.modeling.model import load_tokenizer
     from loralab.runs.rundir import RunDir
 
-    print(f"{hardware.machine_line()}; fp32 GEMM {hardware.fp32_gemm_peak():.0f} GFLOP/s", file=sys.stderr)
-    cfg = RunDir(Path(args.runs[0])).read_config()
+    cfg = RunDir(Path(run)).read_config()
     texts = load_labelled(cfg.data.train, cfg.data).texts
-    tokenizer = load_tokenizer(cfg.model.name)
-    lengths = tokenizer(texts, truncation=True, max_length=cfg.data.max_length)["input_ids"]
+    lengths = load_tokenizer(cfg.model.name)(texts, truncation=True, max_length=cfg.data.max_length)["input_ids"]
     TOKENS.update({text: len(ids) for text, ids in zip(texts, lengths)})
+    return texts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    server_arguments(parser, adapters=8)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--warmup", type=float, default=10, help="seconds of the same load before measuring")
+    parser.add_argument("--texts", type=int, default=1, help="texts per request (default 1)")
+    parser.add_argument("--onnx", action="store_true", help="PyTorch fp32 against the run's ONNX fp32 and int8")
+    parser.add_argument("--only-one", action="store_true", help="only the one-adapter server (precision auto)")
+    parser.add_argument("--live", action="store_true", help="p99 before and while adapters are added and removed")
+    args = parser.parse_args()
+
+    from loralab import hardware
+
+    print(f"{hardware.machine_line()}; fp32 GEMM {hardware.fp32_gemm_peak():.0f} GFLOP/s", file=sys.stderr)
+    texts = texts_of(args.runs[0])
     if args.onnx:
         onnx_settings(args.runs[0], texts, args)
         return

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_load import TOKENS, admin, load, rss_mib, server_of  # noqa: E402 - the load's own pieces, shared
+from serve_load import admin, load, rss_mib, server_arguments, server_of, texts_of  # noqa: E402 - shared pieces
 
 
 def hostile(port: int, stop: threading.Event, every: float, counts: dict) -> None:
@@ -73,27 +73,18 @@ def churn(port: int, token: str, run: str, stop: threading.Event, every: float, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="finished runs on one base")
+    server_arguments(parser, adapters=32)
     parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--adapters", type=int, default=32, help="adapters served (the runs repeated)")
     parser.add_argument("--every", type=float, default=10, help="seconds between samples")
     parser.add_argument("--churn", type=float, default=4, help="seconds between an adapter's additions (0: none)")
     parser.add_argument("--hostile", type=float, default=0.01, help="share of requests that are hostile (0: none)")
-    parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch")
     parser.add_argument("--out", default="soak", help="the figure's path, without .png")
     args = parser.parse_args()
 
     from loralab import hardware
-    from loralab.data import load_labelled
-    from loralab.modeling.model import load_tokenizer
-    from loralab.runs.rundir import RunDir
 
     print(hardware.machine_line(), file=sys.stderr, flush=True)
-    cfg = RunDir(Path(args.runs[0])).read_config()
-    texts = load_labelled(cfg.data.train, cfg.data).texts
-    lengths = load_tokenizer(cfg.model.name)(texts, truncation=True, max_length=cfg.data.max_length)["input_ids"]
-    TOKENS.update({text: len(ids) for text, ids in zip(texts, lengths)})
+    texts = texts_of(args.runs[0])
 
     token = secrets.token_hex(16)
     root = Path(args.runs[0]).resolve().parent
