@@ -12,7 +12,8 @@ export PYTHONUNBUFFERED=1
 
 if [ "${1:-}" = "--prepare" ]; then
   # Not on the GPU machine (torch, transformers, peft, accelerate, pandas, pyarrow, tokenizers are).
-  missing="datasets dill multiprocess optuna optuna-dashboard alembic colorlog sqlalchemy greenlet mako bottle"
+  missing="datasets dill multiprocess optuna optuna-dashboard alembic colorlog sqlalchemy greenlet mako bottle
+    pytest-xdist execnet"  # the suite runs with -n auto (pyproject.toml)
   mkdir -p .whl .gpu-data
   for name in $missing; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
