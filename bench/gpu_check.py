@@ -63,12 +63,19 @@ def run(command: list[str], log) -> tuple[str, float]:
     return out.stdout, wall
 
 
-def measured(name: str, summary: dict, step) -> None:
-    """Record one measurement; a failing one is reported in the summary and the rest still run."""
+def measured(name: str, summary: dict, step, out: Path, skip: list[str]) -> None:
+    """Record one measurement and rewrite summary.json at once, so that a call stopped at its time limit still
+    brings back every figure measured before; a failing one is reported in the summary and the rest still run.
+    A name that starts with one of `skip` is left out."""
+    if any(name.startswith(prefix) for prefix in skip):
+        return
+    started = time.perf_counter()
     try:
         summary[name] = step()
     except Exception as err:  # noqa: BLE001 - one device call must bring back everything it can
         summary[name] = {"error": str(err)}
+    summary.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
 def main() -> None:
@@ -77,6 +84,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for summary.json and check.log")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (CPU: tests the script)")
     parser.add_argument("--workers", type=int, default=6, help="concurrent sweep workers on the device")
+    parser.add_argument("--skip", nargs="*", default=[], help="measurements to leave out (names as in the summary)")
     args = parser.parse_args()
     import torch
 
@@ -85,7 +93,7 @@ def main() -> None:
     work = out / "work"
     gpu = torch.cuda.is_available()
     quick = args.quick or not gpu
-    steps, study_steps, rows = (4, 4, 64) if quick else (600, 1200, 7600)
+    steps, study_steps, rows = (4, 4, 64) if quick else (300, 1200, 7600)
     from loralab import hardware
 
     summary = {
@@ -108,11 +116,17 @@ def main() -> None:
 
     for precision in ("bf16", "fp32"):
         for side in ("loralab", "recipe"):
-            measured(f"train_{side}_{precision}_samples_per_s", summary, lambda s=side, p=precision: train_speed(s, p))
+            measured(
+                f"train_{side}_{precision}_samples_per_s",
+                summary,
+                lambda s=side, p=precision: train_speed(s, p),
+                out,
+                args.skip,
+            )
     for precision in ("bf16", "fp32"):
         ours, theirs = (
-            summary[f"train_loralab_{precision}_samples_per_s"],
-            summary[f"train_recipe_{precision}_samples_per_s"],
+            summary.get(f"train_loralab_{precision}_samples_per_s"),
+            summary.get(f"train_recipe_{precision}_samples_per_s"),
         )
         if isinstance(ours, float) and isinstance(theirs, float):
             summary[f"train_ratio_{precision}"] = ours / theirs
@@ -130,7 +144,7 @@ def main() -> None:
             "precision": saved["precision"],
         }
 
-    measured("study_run", summary, study_run)
+    measured("study_run", summary, study_run, out, args.skip)
 
     def inference():
         script = f"""
@@ -149,7 +163,7 @@ print(json.dumps({{"rows": len(texts), "rows_per_s": rate, **engine.describe()}}
         stdout, _ = run([py, "-c", script], log)
         return json.loads(stdout.strip().splitlines()[-1])
 
-    measured("inference", summary, inference)
+    measured("inference", summary, inference, out, args.skip)
 
     def serving():
         script = [py, str(ROOT / "bench" / "serve_load.py"), str(work / "runs" / "study"), "--clients", "8",
@@ -158,7 +172,7 @@ print(json.dumps({{"rows": len(texts), "rows_per_s": rate, **engine.describe()}}
         stdout, _ = run(script, log)
         return json.loads(stdout.strip().splitlines()[-1])
 
-    measured("serve", summary, serving)
+    measured("serve", summary, serving, out, args.skip)
 
     def sweep_throughput():
         trials = args.workers
@@ -179,7 +193,7 @@ print(json.dumps({{"rows": len(texts), "rows_per_s": rate, **engine.describe()}}
         results["ratio"] = results["concurrent_samples_per_s"] / results["one_worker_samples_per_s"]
         return results
 
-    measured("sweep", summary, sweep_throughput)
+    measured("sweep", summary, sweep_throughput, out, args.skip)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
 
