@@ -3,6 +3,7 @@
 config.yaml            the resolved Config
 metrics.jsonl          one row per log or evaluation
 summary.json           Summary: written last, so its presence means the run finished
+failure.txt            the one line a failed trial of a sweep ended with (gone once it trains again)
 origin.json            Origin: which sweep or import a run came from (optional)
 data.json              DataIdentity: hashes of the data and of the validation rows the run was trained on
 owner.json             the process that trains (or last trained) the run; the lock itself is an OS lock on
@@ -209,6 +210,10 @@ class RunDir:
         return self.path / "summary.json"
 
     @property
+    def failure(self) -> Path:
+        return self.path / "failure.txt"
+
+    @property
     def origin(self) -> Path:
         return self.path / "origin.json"
 
@@ -309,6 +314,9 @@ class RunDir:
 
     def write_summary(self, summary: Summary) -> None:
         write_json_atomic(self.summary, dataclasses.asdict(summary))
+
+    def write_failure(self, line: str) -> None:
+        write_text_atomic(self.failure, line.rstrip("\n") + "\n")
 
     def read_origin(self) -> Origin:
         return _from_json(Origin, _read_json(self.origin), self.origin) if self.origin.exists() else Origin()

@@ -144,6 +144,7 @@ def start_run_dir(run: RunDir, prep: Prepared, resume: bool) -> None:
     run.write_config(cfg)
     run.write_data_identity(prep.data)
     run.write_owner()
+    run.failure.unlink(missing_ok=True)  # an earlier attempt's failure: this one trains
 
 
 def config_differences(saved: Config, now: Config) -> list[str]:
@@ -309,6 +310,7 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
         if log_now:  # the mean over every process's micro-batches: the global batch's loss
             # .item() waits for the device to finish the queued steps: timed as training below.
             shown_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
+            check_finite(shown_loss, state.step, cfg)
         state.train_time_s += time.perf_counter() - step_started
         samples_per_s = state.step * samples_per_step / max(state.train_time_s, 1e-9)
 
@@ -439,10 +441,11 @@ class Progress:
         # smoothing=0: tqdm's rate is the mean since the start, not the last few steps.
         self.bar = tqdm(total=total, initial=initial, disable=not (enabled and self.terminal), smoothing=0)
 
-    def step(self, step: int, logged: bool, **fields: str) -> None:
+    def step(self, step: int, logged: bool, advance: int = 1, **fields: str) -> None:
+        """`step` steps done of the total, `advance` of them since the last call (a pack steps several trials)."""
         if self.terminal:
             self.bar.set_postfix(fields)
-            self.bar.update(1)
+            self.bar.update(advance)
         elif self.enabled and logged:
             elapsed = time.perf_counter() - self.started
             eta = elapsed / max(step - self.initial, 1) * (self.total - step)
@@ -486,6 +489,15 @@ def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int,
     method.after_step(plain, step)  # AdaLoRA allocates its ranks here, from this step's gradients
     optimizer.zero_grad(set_to_none=True)
     return total
+
+
+def check_finite(loss: float, step: int, cfg: Config) -> None:
+    """A loss that became inf or NaN never comes back: the run stops with one line, not hours of NaN."""
+    if not math.isfinite(loss):
+        raise LoralabError(
+            f"the training loss became {loss} by step {step}: the run diverged; lower train.lr (now {cfg.train.lr:g}) "
+            "or raise train.warmup_steps"
+        )
 
 
 def calibration_record(run: RunDir) -> dict | None:
