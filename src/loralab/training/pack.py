@@ -13,7 +13,6 @@ folder (failure.txt). Killed, the pack resumes each trial from its own checkpoin
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
