@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=cmd_sweep)
 
     search = commands.add_parser("search", help="budget-constrained TPE search with pruning over a declared space")
-    add_arguments(search, SweepOptions, skip=("trials",))
+    add_arguments(search, SweepOptions, skip=("trials", "pack"))  # a search trains its trials one by one
     search.add_argument("--trials", type=int, required=True, help="trials to complete or prune, all workers together")
     search.set_defaults(run=cmd_search)
 

@@ -163,6 +163,11 @@ class SweepOptions:
     )
     workers: int = option("trials run in parallel on this machine", 1)
     per_gpu: int | None = option("instead of --workers: this many workers on each visible GPU", None)
+    pack: str = option(
+        "trials each worker trains together, one forward and backward pass per step through the shared base: a "
+        "number, or auto (8 on a CUDA GPU, 1 on a CPU, where packing measured no faster)",
+        "auto",
+    )
     runs: str = option("folder of run directories", "runs")
     heartbeat: int = option("seconds between worker heartbeats; a trial silent for twice this is taken as dead", 30)
     trials: int = option("a search's trials to complete or prune, all workers together", 0)

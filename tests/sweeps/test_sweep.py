@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import SEED_CONFIG
 
@@ -563,3 +564,41 @@ def test_one_sweep_file_compares_methods_at_one_budget_each_at_its_largest_size(
     path = tiny_sweep(tmp_path, model_dirs, tiny_data, groups, name="methods")
     with pytest.raises(LoralabError, match="trial methods/ia3: lora.r: max_fit: ia3 has no size to fit"):
         read_sweep(path, str(tmp_path / "runs"))  # said when the file is read, before any trial trains
+
+
+def test_a_killed_pack_resumes_every_trial_to_the_uninterrupted_result(tmp_path, model_dirs, tiny_data):
+    """kill -9 in the middle of a pack of three, then the same command: every trial finishes from its own
+    checkpoint, and each ends where the same pack run without interruption ends (no dropout: the same numbers)."""
+    from safetensors.torch import load_file
+
+    seeds = {"seeds": {"grid": {"train.seed": [1, 2, 3]}}}
+    overrides = ["lora.dropout=0", "train.eval_every=15"]
+
+    def sweep(name: str, steps: int) -> list[str]:
+        path = tiny_sweep(tmp_path, model_dirs, tiny_data, seeds, steps=steps, name=name)
+        return [sys.executable, "-m", "loralab.cli", "sweep", str(path), *overrides, "--runs", str(tmp_path / name),
+                "--pack", "3"]  # fmt: skip
+
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    whole = subprocess.run(sweep("whole", 90), env=env, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "pack of 3 trials" in whole.stdout
+    command = sweep("killed", 90)
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = tmp_path / "killed"
+    deadline = time.time() + 120
+    while len(list(runs.glob("killed/*/*/checkpoint/state.pt"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert not list(runs.glob("killed/*/*/summary.json")), "the pack finished before it was killed"
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("resumed ") == 3 and "3 finished, 0 unfinished" in again.stdout
+    for run in sorted((tmp_path / "whole" / "whole" / "seeds").iterdir()):
+        resumed = runs / "killed" / "seeds" / run.name
+        for which in ("best", "last"):
+            a = load_file(str(run / which / "adapter_model.safetensors"))
+            b = load_file(str(resumed / which / "adapter_model.safetensors"))
+            for name in a:
+                torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)

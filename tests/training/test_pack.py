@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,24 @@ def test_a_packed_trial_is_the_trial_alone(no_dropout_model, tiny_data, tmp_path
         assert summary.steps_done == 20 and summary.peak == pytest.approx(
             RunDir(tmp_path / "alone" / name).read_summary().peak
         )
+
+
+def test_a_trial_that_diverges_leaves_the_pack_and_the_others_finish(no_dropout_model, tiny_data, tmp_path):
+    """One trial's loss becomes NaN (lr 1e30): it fails with one line in its run folder, the others train to
+    their end unharmed (as they train alone), and a fresh process reads their runs."""
+    cfgs = trial_configs(no_dropout_model, tiny_data, tmp_path / "packed")
+    cfgs[1] = config.load(SEED_CONFIG, [f"{k}={v}" for k, v in cfgs[1].flat().items() if k in (
+        "model.name", "data.train", "data.val_size", "data.max_length", "lora.dropout", "train.steps",
+        "train.batch_size", "train.log_every", "output.dir", "output.name")] + ["train.lr=1e30"])  # fmt: skip
+    results = train_pack(cfgs, [False] * 3)
+    assert isinstance(results[1], Exception) and "diverged" in str(results[1])
+    failure = (tmp_path / "packed" / "b" / "failure.txt").read_text()
+    assert failure.count("\n") == 1 and "the training loss became nan" in failure and "lower train.lr" in failure
+    assert not (tmp_path / "packed" / "b" / "summary.json").exists()
+    train(trial_configs(no_dropout_model, tiny_data, tmp_path / "alone")[2])
+    assert_same_run(tmp_path / "alone" / "c", tmp_path / "packed" / "c")
+    for name in ("a", "c"):
+        out = subprocess.run([sys.executable, "-m", "loralab.cli", "eval", str(tmp_path / "packed" / name)],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "accuracy" in out.stdout

@@ -125,15 +125,35 @@ def run_trial(sweep: Sweep, trial: Trial, runs_dir: str, on_eval=None) -> Summar
     """Train one trial in its run directory, resuming from its checkpoint if a worker died in it."""
     from ..training.train import train
 
+    cfg, started = claim_trial(sweep, trial, runs_dir)
+    if isinstance(cfg, Summary):
+        return cfg
+    return train(cfg, resume=started, on_eval=on_eval)
+
+
+def claim_trial(sweep: Sweep, trial: Trial, runs_dir: str):
+    """A trial's config and whether an earlier attempt started it (then it resumes from its checkpoint); or its
+    Summary where it finished but the worker died before telling Optuna."""
     cfg = trial_config(sweep, trial, runs_dir)
     run = RunDir.for_config(cfg)
-    if run.summary.exists():  # finished, but the worker died before telling Optuna
-        return run.read_summary()
-    started = run.config.exists()  # an earlier attempt of this trial: continue from its checkpoint
+    if run.summary.exists():
+        return run.read_summary(), True
+    started = run.config.exists()
     print(f"{sweep.name}: trial {trial.key} {'resumes' if started else 'starts'} in {run.path}", flush=True)
     make_dir(run.path)
     run.write_origin(Origin(group=trial.group, axes=trial.axes, sweep=sweep.name, key=trial.key))
-    return train(cfg, resume=started, on_eval=on_eval)
+    return cfg, started
+
+
+def pack_size(pack: str) -> int:
+    """--pack: a number of trials, or auto: 8 on a CUDA GPU (the pack the device check measures), 1 on a CPU."""
+    if pack == "auto":
+        import torch
+
+        return 8 if torch.cuda.is_available() else 1
+    if not pack.isdigit() or int(pack) < 1:
+        raise LoralabError(f"--pack: '{pack}' is not a number of trials >= 1 or auto")
+    return int(pack)
 
 
 def _is_duplicate(study, trial) -> bool:
@@ -174,23 +194,87 @@ def work(sweep: Sweep, options: SweepOptions, storage_url: str) -> None:
         try:
             return objective_value(run_trial(sweep, by_key[key], options.runs))
         except Exception as err:  # noqa: BLE001 - told once here; Optuna marks the trial failed
-            failure = trial_failed(sweep, key, err)
+            failure = trial_failed(sweep, key, err, RunDir.for_config(trial_config(sweep, by_key[key], options.runs)))
             if failure == last_failure[0]:
                 raise RepeatedFailure(failure, trial.number) from None
             last_failure[0] = failure
             raise
 
     last_failure = [None]
+    size = pack_size(options.pack)
     try:
         while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            study.optimize(objective, n_trials=1, catch=(Exception,))
+            if size > 1:
+                work_pack(sweep, options, study, by_key, size, last_failure)
+            else:
+                study.optimize(objective, n_trials=1, catch=(Exception,))
     except RepeatedFailure as err:
         failure, number = err.args
-        study.tell(number, state=TrialState.FAIL)  # Optuna leaves a trial that raised past its catch running
+        if number is not None:  # Optuna leaves a trial that raised past its catch running (a pack told it already)
+            study.tell(number, state=TrialState.FAIL)
         raise LoralabError(
             f"two trials in a row failed the same way ({failure}): the sweep stops here; fix that, then run the "
             "same command again (finished trials are kept)"
         ) from None
+
+
+def work_pack(sweep: Sweep, options: SweepOptions, study, by_key: dict[str, Trial], size: int, last_failure) -> None:
+    """Take up to `size` queued trials and train them together: those of one pack key in one pack, those that
+    must train alone one after another; each result told to the study as it would be from `work`."""
+    import warnings
+
+    from optuna.trial import TrialState
+
+    from ..training.pack import pack_key, train_pack, why_alone
+
+    # Optuna beats a trial's heartbeat inside optimize() only; a pack's trials are found dead by their worker's pid.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    taken = []  # (Optuna trial number, sweep trial)
+    while len(taken) < size and study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        asked = study.ask()
+        key = asked.user_attrs.get("key")
+        if key is None or key not in by_key:  # a fresh trial: another worker emptied the queue first
+            study.tell(asked.number, state=TrialState.PRUNED)
+            continue
+        if _is_duplicate(study, next(t for t in study.get_trials(deepcopy=False) if t.number == asked.number)):
+            study.tell(asked.number, state=TrialState.PRUNED)
+            continue
+        asked.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        taken.append((asked.number, by_key[key]))
+    groups: dict[tuple, list] = {}
+    for number, trial in taken:
+        cfg, started = claim_trial(sweep, trial, options.runs)
+        if isinstance(cfg, Summary):
+            study.tell(number, objective_value(cfg))
+            continue
+        if alone := why_alone(cfg):
+            print(f"{sweep.name}: trial {trial.key} trains alone: {alone}", flush=True)
+        groups.setdefault(("alone", number) if alone else pack_key(cfg), []).append((number, trial, cfg, started))
+    for group in groups.values():
+        if len(group) == 1:
+            ((number, trial, cfg, started),) = group
+            results = [_alone(cfg, started)]
+        else:
+            results = train_pack([cfg for _, _, cfg, _ in group], [started for *_, started in group])
+        for (number, trial, cfg, _), result in zip(group, results):
+            if isinstance(result, Exception):
+                failure = trial_failed(sweep, trial.key, result, RunDir.for_config(cfg))
+                study.tell(number, state=TrialState.FAIL)
+                if failure == last_failure[0]:
+                    raise RepeatedFailure(failure, None)
+                last_failure[0] = failure
+            else:
+                study.tell(number, objective_value(result))
+
+
+def _alone(cfg, started: bool):
+    """One trial trained alone; its error returned, as a pack returns a member's."""
+    from ..training.train import train
+
+    try:
+        return train(cfg, resume=started)
+    except Exception as err:  # noqa: BLE001 - told per trial by the caller, as work() does
+        return err
 
 
 class RepeatedFailure(BaseException):
@@ -198,12 +282,15 @@ class RepeatedFailure(BaseException):
     catch=(Exception,) lets it end the worker's loop."""
 
 
-def trial_failed(sweep: Sweep, key: str, err: Exception) -> str:
-    """Say in one line that a trial failed (a traceback too for what is not a user error); returns the line."""
+def trial_failed(sweep: Sweep, key: str, err: Exception, run: RunDir) -> str:
+    """Say in one line that a trial failed (a traceback too for what is not a user error), and leave that line in
+    its run folder (failure.txt); returns the line."""
     import sys
     import traceback
 
     line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if run.path.is_dir():
+        run.write_failure(line)
     if not isinstance(err, LoralabError):
         traceback.print_exception(err, file=sys.stderr)
     print(f"{sweep.name}: trial {key} failed: {line}", file=sys.stderr, flush=True)

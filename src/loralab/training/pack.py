@@ -173,8 +173,10 @@ def run_pack(accelerator, precision, members: list[Member], resume: list[bool], 
         m.prep.model.train()
     active = [m for m in members if not m.done]
     progress = Progress(sum(m.cfg.train.steps for m in members), sum(m.state.step for m in members), True)
-    samples, pack_time = 0, 0.0
+    samples, pack_time, iteration = 0, 0.0, 0
+    every = members[0].cfg.train.log_every  # the progress line's cadence where stderr is not a terminal
     while active:
+        iteration += 1
         step_started = time.perf_counter()
         losses = packed_step(accelerator, pack, active)
         for m, loss in zip(active, losses):
@@ -202,8 +204,9 @@ def run_pack(accelerator, precision, members: list[Member], resume: list[bool], 
                 results[m.position] = finish(accelerator, m.run, m.prep, precision, m.state, wall, per_step)
         active = [m for m in active if m not in leaving]
         metric = metric_for_best(members[0].cfg)
+        logged = iteration % every == 0 or not active
         progress.step(
-            sum(m.state.step for m in members), True, advance=len(active) + len(leaving),
+            sum(m.state.step for m in members), logged, advance=len(active) + len(leaving),
             trials=f"{len(active)}/{len(members)}", samples_s=f"{samples / max(pack_time, 1e-9):.1f}",
             **{f"best_val_{metric}": _best(members)},
         )  # fmt: skip
