@@ -6,7 +6,10 @@ tokenizer trained on the data, then measure, each in a fresh process:
 - the study's whole run (1,200 steps, an evaluation every 100, adapters saved), wall time;
 - inference rows/s on 7,600 rows (precision auto, length-sorted, as `loralab predict` does), and what
   auto chose on the device;
-- `loralab serve` of the study's run under 8 clients for 20 s: rows/s, its device and precision, errors;
+- `loralab serve` of one, then 8 of the pack's runs under 8 clients: rows/s, latency, device, precision, errors;
+- a pack of 8 of the study's trials against the same 8 one after another (bench/pack_speed.py), FLOPs
+  counted, as a share of the chip's dense bf16 peak;
+- training with train.compile on (CUDA graphs over length buckets);
 - a sweep's throughput with K workers on the device against one worker;
 
 and print one JSON summary (also written to OUT/summary.json). Without a GPU it runs the same steps
@@ -26,6 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# NVIDIA's dense bf16 figure for the H200 SXM (989.5 TFLOP/s without sparsity): the share-of-peak denominator.
+PEAK_BF16_TFLOPS = 989.5
 
 
 def build_model(folder: Path, texts: list[str], vocab_size: int) -> Path:
@@ -108,12 +113,34 @@ def main() -> None:
     model = build_model(work / "roberta-base-random", texts, 1000 if quick else 30000)
     py = sys.executable
 
-    def train_speed(side: str, precision: str):
+    def train_speed(side: str, precision: str, compiled: str = "auto"):
         script = [py, str(ROOT / "bench" / "train_speed.py"), "--model", str(model), "--data", args.data]
-        options = ["--steps", str(steps), "--precision", precision, "--value-module", "value", "--only", side]
+        options = ["--steps", str(steps), "--precision", precision, "--value-module", "value", "--only", side,
+                   "--compile", compiled]  # fmt: skip
         stdout, _ = run(script + options, log)
         return json.loads(stdout.strip().splitlines()[-1])[side]
 
+    def pack():
+        script = [py, str(ROOT / "bench" / "pack_speed.py"), "--model", str(model), "--data", args.data,
+                  "--trials", "8", "--steps", str(max(2, steps // 3)), "--precision", "bf16", "--count-flops",
+                  "--peak-tflops", str(PEAK_BF16_TFLOPS), "--runs", str(work / "pack"),
+                  "--overrides", "train.compile=off"]  # fmt: skip
+        stdout, _ = run(script, log)
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    measured("pack", summary, pack, out, args.skip)
+
+    def serving_one_and_eight():
+        runs = sorted(str(p) for p in (work / "pack").glob("pack-*"))[:8]
+        seconds, warmup = ("5", "2") if quick else ("15", "5")
+        script = [py, str(ROOT / "bench" / "serve_load.py"), *runs, "--clients", "8", "--adapters", "8",
+                  "--seconds", seconds, "--warmup", warmup, "--max-batch", "64"]  # fmt: skip
+        stdout, _ = run(script, log)
+        return [json.loads(line) for line in stdout.strip().splitlines() if line.startswith("{")]
+
+    measured("serve_1_and_8_adapters", summary, serving_one_and_eight, out, args.skip)
+    measured("train_loralab_bf16_compile_on_samples_per_s", summary, lambda: train_speed("loralab", "bf16", "on"),
+             out, args.skip)  # fmt: skip
     for precision in ("bf16", "fp32"):
         for side in ("loralab", "recipe"):
             measured(
@@ -132,7 +159,7 @@ def main() -> None:
             summary[f"train_ratio_{precision}"] = ours / theirs
 
     def study_run():
-        overrides = [f"model.name={model}", f"data.train={args.data}", "train.precision=auto",
+        overrides = [f"model.name={model}", f"data.train={args.data}", "train.precision=auto", "train.compile=on",
                      f"train.steps={study_steps}", f"train.eval_every={max(1, study_steps // 12)}",
                      f"output.dir={work / 'runs'}", "output.name=study"]  # fmt: skip
         _, wall = run(["loralab", "train", "--config", str(ROOT / "configs" / "seed.yaml"), *overrides], log)
@@ -142,6 +169,7 @@ def main() -> None:
             "train_wall_s": saved["wall_time_s"],
             "peak_val_accuracy": saved["peak_val_accuracy"],
             "precision": saved["precision"],
+            "train_samples_per_s": saved["train_samples_per_s"],
         }
 
     measured("study_run", summary, study_run, out, args.skip)
@@ -164,15 +192,6 @@ print(json.dumps({{"rows": len(texts), "rows_per_s": rate, **engine.describe()}}
         return json.loads(stdout.strip().splitlines()[-1])
 
     measured("inference", summary, inference, out, args.skip)
-
-    def serving():
-        script = [py, str(ROOT / "bench" / "serve_load.py"), str(work / "runs" / "study"), "--clients", "8",
-                  "--seconds", "5" if quick else "20", "--warmup", "2" if quick else "5", "--only-one",
-                  "--max-batch", "64"]  # fmt: skip
-        stdout, _ = run(script, log)
-        return json.loads(stdout.strip().splitlines()[-1])
-
-    measured("serve", summary, serving, out, args.skip)
 
     def sweep_throughput():
         trials = args.workers

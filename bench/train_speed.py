@@ -34,6 +34,7 @@ def loralab_samples_per_s(args, workdir: str) -> float:
             f"train.steps={args.steps}",
             f"train.eval_every={args.steps}",
             f"train.precision={args.precision}",
+            f"train.compile={args.compile}",
             f"output.dir={workdir}",
             "output.name=bench",
         ],
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="labelled CSV")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="loralab's train.compile")
     parser.add_argument(
         "--value-module",
         default="v",

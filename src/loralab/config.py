@@ -23,6 +23,7 @@ HEAD_MODES = ("full", "out_proj", "lora")
 POOLINGS = ("first", "mean")
 FINETUNE = ("lora", "full")
 SCHEDULERS = ("linear", "cosine", "constant")
+COMPILE = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TASKS = tuple(SHAPES)
 # The metrics each task reports (tasks/ decides them); the first picks the peak unless train.metric_for_best
@@ -167,6 +168,12 @@ class TrainConfig:
         "elsewhere), fp32, or bf16/fp16 autocast (on a device that emulates it: a warning with its measured cost)",
         "auto",
     )
+    compile: str = doc(
+        "auto, on or off: pad training batches to a few length buckets (chosen from the data's lengths) and compile "
+        "the training step with torch.compile, on CUDA as CUDA graphs (one launch per step instead of hundreds); "
+        "auto: on for CUDA, off on a CPU, where it was not measured to pay",
+        "auto",
+    )
     gradient_checkpointing: bool = doc(
         "keep only each layer's input for the backward pass and recompute the rest there: a fraction of the "
         "activation memory (mpnet-base, the study's run: see the README) for about a third more compute; "
@@ -263,7 +270,9 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
             except ValueError:
                 pass
     elif kind is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads on/off as booleans: a text setting (train.compile) gets them back
+            return "on" if value else "off"
+        if isinstance(value, (str, int, float)):
             return str(value)
     raise LoralabError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
 
@@ -349,6 +358,7 @@ def _validate(cfg: Config) -> None:
     require(t.epochs >= 0, f"train.epochs: must be >= 0, got {t.epochs}")
     require(t.scheduler in SCHEDULERS, f"train.scheduler: '{t.scheduler}' is not one of {', '.join(SCHEDULERS)}")
     require(t.precision in PRECISIONS, f"train.precision: '{t.precision}' is not one of {', '.join(PRECISIONS)}")
+    require(t.compile in COMPILE, f"train.compile: '{t.compile}' is not one of {', '.join(COMPILE)}")
     require(t.max_grad_norm >= 0 and t.weight_decay >= 0, "train.max_grad_norm and train.weight_decay must be >= 0")
     require(0 < t.layer_lr_decay <= 1, f"train.layer_lr_decay: must be in (0, 1], got {t.layer_lr_decay}")
     require(t.early_stopping_patience >= 0, "train.early_stopping_patience: must be >= 0")

@@ -3,6 +3,7 @@ batches they run in (similar lengths together, so padding stays small). data.py 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -83,9 +84,13 @@ def encode_rows(tokenizer, rows: LabelledTexts, data_cfg, token_types: bool) -> 
     return encode_for(tokenizer, data_cfg, rows.texts, rows.pairs, token_types, rows.labels)
 
 
-def collate(tokenizer, data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:
-    """Pad one batch to its own longest row."""
-    batch = tokenizer.pad(data.features(indices), return_tensors="pt")
+def collate(tokenizer, data: Encoded, indices: list[int], buckets: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Pad one batch to its own longest row, or with `buckets` to the shortest bucket that holds it."""
+    padding = {}
+    if buckets:
+        longest = max(data.lengths[i] for i in indices)
+        padding = {"padding": "max_length", "max_length": next(b for b in buckets if b >= longest)}
+    batch = tokenizer.pad(data.features(indices), return_tensors="pt", **padding)
     batch["labels"] = torch.tensor([data.labels[i] for i in indices])
     return batch
 
@@ -102,6 +107,15 @@ def training_batches(lengths: list[int], batch_size: int, seed: int, epoch: int)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffled]
+
+
+def length_buckets(lengths: list[int], batch_size: int, seed: int, multiple: int = 8) -> list[int]:
+    """The few lengths every training batch is padded up to, so that a compiled step meets a few shapes (one
+    capture each) and not one per batch: the quartiles of an epoch's longest-row-per-batch, rounded up to a
+    multiple of 8 (never past the longest row of all, which is the last bucket: data.max_length at most)."""
+    longest = sorted(max(lengths[i] for i in batch) for batch in training_batches(lengths, batch_size, seed, 0))
+    quartiles = [-(-longest[max(0, math.ceil(q * len(longest)) - 1)] // multiple) * multiple for q in (0.25, 0.5, 0.75)]
+    return sorted({length for length in quartiles if length < max(lengths)} | {max(lengths)})
 
 
 def eval_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:

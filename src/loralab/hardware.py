@@ -109,6 +109,22 @@ def resolve(
     return Precision(asked, asked, "set explicitly")
 
 
+def resolve_compile(asked: str, where: torch.device) -> tuple[bool, str]:
+    """train.compile on a device, and the first line that says what was chosen and why."""
+    if asked == "auto":
+        if where.type == "cuda":
+            return True, ("compile on (auto: on CUDA a step of small batches waits on hundreds of kernel launches; "
+                          "captured as CUDA graphs, it launches once)")  # fmt: skip
+        return False, "compile off (auto: on a CPU, compiling the step was not measured to pay)"
+    return asked == "on", f"compile {asked} (set explicitly)"
+
+
+def compile_step(model, where: torch.device):
+    """The model compiled for training steps of a few fixed shapes (the length buckets): on CUDA with CUDA graphs
+    (mode reduce-overhead), elsewhere inductor's fused kernels."""
+    return torch.compile(model, mode="reduce-overhead" if where.type == "cuda" else None, dynamic=False)
+
+
 def autocast_for(precision: str, where: torch.device):
     """The autocast context of a resolved precision on a device (nothing for fp32): the one context in which
     training's validation pass and every later answer of the run run, so both round alike."""

@@ -31,6 +31,7 @@ from .train import (
     Progress,
     check_finite,
     check_run_dir,
+    compiled_step,
     evaluate_and_keep,
     finish,
     log_training,
@@ -155,6 +156,7 @@ def run_pack(accelerator, precision, members: list[Member], resume: list[bool], 
     host = members[0].prep.model
     cast_frozen_linears(host, precision.used)  # the shared base, cast once for all
     pack = Pack([m.prep.model for m in members])
+    forward, buckets = compiled_step(accelerator, pack.host, members[0].prep)  # one base, one data: one compile
     for m in members:
         cfg, t = m.cfg, m.cfg.train
         if t.gradient_checkpointing and m is members[0]:
@@ -162,7 +164,7 @@ def run_pack(accelerator, precision, members: list[Member], resume: list[bool], 
         m.prep.model.to(device)
         m.optimizer, m.scheduler = optimizer_and_schedule(m.prep.model, cfg)
         m.state = resumed_state(accelerator, m.run, m.prep.model, m.optimizer, m.scheduler, resume[m.position])
-        m.batches = BatchStream(m.prep.tokenizer, m.prep.train_set, cfg, accelerator)
+        m.batches = BatchStream(m.prep.tokenizer, m.prep.train_set, cfg, accelerator, buckets)
         task, decision = task_for(cfg), m.prep.decision
         weights = torch.tensor(t.class_weights, device=device) if t.class_weights else None
         m.loss_of = lambda logits, labels, task=task, d=decision, w=weights, s=t.label_smoothing: task.loss(
@@ -178,7 +180,7 @@ def run_pack(accelerator, precision, members: list[Member], resume: list[bool], 
     while active:
         iteration += 1
         step_started = time.perf_counter()
-        losses = packed_step(accelerator, pack, active)
+        losses = packed_step(accelerator, pack, forward, active)
         for m, loss in zip(active, losses):
             m.window_loss += loss
             m.window_steps += 1
@@ -218,18 +220,20 @@ def _best(members: list[Member]) -> str:
     return f"{max(scores):.4f}" if scores else "-"
 
 
-def packed_step(accelerator, pack, active: list[Member]) -> list[torch.Tensor]:
+def packed_step(accelerator, pack, forward, active: list[Member]) -> list[torch.Tensor]:
     """Forward and backward of every active trial's micro-batches in one pass each, then each trial's clip and
     optimizer step; returns each trial's mean loss of the step, left on the device."""
     accum = active[0].cfg.train.grad_accum  # equal in a pack
     totals = [torch.zeros((), device=accelerator.device) for _ in active]
     pad_id = active[0].prep.tokenizer.pad_token_id
     for micro in range(accum):
+        if accelerator.device.type == "cuda" and active[0].batches.buckets:  # CUDA graphs: a new step
+            torch.compiler.cudagraph_mark_step_begin()
         parts = [m.batches[m.state.step * accum + micro] for m in active]
         labels = [part.pop("labels") for part in parts]
         batch, sizes = join(parts, pad_id, active[0].prep.tokenizer.padding_side)
         with pack.rows([m.index for m in active], sizes), accelerator.autocast():
-            logits = pack.host(**batch).logits.float()
+            logits = forward(**batch).logits.float()
         losses = [m.loss_of(part, y) for m, part, y in zip(active, logits.split(sizes), labels)]
         (sum(losses) / accum).backward()  # each trial's tensors get its own loss's gradient only
         for total, loss in zip(totals, losses):

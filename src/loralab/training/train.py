@@ -20,7 +20,7 @@ from ..allocator import release_freed_memory
 from ..budget.count import Breakdown, breakdown_for, check_budget, shapes_for
 from ..config import Config, check_class_weights, metric_for_best, oriented
 from ..data import DataIdentity, check_label_fit, identify, label_names_of, training_and_validation
-from ..encoding import Encoded, collate, encode_rows, training_batches
+from ..encoding import Encoded, collate, encode_rows, length_buckets, training_batches
 from ..errors import LoralabError, warn
 from ..methods import method_of
 from ..modeling.forward import Evaluation, evaluate
@@ -232,8 +232,8 @@ class BatchStream:
     """Micro-batch i of one shared, seeded stream of length-grouped batches; each process takes every
     world-th one. A pure function of (seed, index), so a resumed run finds its place by step alone."""
 
-    def __init__(self, tokenizer, data: Encoded, cfg: Config, accelerator):
-        self.tokenizer, self.data, self.accelerator = tokenizer, data, accelerator
+    def __init__(self, tokenizer, data: Encoded, cfg: Config, accelerator, buckets: list[int] | None = None):
+        self.tokenizer, self.data, self.accelerator, self.buckets = tokenizer, data, accelerator, buckets
         self.batch_size, self.seed = cfg.train.batch_size, cfg.train.seed
         self.per_epoch = -(-len(data) // self.batch_size)
         self.epoch = functools.lru_cache(maxsize=1)(
@@ -243,7 +243,7 @@ class BatchStream:
     def __getitem__(self, index: int) -> dict:
         a = self.accelerator
         epoch, position = divmod(index * a.num_processes + a.process_index, self.per_epoch)
-        return collate(self.tokenizer, self.data, self.epoch(epoch)[position]).to(a.device)
+        return collate(self.tokenizer, self.data, self.epoch(epoch)[position], self.buckets).to(a.device)
 
 
 def train(cfg: Config, resume: bool = False, on_eval: Callable[[int, float], None] | None = None) -> Summary:
@@ -285,8 +285,9 @@ def run_loop(accelerator, run: RunDir, prep: Prepared, precision, resume: bool, 
     model, optimizer, scheduler = set_up(accelerator, prep, precision)
     plain = accelerator.unwrap_model(model)  # the PeftModel itself: for evaluating and saving
     state = resumed_state(accelerator, run, plain, optimizer, scheduler, resume)
+    model, buckets = compiled_step(accelerator, model, prep)
 
-    batches = BatchStream(prep.tokenizer, prep.train_set, cfg, accelerator)
+    batches = BatchStream(prep.tokenizer, prep.train_set, cfg, accelerator, buckets)
     samples_per_step = t.batch_size * t.grad_accum * accelerator.num_processes
     started = time.perf_counter() - state.elapsed_s
     # The window's loss stays on the device until it is logged: no host sync every step.
@@ -347,6 +348,19 @@ def set_up(accelerator, prep: Prepared, precision):
     optimizer, scheduler = optimizer_and_schedule(prep.model, cfg)
     model, optimizer = accelerator.prepare(prep.model, optimizer)
     return model, optimizer, scheduler
+
+
+def compiled_step(accelerator, model, prep: Prepared):
+    """train.compile: the model compiled for the training step and the length buckets its batches are padded to
+    (one capture per bucket), or the model as it is and no buckets; the line says which and why."""
+    on, line = hardware.resolve_compile(prep.cfg.train.compile, accelerator.device)
+    accelerator.print(line)
+    if not on:
+        return model, None
+    t = prep.cfg.train
+    buckets = length_buckets(prep.train_set.lengths, t.batch_size, t.seed)
+    accelerator.print(f"training batches padded to {len(buckets)} length buckets: {'/'.join(map(str, buckets))} tokens")
+    return hardware.compile_step(model, accelerator.device), buckets
 
 
 def resumed_state(accelerator, run: RunDir, model, optimizer, scheduler, resume: bool) -> LoopState:
@@ -473,6 +487,8 @@ def optimizer_step(accelerator, model, optimizer, scheduler, batches, step: int,
     method, plain = method_of(cfg), accelerator.unwrap_model(model)
     total = torch.zeros((), device=accelerator.device)
     for micro in range(t.grad_accum):
+        if accelerator.device.type == "cuda" and batches.buckets:  # a new step of CUDA graphs: the last one's
+            torch.compiler.cudagraph_mark_step_begin()  # outputs are no longer read
         batch = batches[step * t.grad_accum + micro]
         labels = batch.pop("labels")
         with accelerator.accumulate(model), accelerator.autocast():
