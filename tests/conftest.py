@@ -9,6 +9,7 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,6 +157,18 @@ def make_model_dir(path: Path, family: str = "roberta") -> Path:
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     return {family: make_model_dir(root / family, family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def no_dropout_model(model_dirs, tmp_path_factory) -> Path:
+    """The tiny roberta without the base's own dropout: with it, a pack draws its masks for all trials' rows at
+    once, so only a model without dropout can be compared number for number."""
+    folder = tmp_path_factory.mktemp("nodrop") / "roberta"
+    shutil.copytree(model_dirs["roberta"], folder)
+    settings = json.loads((folder / "config.json").read_text())
+    settings.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(settings))
+    return folder
 
 
 @pytest.fixture(scope="session")
