@@ -165,7 +165,7 @@ class SweepOptions:
     per_gpu: int | None = option("instead of --workers: this many workers on each visible GPU", None)
     pack: str = option(
         "trials each worker trains together, one forward and backward pass per step through the shared base: a "
-        "number, or auto (8 on a CUDA GPU, 1 on a CPU, where packing measured no faster)",
+        "number, or auto (8 on a CUDA GPU; 1 on a CPU, where packing a real model is not yet measured)",
         "auto",
     )
     runs: str = option("folder of run directories", "runs")
